@@ -1,0 +1,57 @@
+"""Time as an injected dependency, so tests and determinism checks can fix it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+
+def format_timestamp(moment: datetime) -> str:
+    """UTC, ISO 8601, milliseconds, `Z` suffix."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + (
+        f"{moment.microsecond // 1000:03d}Z"
+    )
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """Wall-clock time (UTC), for timestamps."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds from an arbitrary origin, for durations."""
+        ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+class FixedClock:
+    """A clock that only moves when told to (thread-safe)."""
+
+    def __init__(self, start: datetime | None = None, step_s: float = 0.0) -> None:
+        self._now = start or datetime(2024, 1, 15, 10, 30, 0, tzinfo=UTC)
+        self._mono = 0.0
+        self._step = step_s
+        self._lock = threading.Lock()
+
+    def now(self) -> datetime:
+        with self._lock:
+            return self._now + timedelta(seconds=self._mono)
+
+    def monotonic(self) -> float:
+        with self._lock:
+            value = self._mono
+            self._mono += self._step
+            return value
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._mono += seconds

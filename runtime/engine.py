@@ -1,0 +1,732 @@
+"""IntentusRuntime: one request in, one answer out, every execution recorded once.
+
+`process()` is the whole per-request pipeline except persisting: decode, validate, answer a
+duplicate from its record, or plan, route and build the record. It never raises for bad
+input. `commit()` makes the record durable, then releases the in-flight claim; nothing may be
+replied before that. `route_intent()` does both, for embedding without a broker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runtime.canonical import (
+    dumps,
+    envelope_hash,
+    execution_id_for,
+    fingerprint,
+    request_id_for_body,
+    trace_id_for,
+)
+from runtime.clock import Clock, SystemClock, format_timestamp
+from runtime.envelope import (
+    IntentEnvelope,
+    RequestContext,
+    _trace_from_traceparent,
+    decode_json,
+    normalise,
+    request_id_hint,
+    validate_envelope,
+)
+from runtime.errors import EnvelopeError, ErrorCode, RecordExists, RecordStoreError
+from runtime.inflight import InflightTracker
+from runtime.invoker import AgentInvoker
+from runtime.middleware import Middleware, run_after, run_before
+from runtime.observer import Observer
+from runtime.policy import Policy, PolicySubject, load_policy
+from runtime.recorder import ExecutionRecorder, build_record, raw_body_fields
+from runtime.registry import AgentRegistry
+from runtime.response import AgentResponse, error_dict, response_body, response_dict
+from runtime.router import Plan, RouteOutcome, Router, plan
+from runtime.store import INFLIGHT_DIR, FileRecordStore, MemoryRecordStore, RecordStore
+from runtime.version import __version__
+
+log = logging.getLogger("intentus.runtime")
+
+DEFAULT_MAX_MESSAGE_BYTES = 10 * 1024 * 1024
+_POLL_S = 0.05
+_RECORD_GRACE_S = 5.0
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What to answer, what to record, and how to account for it."""
+
+    kind: str  # executed | rejected | replayed | conflict | in_doubt
+    execution_id: str
+    request_id: str
+    trace_id: str | None
+    response: dict[str, Any]
+    body: bytes
+    record: bytes | None
+    intent: str | None = None
+    strategy: str | None = None
+    reject_reason: str | None = None
+    seconds: float = 0.0
+    claimed: bool = False
+    journaled: bool = False
+
+    @property
+    def status(self) -> str:
+        return str(self.response["status"])
+
+    @property
+    def error_code(self) -> str | None:
+        error = self.response.get("error")
+        return None if error is None else str(error["code"])
+
+    @property
+    def agent(self) -> str | None:
+        return self.response["metadata"].get("agent")
+
+
+class IntentusRuntime:
+    """Deterministic routing with durable records and duplicate answers, in-process."""
+
+    def __init__(
+        self,
+        registry: AgentRegistry,
+        records_dir: str | os.PathLike[str] | None = None,
+        policy: str | os.PathLike[str] | dict[str, Any] | Policy | None = None,
+        middleware: Sequence[Middleware] = (),
+        *,
+        store: RecordStore | None = None,
+        clock: Clock | None = None,
+        agent_timeout_s: float = 30.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        worker_id: str | None = None,
+        observer: Observer | None = None,
+    ) -> None:
+        self.registry = registry
+        self.policy = load_policy(
+            policy if not isinstance(policy, os.PathLike) else os.fspath(policy)
+        )
+        self.middleware = tuple(middleware)
+        self.clock = clock or SystemClock()
+        self.observer = observer or Observer()
+        self.worker_id = worker_id or default_worker_id()
+        self.max_message_bytes = max_message_bytes
+        if store is None:
+            store = (
+                FileRecordStore(records_dir, owner=self.worker_id)
+                if records_dir is not None
+                else MemoryRecordStore()
+            )
+        self.store = store
+        journal_dir = Path(records_dir) / INFLIGHT_DIR if records_dir is not None else None
+        self.inflight = InflightTracker(
+            journal_dir, self.worker_id, self.clock.monotonic, self.store.exists
+        )
+        if isinstance(self.store, FileRecordStore):
+            removed = self.store.remove_stale_temp(self.inflight.live_owners())
+            if removed:
+                log.info("removed %d temp files left by stopped workers", removed)
+        self.invoker = AgentInvoker(self.clock.monotonic)
+        self.router = Router(self.invoker, self.observer, agent_timeout_s)
+
+    # -- embedding API -------------------------------------------------------------------
+    def route_intent(
+        self,
+        envelope: IntentEnvelope | dict[str, Any] | bytes | str,
+        context: RequestContext | None = None,
+    ) -> AgentResponse:
+        """Route one request and return its response once its record is durable."""
+        outcome = self.process(envelope, context)
+        self.commit_sync(outcome)
+        return AgentResponse.model_validate(outcome.response)
+
+    def commit_sync(self, outcome: Outcome) -> Outcome:
+        """Persist the outcome's record (if any) and release its claim; may replace the outcome."""
+        if outcome.record is None:
+            self.finish(outcome, recorded=False)
+            return outcome
+        try:
+            self.store.put(outcome.execution_id, outcome.record)
+        except RecordExists:
+            self.finish(outcome, recorded=False)
+            return self.after_lost_race(outcome)
+        except RecordStoreError:
+            self.finish(outcome, recorded=False)
+            raise
+        self.finish(outcome, recorded=True)
+        return outcome
+
+    def finish(self, outcome: Outcome, recorded: bool) -> None:
+        """Release the in-flight claim once the record is durable (or will not be written)."""
+        if outcome.claimed:
+            self.inflight.release(outcome.execution_id, recorded=recorded or outcome.journaled)
+        if recorded and outcome.kind == "in_doubt":
+            self.inflight.resolved(outcome.execution_id)
+
+    def after_lost_race(self, outcome: Outcome) -> Outcome:
+        """Another process recorded this request first: answer from its record."""
+        log.warning(
+            "request %s was executed concurrently elsewhere; answering from the stored record",
+            outcome.request_id,
+        )
+        stored = self.store.get(outcome.execution_id)
+        if stored is None:  # pragma: no cover - the record was deleted in between
+            return outcome
+        record = json.loads(stored)
+        return self._from_record(
+            outcome.execution_id, outcome.request_id, record, None, outcome.trace_id
+        )
+
+    # -- the pipeline --------------------------------------------------------------------
+    def process(
+        self,
+        request: IntentEnvelope | dict[str, Any] | bytes | str,
+        context: RequestContext | None = None,
+        *,
+        content_type: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Outcome:
+        ctx = context or RequestContext()
+        t0 = self.clock.monotonic()
+        received = self.clock.now()
+        data: Any = None
+        try:
+            body, data = self._body(request)
+            if content_type not in (None, "", "application/json") and not content_type.startswith(
+                "application/json;"
+            ):
+                raise EnvelopeError(
+                    ErrorCode.PROTOCOL_ERROR,
+                    f"unsupported content type {content_type!r} (expected application/json)",
+                )
+            if len(body) > self.max_message_bytes:
+                raise EnvelopeError(
+                    ErrorCode.PAYLOAD_TOO_LARGE,
+                    f"message of {len(body)} bytes exceeds the limit of {self.max_message_bytes} bytes",
+                )
+            if data is None:
+                data = decode_json(body)
+            envelope = normalise(validate_envelope(data), received, ctx, body)
+        except EnvelopeError as exc:
+            if isinstance(request, (bytes, bytearray, memoryview, str)):
+                raw = bytes(request, "utf-8") if isinstance(request, str) else bytes(request)
+            else:
+                raw = b""
+            return self._rejected(exc, raw, data, ctx, t0, received, correlation_id)
+        return self._route(envelope, ctx, t0, received, correlation_id)
+
+    def _body(self, request: Any) -> tuple[bytes, Any]:
+        if isinstance(request, IntentEnvelope):
+            data = request.model_dump(mode="json", exclude_none=False)
+            return dumps(data), data
+        if isinstance(request, dict):
+            try:
+                return dumps(request), request
+            except (TypeError, ValueError) as exc:
+                raise EnvelopeError(
+                    ErrorCode.PROTOCOL_ERROR, f"envelope is not JSON-serialisable: {exc}"
+                ) from None
+        if isinstance(request, str):
+            return request.encode("utf-8", "surrogatepass"), None
+        if isinstance(request, (bytes, bytearray, memoryview)):
+            return bytes(request), None
+        raise EnvelopeError(ErrorCode.PROTOCOL_ERROR, f"cannot route a {type(request).__name__}")
+
+    def _route(
+        self,
+        envelope: IntentEnvelope,
+        ctx: RequestContext,
+        t0: float,
+        received: Any,
+        correlation_id: str | None,
+    ) -> Outcome:
+        rid = envelope.request_id
+        eid = execution_id_for(rid)
+        env_dict = envelope.to_dict()
+        fp = fingerprint(env_dict["intent"], env_dict["payload"], env_dict["routing"])
+        candidates = self.registry.find_by_capability(envelope.intent.name, envelope.intent.version)
+        bound = sum(self.router.timeout_for(a) for a in candidates)
+
+        running = self.inflight.claim(eid, bound)
+        if running is not None:
+            # The same request is executing on another thread here: wait for its record.
+            running.done.wait(running.bound_s + _RECORD_GRACE_S)
+            return self._answer_from_store(
+                eid, rid, fp, envelope, t0, received, correlation_id, running.bound_s
+            )
+        try:
+            stored = self.store.get(eid)
+            if stored is not None:
+                self.inflight.release(eid, recorded=False)
+                return self._from_record(
+                    eid, rid, json.loads(stored), fp, envelope.metadata.traceId
+                )
+            foreign = self.inflight.foreign(eid, thorough=ctx.redelivered)
+            if foreign is not None:
+                state, foreign_bound = foreign
+                if state == "running":
+                    self.inflight.release(eid, recorded=False)
+                    return self._wait_foreign(
+                        eid, rid, fp, envelope, t0, received, correlation_id, foreign_bound
+                    )
+                return self._in_doubt(
+                    eid, envelope, env_dict, fp, ctx, t0, received, correlation_id, recorded=True
+                )
+        except BaseException:
+            self.inflight.release(eid, recorded=False)
+            raise
+        return self._execute(
+            envelope, env_dict, fp, eid, candidates, ctx, t0, received, correlation_id
+        )
+
+    def _execute(
+        self,
+        envelope: IntentEnvelope,
+        env_dict: dict[str, Any],
+        fp: str,
+        eid: str,
+        candidates: Sequence[Any],
+        ctx: RequestContext,
+        t0: float,
+        received: Any,
+        correlation_id: str | None,
+    ) -> Outcome:
+        rec = ExecutionRecorder(self.clock.monotonic, t0)
+        if self.middleware:
+            run_before(self.middleware, envelope, self.observer)
+            env_dict = envelope.to_dict()
+            candidates = self.registry.find_by_capability(
+                envelope.intent.name, envelope.intent.version
+            )
+        intent = envelope.intent.name
+        strategy = envelope.routing.strategy.value
+        rec.event(
+            "INTENT_RECEIVED",
+            {
+                "intent": intent,
+                "version": envelope.intent.version,
+                "requestId": envelope.request_id,
+                "strategy": strategy,
+            },
+        )
+        names = [a.name for a in candidates]
+        subject = PolicySubject.of(envelope, ctx.user_id)
+        decision = self.policy.evaluate(names, subject)
+        for denied in decision.filtered:
+            self.observer.policy_filtered(denied, decision.rules[denied])
+        p: Plan = plan(envelope, names, decision)
+        journaled = False
+        if p.error is not None:
+            out = RouteOutcome(None, p.error, p.agent, 0, p.reason, p.try_order)
+        else:
+            agents = {a.name: a for a in candidates}
+            self.inflight.journal_start(
+                eid, sum(self.router.timeout_for(agents[n]) for n in p.try_order)
+            )
+            journaled = True
+            out = self.router.execute(envelope, agents, p, rec)
+        payload, error, agent = out.payload, out.error, out.agent
+        attempts, reason, try_order = out.attempts, out.reason, out.try_order
+        router_decision = {
+            "agent": agent,
+            "intent": intent,
+            "strategy": strategy,
+            "tryOrder": try_order,
+            "reason": reason,
+        }
+        rec.event("ROUTER_DECISION", router_decision)
+        latency_ms = rec.elapsed_ms()
+        response = response_dict(
+            payload=payload,
+            error=error,
+            execution_id=eid,
+            request_id=envelope.request_id,
+            trace_id=envelope.metadata.traceId,
+            agent=agent,
+            strategy=strategy,
+            attempts=attempts,
+            latency_ms=latency_ms,
+            replayable=True,
+        )
+        rec.event(
+            "FINAL_RESPONSE",
+            {
+                "status": response["status"],
+                "has_error": error is not None,
+                "error_code": None if error is None else error["code"],
+            },
+        )
+        if self.middleware:
+            run_after(
+                self.middleware, envelope, AgentResponse.model_validate(response), self.observer
+            )
+        seconds = latency_ms / 1000.0
+        self.observer.routed(
+            intent, strategy, response["status"], None if error is None else error["code"], seconds
+        )
+        header = self._header(
+            eid,
+            envelope.request_id,
+            correlation_id,
+            received,
+            envelope_hash(env_dict),
+            fp,
+            "execution",
+            True,
+            ctx,
+        )
+        record = build_record(
+            header=header,
+            envelope=env_dict,
+            policy=decision.to_dict(),
+            events=rec.events,
+            decision=router_decision,
+            response=response,
+            trace=self._trace(envelope.metadata.traceId, agent, intent, response, latency_ms),
+        )
+        return Outcome(
+            "executed",
+            eid,
+            envelope.request_id,
+            envelope.metadata.traceId,
+            response,
+            response_body(response),
+            dumps(record),
+            intent,
+            strategy,
+            None,
+            seconds,
+            claimed=True,
+            journaled=journaled,
+        )
+
+    # -- answers that run no agent -------------------------------------------------------
+    def _header(
+        self,
+        eid: str,
+        rid: str,
+        correlation_id: str | None,
+        received: Any,
+        env_hash: str | None,
+        fp: str | None,
+        kind: str,
+        replayable: bool,
+        ctx: RequestContext,
+    ) -> dict[str, Any]:
+        return {
+            "executionId": eid,
+            "requestId": rid,
+            "correlationId": correlation_id or ctx.correlation_id,
+            "createdAt": format_timestamp(received),
+            "envelopeHash": env_hash,
+            "fingerprint": fp,
+            "replayable": replayable,
+            "kind": kind,
+            "workerId": self.worker_id,
+            "runtimeVersion": __version__,
+            "userId": ctx.user_id,
+            "recordFormat": 1,
+        }
+
+    @staticmethod
+    def _trace(
+        trace_id: str | None,
+        agent: str | None,
+        intent: str | None,
+        response: dict[str, Any],
+        latency_ms: float,
+    ) -> dict[str, Any]:
+        error = response.get("error")
+        return {
+            "traceId": trace_id,
+            "agent": agent,
+            "intent": intent,
+            "status": response["status"],
+            "latencyMs": round(latency_ms, 3),
+            "error": None if error is None else error["message"],
+        }
+
+    def _from_record(
+        self, eid: str, rid: str, record: dict[str, Any], fp: str | None, trace_id: str | None
+    ) -> Outcome:
+        header = record.get("header", {})
+        stored = record.get("finalResponse")
+        if (fp is not None and header.get("fingerprint") != fp) or not isinstance(stored, dict):
+            return self._conflict(eid, rid, trace_id, header)
+        env = record.get("envelope") or {}
+        return Outcome(
+            "replayed",
+            eid,
+            rid,
+            (stored.get("metadata") or {}).get("trace_id"),
+            stored,
+            response_body(stored),
+            None,
+            (env.get("intent") or {}).get("name"),
+            (env.get("routing") or {}).get("strategy"),
+        )
+
+    def _conflict(
+        self, eid: str, rid: str, trace_id: str | None, header: dict[str, Any]
+    ) -> Outcome:
+        response = response_dict(
+            payload=None,
+            error=error_dict(
+                ErrorCode.IDEMPOTENCY_CONFLICT,
+                f"requestId '{rid}' was already used for a different request",
+                {"execution_id": eid, "recorded_at": header.get("createdAt")},
+            ),
+            execution_id=eid,
+            request_id=rid,
+            trace_id=trace_id,
+            agent=None,
+            strategy=None,
+            attempts=0,
+            latency_ms=0.0,
+            replayable=False,
+        )
+        return Outcome("conflict", eid, rid, trace_id, response, response_body(response), None)
+
+    def _answer_from_store(
+        self,
+        eid: str,
+        rid: str,
+        fp: str,
+        envelope: IntentEnvelope,
+        t0: float,
+        received: Any,
+        correlation_id: str | None,
+        bound: float,
+    ) -> Outcome:
+        stored = self.store.get(eid)
+        if stored is not None:
+            return self._from_record(eid, rid, json.loads(stored), fp, envelope.metadata.traceId)
+        return self._in_doubt(
+            eid,
+            envelope,
+            envelope.to_dict(),
+            fp,
+            RequestContext(),
+            t0,
+            received,
+            correlation_id,
+            recorded=False,
+            waited_s=bound,
+        )
+
+    def _wait_foreign(
+        self,
+        eid: str,
+        rid: str,
+        fp: str,
+        envelope: IntentEnvelope,
+        t0: float,
+        received: Any,
+        correlation_id: str | None,
+        bound: float,
+    ) -> Outcome:
+        deadline = time.monotonic() + bound + _RECORD_GRACE_S
+        while time.monotonic() < deadline and not self.store.exists(eid):
+            time.sleep(_POLL_S)
+        return self._answer_from_store(eid, rid, fp, envelope, t0, received, correlation_id, bound)
+
+    def _in_doubt(
+        self,
+        eid: str,
+        envelope: IntentEnvelope,
+        env_dict: dict[str, Any],
+        fp: str,
+        ctx: RequestContext,
+        t0: float,
+        received: Any,
+        correlation_id: str | None,
+        recorded: bool,
+        waited_s: float = 0.0,
+    ) -> Outcome:
+        rec = ExecutionRecorder(self.clock.monotonic, t0)
+        intent = envelope.intent.name
+        strategy = envelope.routing.strategy.value
+        if recorded:
+            message = (
+                "an earlier delivery of this request started executing and its worker stopped "
+                "before recording the result; it is not run again"
+            )
+        else:
+            message = (
+                f"this request is still executing elsewhere (waited {waited_s:g} s for its record); "
+                "it is not run again"
+            )
+        error = error_dict(ErrorCode.EXECUTION_IN_DOUBT, message, {"execution_id": eid})
+        response = response_dict(
+            payload=None,
+            error=error,
+            execution_id=eid,
+            request_id=envelope.request_id,
+            trace_id=envelope.metadata.traceId,
+            agent=None,
+            strategy=strategy,
+            attempts=0,
+            latency_ms=rec.elapsed_ms(),
+            replayable=False,
+        )
+        record_bytes = None
+        if recorded:
+            rec.event(
+                "INTENT_RECEIVED",
+                {
+                    "intent": intent,
+                    "version": envelope.intent.version,
+                    "requestId": envelope.request_id,
+                    "strategy": strategy,
+                },
+            )
+            rec.event("DUPLICATE_DELIVERY", {"kind": "in_doubt", "redelivered": ctx.redelivered})
+            decision: dict[str, Any] = {
+                "agent": None,
+                "intent": intent,
+                "strategy": strategy,
+                "tryOrder": [],
+                "reason": "execution_in_doubt",
+            }
+            rec.event("ROUTER_DECISION", decision)
+            rec.event(
+                "FINAL_RESPONSE",
+                {
+                    "status": "error",
+                    "has_error": True,
+                    "error_code": ErrorCode.EXECUTION_IN_DOUBT.value,
+                },
+            )
+            header = self._header(
+                eid,
+                envelope.request_id,
+                correlation_id,
+                received,
+                envelope_hash(env_dict),
+                fp,
+                "in_doubt",
+                False,
+                ctx,
+            )
+            record_bytes = dumps(
+                build_record(
+                    header=header,
+                    envelope=env_dict,
+                    policy={"allowed": [], "filtered": [], "reasons": {}},
+                    events=rec.events,
+                    decision=decision,
+                    response=response,
+                    trace=self._trace(
+                        envelope.metadata.traceId, None, intent, response, rec.elapsed_ms()
+                    ),
+                )
+            )
+        return Outcome(
+            "in_doubt",
+            eid,
+            envelope.request_id,
+            envelope.metadata.traceId,
+            response,
+            response_body(response),
+            record_bytes,
+            intent,
+            strategy,
+            claimed=recorded,
+        )
+
+    def _rejected(
+        self,
+        exc: EnvelopeError,
+        body: bytes,
+        data: Any,
+        ctx: RequestContext,
+        t0: float,
+        received: Any,
+        correlation_id: str | None,
+    ) -> Outcome:
+        rid = (
+            request_id_hint(data)
+            or ctx.message_id
+            or ctx.correlation_id
+            or request_id_for_body(body)
+        )
+        eid = execution_id_for(rid)
+        trace_id = _trace_from_traceparent(ctx.traceparent) or trace_id_for(rid)
+        rec = ExecutionRecorder(self.clock.monotonic, t0)
+        intent = None
+        if isinstance(data, dict) and isinstance(data.get("intent"), dict):
+            name = data["intent"].get("name")
+            intent = name if isinstance(name, str) else None
+        error = error_dict(exc.code, exc.message, exc.details())
+        response = response_dict(
+            payload=None,
+            error=error,
+            execution_id=eid,
+            request_id=rid,
+            trace_id=trace_id,
+            agent=None,
+            strategy=None,
+            attempts=0,
+            latency_ms=rec.elapsed_ms(),
+            replayable=False,
+        )
+        record_bytes = None
+        claimed = False
+        if not self.store.exists(eid) and self.inflight.claim(eid, 0.0) is None:
+            claimed = True
+            rec.event(
+                "INTENT_RECEIVED",
+                {"intent": intent, "version": None, "requestId": rid, "strategy": None},
+            )
+            decision: dict[str, Any] = {
+                "agent": None,
+                "intent": intent,
+                "strategy": None,
+                "tryOrder": [],
+                "reason": "invalid_request",
+            }
+            rec.event("ROUTER_DECISION", decision)
+            rec.event(
+                "FINAL_RESPONSE",
+                {"status": "error", "has_error": True, "error_code": exc.code.value},
+            )
+            header = self._header(
+                eid, rid, correlation_id, received, None, None, "rejected", False, ctx
+            )
+            record_bytes = dumps(
+                build_record(
+                    header=header,
+                    envelope=None,
+                    raw=raw_body_fields(body),
+                    policy={"allowed": [], "filtered": [], "reasons": {}},
+                    events=rec.events,
+                    decision=decision,
+                    response=response,
+                    trace=self._trace(trace_id, None, intent, response, rec.elapsed_ms()),
+                )
+            )
+        return Outcome(
+            "rejected",
+            eid,
+            rid,
+            trace_id,
+            response,
+            response_body(response),
+            record_bytes,
+            intent,
+            None,
+            f"{exc.code.value}: {exc.message}",
+            claimed=claimed,
+        )
+
+    def close(self) -> None:
+        self.invoker.close()
+        self.inflight.close()
+        self.store.close()

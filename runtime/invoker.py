@@ -1,0 +1,240 @@
+"""Runs agent handlers on pool threads so that a deadline can be enforced from outside.
+
+A handler that overstays its deadline cannot be killed in Python; its attempt ends as
+AGENT_TIMEOUT and the thread is *abandoned*: the request goes on without it, the pool starts
+another thread, and `abandoned()` counts the stuck ones until they return.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from runtime.canonical import dumps
+from runtime.errors import AgentError, ErrorCode
+from runtime.response import error_dict
+
+log = logging.getLogger("intentus.runtime.invoker")
+
+_IDLE_EXIT_S = 60.0
+
+
+@dataclass(slots=True)
+class AttemptResult:
+    status: str  # "success" | "error"
+    payload: dict[str, Any] | None
+    error: dict[str, Any] | None
+    seconds: float
+
+    @property
+    def error_code(self) -> str | None:
+        return None if self.error is None else self.error["code"]
+
+
+def _json_copy(value: Any, what: str) -> Any:
+    import json
+
+    try:
+        return json.loads(dumps(value))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{what} is not JSON-serialisable: {exc}") from None
+
+
+def run_handler(
+    handler: Callable[[Any], Any], envelope: Any
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Call one handler; every failure becomes an error dict (agent failures are data)."""
+    try:
+        result = handler(envelope)
+        if not isinstance(result, dict):
+            raise TypeError(f"agent returned {type(result).__name__}, expected a dict")
+        return _json_copy(result, "agent result"), None
+    except AgentError as exc:
+        try:
+            details = _json_copy(exc.details, "error details")
+        except TypeError:
+            details = {"repr": repr(exc.details)[:1000]}
+        return None, error_dict(exc.code, exc.message, details)
+    except Exception as exc:  # the one place agent exceptions are caught
+        message = str(exc) or type(exc).__name__
+        return None, error_dict(
+            ErrorCode.INTERNAL_AGENT_ERROR, message, {"exception": type(exc).__name__}
+        )
+
+
+class Attempt:
+    """One handler call in flight; the caller waits on it with a deadline."""
+
+    __slots__ = (
+        "_done",
+        "_invoker",
+        "_notify",
+        "agent",
+        "deadline",
+        "detached",
+        "error",
+        "finished",
+        "payload",
+        "seconds",
+        "started",
+    )
+
+    def __init__(
+        self,
+        invoker: AgentInvoker,
+        agent: str,
+        deadline: float,
+        notify: queue.SimpleQueue[Attempt] | None,
+    ) -> None:
+        self._invoker = invoker
+        self.agent = agent
+        self.deadline = deadline
+        self._notify = notify
+        self._done = threading.Event()
+        self.started = 0.0
+        self.seconds = 0.0
+        self.payload: dict[str, Any] | None = None
+        self.error: dict[str, Any] | None = None
+        self.finished = False
+        self.detached = False
+
+    def wait(self, timeout: float) -> bool:
+        return self._done.wait(max(0.0, timeout))
+
+    def result(self) -> AttemptResult:
+        if self.error is not None:
+            return AttemptResult("error", None, self.error, self.seconds)
+        return AttemptResult("success", self.payload, None, self.seconds)
+
+    def detach(self) -> None:
+        """The request no longer waits for this attempt (timed out, or PARALLEL straggler)."""
+        self._invoker._detach(self)
+
+    def _complete(self) -> None:
+        self._done.set()
+        if self._notify is not None:
+            self._notify.put(self)
+
+
+class AgentInvoker:
+    """An elastic thread pool for handlers: grows when every thread is busy or stuck."""
+
+    def __init__(self, clock_monotonic: Callable[[], float], name: str = "intentus-agent") -> None:
+        self._mono = clock_monotonic
+        self._name = name
+        self._jobs: queue.SimpleQueue[tuple[Attempt, Callable[[Any], Any], Any] | None] = (
+            queue.SimpleQueue()
+        )
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._threads = 0
+        self._detached: set[Attempt] = set()
+        self._closed = False
+        self._seq = 0
+
+    def start(
+        self,
+        agent: str,
+        handler: Callable[[Any], Any],
+        envelope: Any,
+        timeout_s: float,
+        notify: queue.SimpleQueue[Attempt] | None = None,
+    ) -> Attempt:
+        now = self._mono()
+        attempt = Attempt(self, agent, now + timeout_s, notify)
+        attempt.started = now
+        with self._lock:
+            if self._idle > 0:
+                self._idle -= 1
+                spawn = False
+            else:
+                self._threads += 1
+                self._seq += 1
+                spawn = True
+                seq = self._seq
+        self._jobs.put((attempt, handler, envelope))
+        if spawn:
+            threading.Thread(target=self._loop, name=f"{self._name}-{seq}", daemon=True).start()
+        return attempt
+
+    def call(
+        self, agent: str, handler: Callable[[Any], Any], envelope: Any, timeout_s: float
+    ) -> tuple[AttemptResult, bool]:
+        """Run and wait; returns (result, timed_out)."""
+        attempt = self.start(agent, handler, envelope, timeout_s)
+        if attempt.wait(attempt.deadline - self._mono()):
+            return attempt.result(), False
+        attempt.detach()
+        return self.timeout_result(attempt), True
+
+    def timeout_result(self, attempt: Attempt) -> AttemptResult:
+        elapsed = self._mono() - attempt.started
+        return AttemptResult(
+            "error",
+            None,
+            error_dict(
+                ErrorCode.AGENT_TIMEOUT,
+                f"agent '{attempt.agent}' did not answer within {attempt.deadline - attempt.started:g} s",
+                {"timeout_s": round(attempt.deadline - attempt.started, 3)},
+            ),
+            elapsed,
+        )
+
+    def abandoned(self) -> int:
+        """Handlers still running past their deadline after the request moved on."""
+        now = self._mono()
+        with self._lock:
+            return sum(1 for a in self._detached if now >= a.deadline)
+
+    def threads(self) -> int:
+        with self._lock:
+            return self._threads
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle = self._idle
+        for _ in range(idle):
+            self._jobs.put(None)
+
+    def _detach(self, attempt: Attempt) -> None:
+        with self._lock:
+            if not attempt.finished:
+                attempt.detached = True
+                self._detached.add(attempt)
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                job = self._jobs.get(timeout=_IDLE_EXIT_S)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle > 0:
+                        self._idle -= 1
+                        self._threads -= 1
+                        return
+                continue
+            if job is None:
+                with self._lock:
+                    self._threads -= 1
+                return
+            attempt, handler, envelope = job
+            attempt.payload, attempt.error = run_handler(handler, envelope)
+            attempt.seconds = self._mono() - attempt.started
+            with self._lock:
+                attempt.finished = True
+                if attempt.detached:
+                    self._detached.discard(attempt)
+                    log.warning(
+                        "abandoned agent '%s' returned after %.3f s", attempt.agent, attempt.seconds
+                    )
+                if self._closed:
+                    self._threads -= 1
+                    attempt._complete()
+                    return
+                self._idle += 1
+            attempt._complete()

@@ -1,0 +1,28 @@
+"""Hooks through which the pure runtime reports what it did (the worker turns them into metrics).
+
+Every method is a no-op here; override the ones you need. They are called on the hot path and
+must not raise or block.
+"""
+
+from __future__ import annotations
+
+
+class Observer:
+    def attempt_finished(
+        self, agent: str, status: str, error_code: str | None, seconds: float
+    ) -> None:
+        """One agent attempt ended (status `success` or `error`)."""
+
+    def fallback(self, intent: str) -> None:
+        """FALLBACK moved on from a failed agent to the next."""
+
+    def policy_filtered(self, agent: str, rule: str) -> None:
+        """Policy removed `agent` from the candidates (`rule` is a rule id or `default`)."""
+
+    def middleware_error(self, middleware: str, hook: str) -> None:
+        """A middleware hook raised; the request went on."""
+
+    def routed(
+        self, intent: str, strategy: str, status: str, error_code: str | None, seconds: float
+    ) -> None:
+        """A request that was routed (not a duplicate answer) finished."""

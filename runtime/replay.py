@@ -1,0 +1,279 @@
+"""Reading records back: find, replay, verify, diff, stats. No agent ever runs here."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from runtime.canonical import envelope_hash, execution_id_for, fingerprint
+from runtime.envelope import RequestContext, validate_envelope
+from runtime.errors import EnvelopeError, RecordNotFound, RecordStoreError
+from runtime.policy import Policy, PolicySubject
+from runtime.recorder import EVENT_TYPES
+from runtime.registry import AgentRegistry
+from runtime.response import response_body
+from runtime.router import plan
+from runtime.store import EXECUTION_ID, RecordStore
+
+
+def load(store: RecordStore, execution_id: str) -> dict[str, Any]:
+    data = store.get(execution_id)
+    if data is None:
+        raise RecordNotFound(f"no record {execution_id}")
+    try:
+        record = json.loads(data)
+    except ValueError as exc:
+        raise RecordStoreError(f"record {execution_id} is not valid JSON: {exc}") from None
+    if not isinstance(record, dict):
+        raise RecordStoreError(f"record {execution_id} is not a JSON object")
+    return record
+
+
+def iter_records(store: RecordStore) -> Iterator[tuple[str, dict[str, Any] | None]]:
+    """Every record (None where a file does not parse, which `verify` reports)."""
+    for eid in store.ids():
+        try:
+            yield eid, load(store, eid)
+        except (RecordStoreError, RecordNotFound):
+            yield eid, None
+
+
+def find(store: RecordStore, ident: str) -> tuple[str, dict[str, Any]]:
+    """By executionId, requestId or correlationId (the last one scans)."""
+    if EXECUTION_ID.match(ident) and store.exists(ident):
+        return ident, load(store, ident)
+    eid = execution_id_for(ident)
+    if store.exists(eid):
+        return eid, load(store, eid)
+    for eid, record in iter_records(store):
+        if record is not None and record.get("header", {}).get("correlationId") == ident:
+            return eid, record
+    raise RecordNotFound(f"no record with executionId, requestId or correlationId {ident!r}")
+
+
+def replay(record: dict[str, Any]) -> bytes:
+    """The recorded response, byte for byte as it was sent."""
+    response = record.get("finalResponse")
+    if not isinstance(response, dict):
+        raise RecordStoreError("record has no finalResponse")
+    return response_body(response)
+
+
+@dataclass(slots=True)
+class Verification:
+    execution_id: str
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(
+    execution_id: str,
+    record: dict[str, Any] | None,
+    registry: AgentRegistry | None = None,
+    policy: Policy | None = None,
+) -> Verification:
+    """Integrity (hash, ids, events, response) and, given a registry, routing determinism."""
+    problems: list[str] = []
+    if record is None:
+        return Verification(execution_id, ["record file does not parse"])
+    header = record.get("header")
+    if not isinstance(header, dict):
+        return Verification(execution_id, ["record has no header"])
+    if header.get("executionId") != execution_id:
+        problems.append(
+            f"header.executionId {header.get('executionId')!r} does not match the file name"
+        )
+    rid = header.get("requestId")
+    if not isinstance(rid, str) or execution_id_for(rid) != execution_id:
+        problems.append("executionId is not derived from header.requestId")
+    envelope = record.get("envelope")
+    if envelope is not None:
+        if header.get("envelopeHash") != envelope_hash(envelope):
+            problems.append("envelopeHash does not match the recorded envelope")
+        if header.get("fingerprint") not in (
+            None,
+            fingerprint(envelope.get("intent"), envelope.get("payload"), envelope.get("routing")),
+        ):
+            problems.append("fingerprint does not match the recorded envelope")
+    elif header.get("kind") != "rejected":
+        problems.append("envelope is missing")
+    events = record.get("events")
+    if not isinstance(events, list) or not events:
+        problems.append("events are missing")
+        events = []
+    for index, event in enumerate(events, start=1):
+        if not isinstance(event, dict) or event.get("seq") != index:
+            problems.append(f"event {index}: seq is not contiguous from 1")
+            break
+        if event.get("type") not in EVENT_TYPES:
+            problems.append(f"event {index}: unknown type {event.get('type')!r}")
+    types = [e.get("type") for e in events if isinstance(e, dict)]
+    if types:
+        if types[0] != "INTENT_RECEIVED":
+            problems.append("first event is not INTENT_RECEIVED")
+        if types[-1] != "FINAL_RESPONSE":
+            problems.append("last event is not FINAL_RESPONSE")
+        if types.count("ROUTER_DECISION") != 1:
+            problems.append("there must be exactly one ROUTER_DECISION event")
+        t_ms = [e.get("t_ms", 0) for e in events if isinstance(e, dict)]
+        if any(b < a for a, b in itertools.pairwise(t_ms)):
+            problems.append("event times go backwards")
+    response = record.get("finalResponse")
+    if not isinstance(response, dict):
+        problems.append("finalResponse is missing")
+    else:
+        final = next(
+            (
+                e
+                for e in reversed(events)
+                if isinstance(e, dict) and e.get("type") == "FINAL_RESPONSE"
+            ),
+            None,
+        )
+        if final is not None and final.get("payload", {}).get("status") != response.get("status"):
+            problems.append("finalResponse status differs from the FINAL_RESPONSE event")
+        if response.get("metadata", {}).get("execution_id") != execution_id:
+            problems.append("finalResponse.metadata.execution_id does not match")
+        decision = record.get("routerDecision")
+        event_decision = next(
+            (
+                e.get("payload")
+                for e in events
+                if isinstance(e, dict) and e.get("type") == "ROUTER_DECISION"
+            ),
+            None,
+        )
+        if decision != event_decision:
+            problems.append("routerDecision differs from the ROUTER_DECISION event")
+    if registry is not None and envelope is not None and header.get("kind") == "execution":
+        problems.extend(
+            _determinism(record, envelope, header, registry, policy or Policy.allow_all())
+        )
+    return Verification(execution_id, problems)
+
+
+def _determinism(
+    record: dict[str, Any],
+    envelope: dict[str, Any],
+    header: dict[str, Any],
+    registry: AgentRegistry,
+    policy: Policy,
+) -> list[str]:
+    try:
+        env = validate_envelope(envelope)
+    except EnvelopeError as exc:
+        return [f"recorded envelope no longer validates: {exc.message}"]
+    candidates = [a.name for a in registry.find_by_capability(env.intent.name, env.intent.version)]
+    decision = policy.evaluate(candidates, PolicySubject.of(env, header.get("userId")))
+    p = plan(env, candidates, decision)
+    recorded = (record.get("routerDecision") or {}).get("tryOrder")
+    if p.try_order != recorded:
+        return [
+            f"routing is not reproducible: recorded try order {recorded}, "
+            f"the current registry and policy give {p.try_order}"
+        ]
+    code = (p.error or {}).get("code")
+    recorded_error = ((record.get("finalResponse") or {}).get("error") or {}).get("code")
+    if code is not None and code != recorded_error:
+        return [f"routing is not reproducible: recorded {recorded_error}, now {code}"]
+    return []
+
+
+def diff(a: Any, b: Any, path: str = "") -> list[str]:
+    """Paths where two records differ (`events[3].payload.agent: 'x' != 'y'`)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for key in list(a) + [k for k in b if k not in a]:
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in a:
+                out.append(f"{sub}: only in B")
+            elif key not in b:
+                out.append(f"{sub}: only in A")
+            else:
+                out.extend(diff(a[key], b[key], sub))
+        return out
+    if isinstance(a, list) and isinstance(b, list):
+        out = []
+        for i in range(max(len(a), len(b))):
+            sub = f"{path}[{i}]"
+            if i >= len(a):
+                out.append(f"{sub}: only in B")
+            elif i >= len(b):
+                out.append(f"{sub}: only in A")
+            else:
+                out.extend(diff(a[i], b[i], sub))
+        return out
+    return [] if a == b else [f"{path}: {json.dumps(a)} != {json.dumps(b)}"]
+
+
+def summary(record: dict[str, Any]) -> dict[str, Any]:
+    """One line of `records list`."""
+    header = record.get("header", {})
+    response = record.get("finalResponse") or {}
+    meta = response.get("metadata") or {}
+    envelope = record.get("envelope") or {}
+    return {
+        "executionId": header.get("executionId"),
+        "requestId": header.get("requestId"),
+        "createdAt": header.get("createdAt"),
+        "kind": header.get("kind"),
+        "intent": (envelope.get("intent") or {}).get("name")
+        or (record.get("routerDecision") or {}).get("intent"),
+        "status": response.get("status"),
+        "errorCode": (response.get("error") or {}).get("code"),
+        "agent": meta.get("agent"),
+        "strategy": meta.get("strategy"),
+        "latencyMs": meta.get("latency_ms"),
+    }
+
+
+def stats(store: RecordStore) -> dict[str, Any]:
+    by_status: Counter[str] = Counter()
+    by_intent: Counter[str] = Counter()
+    by_agent: Counter[str] = Counter()
+    by_kind: Counter[str] = Counter()
+    by_error: Counter[str] = Counter()
+    unreadable = 0
+    total = 0
+    for _eid, record in iter_records(store):
+        total += 1
+        if record is None:
+            unreadable += 1
+            continue
+        s = summary(record)
+        by_status[str(s["status"])] += 1
+        by_intent[str(s["intent"])] += 1
+        by_agent[str(s["agent"])] += 1
+        by_kind[str(s["kind"])] += 1
+        if s["errorCode"]:
+            by_error[str(s["errorCode"])] += 1
+    return {
+        "records": total,
+        "unreadable": unreadable,
+        "by_status": dict(by_status),
+        "by_kind": dict(by_kind),
+        "by_intent": dict(by_intent),
+        "by_agent": dict(by_agent),
+        "by_error_code": dict(by_error),
+    }
+
+
+__all__ = [
+    "RequestContext",
+    "Verification",
+    "diff",
+    "find",
+    "iter_records",
+    "load",
+    "replay",
+    "stats",
+    "summary",
+    "verify",
+]

@@ -1,0 +1,243 @@
+"""The four strategies over an ordered, policy-filtered candidate list.
+
+`plan` decides the try order (or the error that stops the request before any agent);
+`execute` runs it. Both are deterministic given the registry, the policy and the envelope;
+only PARALLEL's winner depends on timing.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime.envelope import IntentEnvelope, RoutingStrategy
+from runtime.errors import ErrorCode
+from runtime.invoker import AgentInvoker, Attempt, AttemptResult
+from runtime.observer import Observer
+from runtime.policy import PolicyDecision
+from runtime.recorder import ExecutionRecorder
+from runtime.registry import AgentDefinition
+from runtime.response import error_dict
+
+
+@dataclass(slots=True)
+class Plan:
+    """The try order, or the error that ends the request before any agent runs."""
+
+    try_order: list[str]
+    reason: str
+    error: dict[str, Any] | None = None
+    agent: str | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class RouteOutcome:
+    payload: dict[str, Any] | None
+    error: dict[str, Any] | None
+    agent: str | None
+    attempts: int
+    reason: str
+    try_order: list[str]
+
+    @property
+    def status(self) -> str:
+        return "error" if self.error is not None else "success"
+
+
+def plan(envelope: IntentEnvelope, candidates: Sequence[str], decision: PolicyDecision) -> Plan:
+    routing = envelope.routing
+    strategy = routing.strategy
+    if not candidates:
+        return Plan(
+            [],
+            "no_candidates",
+            error_dict(
+                ErrorCode.CAPABILITY_NOT_FOUND,
+                f"no agent handles intent '{envelope.intent.name}' version '{envelope.intent.version}'",
+                {"intent": envelope.intent.name, "version": envelope.intent.version},
+            ),
+        )
+    filtered = decision.reasons
+    named: list[str] = []
+    if strategy is RoutingStrategy.DIRECT and routing.targetAgent:
+        named = [routing.targetAgent]
+    elif strategy is RoutingStrategy.FALLBACK and (routing.targetAgent or routing.fallbackAgents):
+        named = ([routing.targetAgent] if routing.targetAgent else []) + list(
+            routing.fallbackAgents
+        )
+        named = list(dict.fromkeys(named))  # each agent at most once
+    if named:
+        unknown = [n for n in named if n not in candidates]
+        if unknown:
+            return Plan(
+                [],
+                "invalid_request",
+                error_dict(
+                    ErrorCode.ROUTING_ERROR,
+                    f"agent '{unknown[0]}' is not a candidate for intent '{envelope.intent.name}'",
+                    {"agent": unknown[0], "candidates": list(candidates)},
+                ),
+            )
+        order = [n for n in named if n not in filtered]
+        skipped = {n: filtered[n] for n in named if n in filtered}
+        if not order:
+            return Plan([], "all_filtered", _unauthorized(named, filtered), skipped=skipped)
+        first_reason = (
+            "target_specified"
+            if routing.targetAgent and order[0] == routing.targetAgent
+            else ("fallback_attempt" if skipped else "target_specified")
+        )
+        return Plan(order, first_reason, skipped=skipped)
+    if not decision.allowed:
+        return Plan([], "all_filtered", _unauthorized(list(candidates), filtered))
+    if strategy is RoutingStrategy.DIRECT:
+        return Plan([decision.allowed[0]], "deterministic_match")
+    return Plan(list(decision.allowed), "deterministic_match")
+
+
+def _unauthorized(names: Sequence[str], reasons: dict[str, str]) -> dict[str, Any]:
+    return error_dict(
+        ErrorCode.UNAUTHORIZED,
+        "policy allows none of the candidate agents",
+        {"filtered": {n: reasons[n] for n in names if n in reasons}},
+    )
+
+
+class Router:
+    """Runs a plan through the invoker, recording every attempt."""
+
+    def __init__(self, invoker: AgentInvoker, observer: Observer, default_timeout_s: float) -> None:
+        self.invoker = invoker
+        self.observer = observer
+        self.default_timeout_s = default_timeout_s
+
+    def timeout_for(self, agent: AgentDefinition) -> float:
+        return agent.timeout_s if agent.timeout_s is not None else self.default_timeout_s
+
+    def execute(
+        self,
+        envelope: IntentEnvelope,
+        agents: dict[str, AgentDefinition],
+        p: Plan,
+        rec: ExecutionRecorder,
+    ) -> RouteOutcome:
+        strategy = envelope.routing.strategy
+        if strategy is RoutingStrategy.PARALLEL:
+            return self._parallel(envelope, agents, p, rec)
+        stop_on_success = strategy is not RoutingStrategy.BROADCAST
+        fallback = strategy is RoutingStrategy.FALLBACK
+        last_success: tuple[str, AttemptResult] | None = None
+        last: tuple[str, AttemptResult] | None = None
+        attempts = 0
+        for index, name in enumerate(p.try_order):
+            if last is not None and fallback:
+                rec.event(
+                    "FALLBACK_TRIGGERED",
+                    {"from": last[0], "to": name, "reason": last[1].error_code},
+                )
+                self.observer.fallback(envelope.intent.name)
+            attempts += 1
+            result = self._attempt(envelope, agents[name], attempts, rec)
+            last = (name, result)
+            if result.status == "success":
+                last_success = last
+                if stop_on_success:
+                    reason = p.reason if index == 0 else "fallback_attempt"
+                    return RouteOutcome(result.payload, None, name, attempts, reason, p.try_order)
+        assert last is not None
+        if strategy is RoutingStrategy.BROADCAST and last_success is not None:
+            return RouteOutcome(
+                last_success[1].payload,
+                None,
+                last_success[0],
+                attempts,
+                "broadcast_last_success",
+                p.try_order,
+            )
+        reason = p.reason if strategy is RoutingStrategy.DIRECT else "all_failed"
+        return RouteOutcome(None, last[1].error, last[0], attempts, reason, p.try_order)
+
+    def _attempt(
+        self, envelope: IntentEnvelope, agent: AgentDefinition, number: int, rec: ExecutionRecorder
+    ) -> AttemptResult:
+        rec.event("AGENT_ATTEMPT_START", {"agent": agent.name, "attempt": number})
+        result, timed_out = self.invoker.call(
+            agent.name, agent.handler, envelope.model_copy(deep=True), self.timeout_for(agent)
+        )
+        self._end(rec, agent.name, number, result, timed_out)
+        return result
+
+    def _end(
+        self, rec: ExecutionRecorder, name: str, number: int, result: AttemptResult, timed_out: bool
+    ) -> None:
+        payload: dict[str, Any] = {
+            "agent": name,
+            "attempt": number,
+            "status": result.status,
+            "latency_ms": round(result.seconds * 1000.0, 3),
+        }
+        if result.error is not None:
+            payload["error_code"] = result.error_code
+        if timed_out:
+            payload["abandoned"] = True
+        rec.event("AGENT_ATTEMPT_END", payload)
+        self.observer.attempt_finished(name, result.status, result.error_code, result.seconds)
+
+    def _parallel(
+        self,
+        envelope: IntentEnvelope,
+        agents: dict[str, AgentDefinition],
+        p: Plan,
+        rec: ExecutionRecorder,
+    ) -> RouteOutcome:
+        done: queue.SimpleQueue[Attempt] = queue.SimpleQueue()
+        pending: dict[Attempt, int] = {}
+        results: dict[str, AttemptResult] = {}
+        for number, name in enumerate(p.try_order, start=1):
+            agent = agents[name]
+            rec.event("AGENT_ATTEMPT_START", {"agent": name, "attempt": number})
+            attempt = self.invoker.start(
+                name,
+                agent.handler,
+                envelope.model_copy(deep=True),
+                self.timeout_for(agent),
+                notify=done,
+            )
+            pending[attempt] = number
+        mono = self.invoker._mono
+        winner: tuple[str, AttemptResult] | None = None
+        while pending and winner is None:
+            nearest = min(pending, key=lambda a: a.deadline)
+            try:
+                finished = done.get(timeout=max(0.0, nearest.deadline - mono()))
+            except queue.Empty:
+                nearest.detach()
+                result = self.invoker.timeout_result(nearest)
+                self._end(rec, nearest.agent, pending.pop(nearest), result, True)
+                results[nearest.agent] = result
+                continue
+            if finished not in pending:
+                continue  # already timed out and recorded
+            result = finished.result()
+            self._end(rec, finished.agent, pending.pop(finished), result, False)
+            results[finished.agent] = result
+            if result.status == "success":
+                winner = (finished.agent, result)
+        for straggler, number in sorted(pending.items(), key=lambda item: item[1]):
+            straggler.detach()
+            rec.event(
+                "AGENT_ATTEMPT_ABANDONED",
+                {"agent": straggler.agent, "attempt": number, "reason": "first_success_elsewhere"},
+            )
+        attempts = len(p.try_order)
+        if winner is not None:
+            return RouteOutcome(
+                winner[1].payload, None, winner[0], attempts, "parallel_first_success", p.try_order
+            )
+        last_name = p.try_order[-1]
+        return RouteOutcome(
+            None, results[last_name].error, last_name, attempts, "all_failed", p.try_order
+        )

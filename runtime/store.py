@@ -1,0 +1,371 @@
+"""Record stores: where ExecutionRecords live, one immutable JSON document per executionId.
+
+`FileRecordStore` keeps one file `<executionId>.json` per record under `<dir>/<hhh>/`, where
+`hhh` are the id's first three hex digits (4096 folders, so none grows to millions of
+entries, and any record is found from its id alone). Writes are atomic and durable: the
+bytes go to a temp file which is fsynced, then hard-linked into place (which fails if the
+record exists, so records are never rewritten), then the folder is fsynced. A committer
+thread fsyncs everything written since its last round together (group commit), so
+concurrent writers share the cost of a sync.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+from runtime.errors import RecordExists, RecordStoreError
+
+log = logging.getLogger("intentus.runtime.store")
+
+EXECUTION_ID = re.compile(r"^exec-[0-9a-f]{24}$")
+FILE_MODE = 0o640
+DIR_MODE = 0o750
+TMP_DIR = ".tmp"
+INFLIGHT_DIR = ".inflight"
+
+Callback = Callable[[BaseException | None], None]
+
+
+def check_execution_id(execution_id: str) -> str:
+    """Only well-formed ids ever become paths; anything else is rejected."""
+    if not isinstance(execution_id, str) or not EXECUTION_ID.match(execution_id):
+        raise RecordStoreError(f"invalid executionId {execution_id!r}")
+    return execution_id
+
+
+class RecordStore(Protocol):
+    def get(self, execution_id: str) -> bytes | None: ...
+    def exists(self, execution_id: str) -> bool: ...
+    def put(self, execution_id: str, data: bytes) -> None: ...
+    def put_async(self, execution_id: str, data: bytes, done: Callback) -> None: ...
+    def delete(self, execution_id: str) -> bool: ...
+    def ids(self) -> Iterator[str]: ...
+    def check_writable(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class MemoryRecordStore:
+    """Records in a dict: for embedding and tests (nothing survives the process)."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def get(self, execution_id: str) -> bytes | None:
+        return self._data.get(execution_id)
+
+    def exists(self, execution_id: str) -> bool:
+        return execution_id in self._data
+
+    def put(self, execution_id: str, data: bytes) -> None:
+        check_execution_id(execution_id)
+        with self._lock:
+            if execution_id in self._data:
+                raise RecordExists(execution_id)
+            self._data[execution_id] = bytes(data)
+
+    def put_async(self, execution_id: str, data: bytes, done: Callback) -> None:
+        try:
+            self.put(execution_id, data)
+        except RecordStoreError as exc:
+            done(exc)
+        else:
+            done(None)
+
+    def delete(self, execution_id: str) -> bool:
+        with self._lock:
+            return self._data.pop(execution_id, None) is not None
+
+    def ids(self) -> Iterator[str]:
+        return iter(sorted(self._data))
+
+    def check_writable(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class _Pending:
+    __slots__ = ("done", "execution_id", "fd", "final", "folder", "tmp")
+
+    def __init__(
+        self, execution_id: str, fd: int, tmp: str, final: str, folder: str, done: Callback
+    ) -> None:
+        self.execution_id = execution_id
+        self.fd = fd
+        self.tmp = tmp
+        self.final = final
+        self.folder = folder
+        self.done = done
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileRecordStore:
+    """Durable, sharded, write-once JSON files with group-committed fsyncs."""
+
+    def __init__(
+        self, root: str | os.PathLike[str], *, owner: str | None = None, durable: bool = True
+    ) -> None:
+        self.root = Path(root)
+        self.durable = durable
+        self._owner = re.sub(r"[^A-Za-z0-9._-]", "_", owner or f"p{os.getpid()}")[:100]
+        self._made: set[str] = set()
+        self._lock = threading.Lock()
+        self._queue: list[_Pending] = []
+        self._wake = threading.Condition(self._lock)
+        self._closed = False
+        self._seq = 0
+        try:
+            self._mkdir(str(self.root))
+            self._tmp = str(self.root / TMP_DIR / self._owner)
+            self._mkdir(str(self.root / TMP_DIR))
+            self._mkdir(self._tmp)
+        except OSError as exc:
+            raise RecordStoreError(
+                f"records folder {self.root} is not usable: {exc.strerror or exc}"
+            ) from None
+        self._committer = threading.Thread(
+            target=self._commit_loop, name="intentus-record-commit", daemon=True
+        )
+        self._committer.start()
+
+    # -- paths ---------------------------------------------------------------------------
+    def folder_for(self, execution_id: str) -> str:
+        return os.path.join(self.root, execution_id[5:8])
+
+    def path_for(self, execution_id: str) -> str:
+        check_execution_id(execution_id)
+        return os.path.join(self.root, execution_id[5:8], execution_id + ".json")
+
+    def _mkdir(self, path: str) -> None:
+        if path in self._made:
+            return
+        try:
+            os.mkdir(path, DIR_MODE)
+        except FileExistsError:
+            pass
+        else:
+            os.chmod(path, DIR_MODE)  # whatever the umask
+            if self.durable:
+                _fsync_dir(os.path.dirname(path.rstrip("/")) or ".")
+        self._made.add(path)
+
+    # -- reads ---------------------------------------------------------------------------
+    def get(self, execution_id: str) -> bytes | None:
+        try:
+            with open(self.path_for(execution_id), "rb") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise RecordStoreError(
+                f"cannot read record {execution_id}: {exc.strerror or exc}"
+            ) from None
+
+    def exists(self, execution_id: str) -> bool:
+        return os.path.exists(self.path_for(execution_id))
+
+    def ids(self) -> Iterator[str]:
+        try:
+            shards = sorted(
+                e.name for e in os.scandir(self.root) if e.is_dir() and len(e.name) == 3
+            )
+        except FileNotFoundError:
+            return
+        for shard in shards:
+            try:
+                names = sorted(os.listdir(os.path.join(self.root, shard)))
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if name.endswith(".json") and EXECUTION_ID.match(name[:-5]):
+                    yield name[:-5]
+
+    # -- writes --------------------------------------------------------------------------
+    def put(self, execution_id: str, data: bytes) -> None:
+        """Write and return once durable; RecordExists if it is already stored."""
+        box: list[BaseException | None] = []
+        event = threading.Event()
+
+        def done(exc: BaseException | None) -> None:
+            box.append(exc)
+            event.set()
+
+        self.put_async(execution_id, data, done)
+        event.wait()
+        if box[0] is not None:
+            raise box[0]
+
+    def put_async(self, execution_id: str, data: bytes, done: Callback) -> None:
+        """Write the bytes now; `done(None)` runs once they are durable (or `done(exc)`)."""
+        try:
+            final = self.path_for(execution_id)
+            folder = os.path.dirname(final)
+            if os.path.exists(final):
+                raise RecordExists(execution_id)
+            self._mkdir(folder)
+            with self._lock:
+                self._seq += 1
+                tmp = os.path.join(self._tmp, f"{execution_id}.{self._seq}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+            try:
+                os.fchmod(fd, FILE_MODE)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            except BaseException:
+                os.close(fd)
+                _unlink(tmp)
+                raise
+        except RecordStoreError as exc:
+            done(exc)
+            return
+        except OSError as exc:
+            done(RecordStoreError(f"cannot write record {execution_id}: {exc.strerror or exc}"))
+            return
+        with self._wake:
+            if self._closed:
+                os.close(fd)
+                _unlink(tmp)
+                done(RecordStoreError("record store is closed"))
+                return
+            self._queue.append(_Pending(execution_id, fd, tmp, final, folder, done))
+            self._wake.notify()
+
+    def _commit_loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue and not self._closed:
+                    self._wake.wait()
+                batch, self._queue = self._queue, []
+                if not batch and self._closed:
+                    return
+            self._commit(batch)
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        results: list[BaseException | None] = [None] * len(batch)
+        for i, item in enumerate(batch):
+            try:
+                if self.durable:
+                    os.fsync(item.fd)
+            except OSError as exc:
+                results[i] = RecordStoreError(
+                    f"cannot sync record {item.execution_id}: {exc.strerror or exc}"
+                )
+            finally:
+                os.close(item.fd)
+        folders: set[str] = set()
+        for i, item in enumerate(batch):
+            if results[i] is None:
+                try:
+                    os.link(item.tmp, item.final)
+                    folders.add(item.folder)
+                except FileExistsError:
+                    results[i] = RecordExists(item.execution_id)
+                except OSError as exc:
+                    results[i] = RecordStoreError(
+                        f"cannot store record {item.execution_id}: {exc.strerror or exc}"
+                    )
+            _unlink(item.tmp)
+        if self.durable:
+            for folder in folders:
+                try:
+                    _fsync_dir(folder)
+                except OSError as exc:
+                    for i, item in enumerate(batch):
+                        if item.folder == folder and results[i] is None:
+                            results[i] = RecordStoreError(
+                                f"cannot sync folder of {item.execution_id}: {exc.strerror or exc}"
+                            )
+        for item, result in zip(batch, results, strict=True):
+            try:
+                item.done(result)
+            except Exception:
+                log.exception("record commit callback failed")
+
+    def delete(self, execution_id: str) -> bool:
+        try:
+            os.unlink(self.path_for(execution_id))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def check_writable(self) -> None:
+        """Raise RecordStoreError unless a small file can be written and synced now."""
+        probe = os.path.join(self._tmp, f"probe.{os.getpid()}.{time.monotonic_ns()}")
+        try:
+            self._made.discard(self._tmp)
+            self._mkdir(str(self.root / TMP_DIR))
+            self._mkdir(self._tmp)
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            try:
+                os.write(fd, b"x" * 4096)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise RecordStoreError(
+                f"records folder {self.root} is not writable: {exc.strerror or exc}"
+            ) from None
+        finally:
+            _unlink(probe)
+
+    def remove_stale_temp(self, live_owners: set[str]) -> int:
+        """Delete temp files of owners that are no longer running (crashed writers)."""
+        removed = 0
+        base = self.root / TMP_DIR
+        try:
+            owners = list(os.scandir(base))
+        except FileNotFoundError:
+            return 0
+        for entry in owners:
+            if entry.name == self._owner or entry.name in live_owners or not entry.is_dir():
+                continue
+            for leftover in os.scandir(entry.path):
+                _unlink(leftover.path)
+                removed += 1
+            try:
+                os.rmdir(entry.path)
+            except OSError:
+                pass
+        return removed
+
+    @property
+    def owner(self) -> str:
+        return self._owner
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._committer.join(timeout=30)
+        for leftover in os.scandir(self._tmp) if os.path.isdir(self._tmp) else ():
+            _unlink(leftover.path)
+        try:
+            os.rmdir(self._tmp)
+        except OSError:
+            pass
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            log.warning("cannot remove %s: %s", path, exc.strerror)
