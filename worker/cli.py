@@ -1,0 +1,385 @@
+"""`intentus`: run the worker, send intents, inspect and replay records.
+
+Exit codes: 0 success; 1 error (an error reply, a record not found or failing verification,
+an unexpected failure); 2 bad usage or configuration; 3 broker unreachable or topology
+conflict at start; 4 records folder unusable at start; 75 shutdown grace expired with work
+unfinished; 130 second signal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from runtime import replay as records
+from runtime.errors import IntentusError, RecordNotFound
+from runtime.store import FileRecordStore
+from worker import config as configuration
+from worker.errors import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, ConfigError, WorkerError
+
+log = logging.getLogger("intentus.cli")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """`90s`, `15m`, `12h`, `30d`, `2w` → seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ConfigError(f"invalid duration {text!r} (use e.g. 90s, 15m, 12h, 30d)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def parse_since(text: str) -> datetime:
+    try:
+        return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
+    except ConfigError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"--since: expected a duration (1h) or an ISO 8601 time, got {text!r}"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse exits 2 too; keep its one-line style
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_CONFIG, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="intentus",
+        description="intentusnet-worker: deterministic intent routing over RabbitMQ.",
+        epilog=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    w = sub.add_parser(
+        "worker",
+        help="consume intents and route them to agents",
+        description="Run the worker. Every option also reads its INTENTUS_* variable.",
+    )
+    configuration.add_arguments(w)
+
+    s = sub.add_parser("send", help="send one intent and print its reply")
+    s.add_argument("intent", help="intent name, optionally Name@Version")
+    s.add_argument("--payload", default="{}", help="JSON object, or @file to read it from a file")
+    s.add_argument(
+        "--strategy", choices=["DIRECT", "FALLBACK", "BROADCAST", "PARALLEL"], type=str.upper
+    )
+    s.add_argument("--target", help="targetAgent")
+    s.add_argument(
+        "--fallback", action="append", default=[], help="a fallbackAgents entry (repeatable)"
+    )
+    s.add_argument("--request-id", help="metadata.requestId (default: a new unique id)")
+    s.add_argument("--tag", action="append", default=[], help="a context tag (repeatable)")
+    s.add_argument("--priority", choices=["LOW", "NORMAL", "HIGH", "CRITICAL"], type=str.upper)
+    s.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the reply (default 30)"
+    )
+    s.add_argument(
+        "--no-wait", action="store_true", help="publish and exit without waiting for the reply"
+    )
+    configuration.add_arguments(s, ["amqp_url", "queue"])
+
+    r = sub.add_parser("records", help="inspect, verify and replay execution records")
+    rsub = r.add_subparsers(dest="records_command", required=True, parser_class=_Parser)
+
+    def rp(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = rsub.add_parser(name, help=help_text, description=help_text)
+        configuration.add_arguments(p, ["records_dir"])
+        return p
+
+    ls = rp("list", "list records, newest first")
+    ls.add_argument("--intent")
+    ls.add_argument("--status", choices=["success", "error"])
+    ls.add_argument("--agent")
+    ls.add_argument("--since", help="a duration (1h, 7d) or an ISO 8601 time")
+    ls.add_argument("--limit", type=int, default=50, help="at most this many (0: all; default 50)")
+    ls.add_argument("--json", action="store_true", help="print a JSON array")
+    show = rp("show", "print one record (by executionId, requestId or correlationId)")
+    show.add_argument("id")
+    rep = rp("replay", "print the recorded response, byte for byte (no agent runs)")
+    rep.add_argument("id")
+    ver = rp(
+        "verify", "check integrity and routing determinism against the current agents and policy"
+    )
+    ver.add_argument("id", nargs="?")
+    ver.add_argument("--all", action="store_true", help="verify every record")
+    ver.add_argument("--json", action="store_true")
+    configuration.add_arguments(ver, ["agents", "policy_file"])
+    d = rp("diff", "show where two records differ")
+    d.add_argument("a")
+    d.add_argument("b")
+    st = rp("stats", "counts by status, intent, agent and error code")
+    st.add_argument("--json", action="store_true")
+    gc = rp("gc", "delete records older than a duration")
+    gc.add_argument("--older-than", required=True, help="e.g. 30d, 12h")
+    gc.add_argument("--dry-run", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "worker":
+            return cmd_worker(args)
+        if args.command == "send":
+            return cmd_send(args)
+        return cmd_records(args)
+    except WorkerError as exc:
+        print(f"intentus: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except RecordNotFound as exc:
+        print(f"intentus: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except IntentusError as exc:
+        print(f"intentus: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from worker import logs
+    from worker.loader import load_agents, load_policy_file
+    from worker.service import Worker
+
+    try:
+        cfg = configuration.load(args)
+    except ConfigError:
+        logs.setup("text")
+        raise
+    logs.setup(cfg.log_format, secrets=[p for p in [cfg.password] if p])
+    registry = load_agents(cfg.agents)
+    policy = load_policy_file(cfg.policy_file)
+    try:
+        worker = Worker(cfg, registry, policy)
+        return worker.run()
+    except WorkerError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    except Exception:
+        log.exception("worker failed")
+        return EXIT_ERROR
+
+
+def _payload(text: str) -> dict[str, Any]:
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"--payload: cannot read {text[1:]}: {exc.strerror}") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--payload: not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ConfigError("--payload: must be a JSON object")
+    return value
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from worker.client import IntentusClient
+
+    cfg = configuration.load(args)
+    payload = _payload(args.payload)
+    name, _, version = args.intent.partition("@")
+    with IntentusClient(cfg.amqp_url, queue=cfg.queue, source="intentus-cli") as client:
+        response = client.send_intent(
+            name,
+            payload,
+            intent_version=version or "1.0",
+            strategy=args.strategy,
+            target=args.target,
+            fallbacks=args.fallback,
+            tags=args.tag,
+            priority=args.priority,
+            request_id=args.request_id,
+            timeout=args.timeout,
+            wait=not args.no_wait,
+        )
+    if response is None:
+        print(json.dumps({"published": True, "queue": cfg.queue}))
+        return EXIT_OK
+    print(response.model_dump_json(indent=2))
+    return EXIT_OK if response.ok else EXIT_ERROR
+
+
+def _store(args: argparse.Namespace) -> FileRecordStore:
+    cfg = configuration.load(args)
+    root = Path(cfg.records_dir)
+    if not root.is_dir():
+        raise ConfigError(f"INTENTUS_RECORDS_DIR: no records folder at {root}")
+    return _ReadOnlyStore(root)
+
+
+class _ReadOnlyStore(FileRecordStore):
+    """The file store's reading side, without a committer thread or temp folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.durable = True
+        self._made = set()
+
+
+def cmd_records(args: argparse.Namespace) -> int:
+    store = _store(args)
+    command = args.records_command
+    out = sys.stdout
+    if command == "list":
+        since = parse_since(args.since) if args.since else None
+        rows = []
+        for _eid, record in records.iter_records(store):
+            if record is None:
+                continue
+            row = records.summary(record)
+            if args.intent and row["intent"] != args.intent:
+                continue
+            if args.status and row["status"] != args.status:
+                continue
+            if args.agent and row["agent"] != args.agent:
+                continue
+            if since is not None:
+                try:
+                    created = datetime.fromisoformat(str(row["createdAt"]))
+                except ValueError:
+                    continue
+                if created < since:
+                    continue
+            rows.append(row)
+        rows.sort(key=lambda r: (str(r["createdAt"]), str(r["executionId"])), reverse=True)
+        if args.limit > 0:
+            rows = rows[: args.limit]
+        if args.json:
+            out.write(json.dumps(rows, indent=2) + "\n")
+        else:
+            _table(
+                rows,
+                ["createdAt", "executionId", "requestId", "intent", "status", "agent", "errorCode"],
+            )
+        return EXIT_OK
+    if command == "show":
+        _eid, record = records.find(store, args.id)
+        out.write(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+        return EXIT_OK
+    if command == "replay":
+        _eid, record = records.find(store, args.id)
+        sys.stdout.buffer.write(records.replay(record) + b"\n")
+        sys.stdout.buffer.flush()
+        return EXIT_OK
+    if command == "verify":
+        return _verify(args, store)
+    if command == "diff":
+        _a, ra = records.find(store, args.a)
+        _b, rb = records.find(store, args.b)
+        differences = records.diff(ra, rb)
+        for line in differences:
+            out.write(line + "\n")
+        return EXIT_OK if not differences else EXIT_ERROR
+    if command == "stats":
+        summary = records.stats(store)
+        if args.json:
+            out.write(json.dumps(summary, indent=2) + "\n")
+        else:
+            out.write(f"records: {summary['records']} (unreadable: {summary['unreadable']})\n")
+            for key in ("by_status", "by_kind", "by_intent", "by_agent", "by_error_code"):
+                out.write(f"{key.removeprefix('by_').replace('_', ' ')}:\n")
+                for name, count in sorted(summary[key].items(), key=lambda kv: (-kv[1], kv[0])):
+                    out.write(f"  {name:<32} {count}\n")
+        return EXIT_OK
+    if command == "gc":
+        cutoff = datetime.now(UTC) - timedelta(seconds=parse_duration(args.older_than))
+        removed = kept = 0
+        for eid, record in records.iter_records(store):
+            created = (record or {}).get("header", {}).get("createdAt")
+            try:
+                old = created is not None and datetime.fromisoformat(created) < cutoff
+            except ValueError:
+                old = False
+            if old:
+                if not args.dry_run:
+                    store.delete(eid)
+                removed += 1
+            else:
+                kept += 1
+        verb = "would delete" if args.dry_run else "deleted"
+        out.write(f"{verb} {removed} records older than {args.older_than}; kept {kept}\n")
+        return EXIT_OK
+    raise ConfigError(f"unknown records command {command!r}")  # pragma: no cover
+
+
+def _verify(args: argparse.Namespace, store: FileRecordStore) -> int:
+    from worker.loader import load_agents, load_policy_file
+
+    cfg = configuration.load(args)
+    registry = load_agents(cfg.agents)
+    policy = load_policy_file(cfg.policy_file)
+    if args.id and args.all:
+        raise ConfigError("give an ID or --all, not both")
+    if args.id:
+        eid, record = records.find(store, args.id)
+        results = [records.verify(eid, record, registry, policy)]
+    elif args.all:
+        results = [
+            records.verify(eid, rec, registry, policy) for eid, rec in records.iter_records(store)
+        ]
+    else:
+        raise ConfigError("give an ID or --all")
+    failed = [r for r in results if not r.ok]
+    if args.json:
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "checked": len(results),
+                    "failed": len(failed),
+                    "problems": {r.execution_id: r.problems for r in failed},
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+    else:
+        for r in results:
+            if r.ok:
+                if args.id:
+                    sys.stdout.write(f"{r.execution_id}: ok\n")
+            else:
+                for problem in r.problems:
+                    sys.stdout.write(f"{r.execution_id}: {problem}\n")
+        sys.stdout.write(
+            f"verified {len(results)} records: {len(results) - len(failed)} ok, {len(failed)} failed\n"
+        )
+    return EXIT_OK if not failed else EXIT_ERROR
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    if not rows:
+        sys.stdout.write("no records\n")
+        return
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    sys.stdout.write(
+        "  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip() + "\n"
+    )
+    for row in cells:
+        sys.stdout.write(
+            "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() + "\n"
+        )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

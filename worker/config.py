@@ -1,0 +1,252 @@
+"""Configuration: `INTENTUS_*` environment variables, each with a matching CLI flag.
+
+Flags win over the environment, which wins over the defaults. Every value is checked here,
+once; a bad one is a ConfigError naming the variable (exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+from dataclasses import dataclass, field, fields
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from worker.errors import ConfigError
+
+DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/%2F"
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Option:
+    env: str
+    flag: str
+    help: str
+    kind: type = str
+    default: Any = None
+
+
+OPTIONS: dict[str, Option] = {
+    "amqp_url": Option(
+        "INTENTUS_AMQP_URL", "--amqp-url", "broker URL (amqp:// or amqps://)", str, DEFAULT_AMQP_URL
+    ),
+    "queue": Option("INTENTUS_QUEUE", "--queue", "request queue", str, "intentus.requests"),
+    "queue_type": Option("INTENTUS_QUEUE_TYPE", "--queue-type", "quorum or classic", str, "quorum"),
+    "reply_queue": Option(
+        "INTENTUS_REPLY_QUEUE",
+        "--reply-queue",
+        'default reply queue ("" disables)',
+        str,
+        "intentus.replies",
+    ),
+    "records_dir": Option(
+        "INTENTUS_RECORDS_DIR",
+        "--records-dir",
+        "execution records folder",
+        str,
+        ".intentusnet/records",
+    ),
+    "agents": Option(
+        "INTENTUS_AGENTS",
+        "--agents",
+        "agents as module:attribute (default: built-in demo agents)",
+        str,
+        "",
+    ),
+    "policy_file": Option("INTENTUS_POLICY_FILE", "--policy-file", "policy JSON file", str, ""),
+    "concurrency": Option(
+        "INTENTUS_CONCURRENCY", "--concurrency", "requests routed at once", int, 8
+    ),
+    "prefetch": Option(
+        "INTENTUS_PREFETCH", "--prefetch", "unacknowledged deliveries held at once", int, 64
+    ),
+    "agent_timeout_s": Option(
+        "INTENTUS_AGENT_TIMEOUT_S",
+        "--agent-timeout-s",
+        "default per-agent deadline (seconds)",
+        float,
+        30.0,
+    ),
+    "max_message_bytes": Option(
+        "INTENTUS_MAX_MESSAGE_BYTES",
+        "--max-message-bytes",
+        "largest request body accepted",
+        int,
+        10 * 1024 * 1024,
+    ),
+    "metrics_addr": Option(
+        "INTENTUS_METRICS_ADDR",
+        "--metrics-addr",
+        "host:port for /metrics, /healthz, /readyz",
+        str,
+        "127.0.0.1:9464",
+    ),
+    "shutdown_grace_s": Option(
+        "INTENTUS_SHUTDOWN_GRACE_S",
+        "--shutdown-grace-s",
+        "time to finish in-flight work on SIGTERM",
+        float,
+        30.0,
+    ),
+    "log_format": Option("INTENTUS_LOG_FORMAT", "--log-format", "text or json", str, "text"),
+    "worker_id": Option(
+        "INTENTUS_WORKER_ID",
+        "--worker-id",
+        "unique id of this worker (default hostname-pid)",
+        str,
+        "",
+    ),
+    "delivery_limit": Option(
+        "INTENTUS_DELIVERY_LIMIT",
+        "--delivery-limit",
+        "quorum queues: deliveries before the broker dead-letters a message",
+        int,
+        20,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    amqp_url: str = DEFAULT_AMQP_URL
+    queue: str = "intentus.requests"
+    queue_type: str = "quorum"
+    reply_queue: str = "intentus.replies"
+    records_dir: str = ".intentusnet/records"
+    agents: str = ""
+    policy_file: str = ""
+    concurrency: int = 8
+    prefetch: int = 64
+    agent_timeout_s: float = 30.0
+    max_message_bytes: int = 10 * 1024 * 1024
+    metrics_addr: str = "127.0.0.1:9464"
+    shutdown_grace_s: float = 30.0
+    log_format: str = "text"
+    worker_id: str = field(default_factory=_default_worker_id)
+    delivery_limit: int = 20
+
+    @property
+    def dlx(self) -> str:
+        return f"{self.queue}.dlx"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.queue}.dlq"
+
+    @property
+    def metrics_host_port(self) -> tuple[str, int]:
+        host, _, port = self.metrics_addr.rpartition(":")
+        return host.strip("[]") or "0.0.0.0", int(port)
+
+    @property
+    def safe_url(self) -> str:
+        return mask_url(self.amqp_url)
+
+    @property
+    def password(self) -> str | None:
+        return url_password(self.amqp_url)
+
+
+def url_password(url: str) -> str | None:
+    try:
+        pw = urlsplit(url).password
+    except ValueError:
+        return None
+    return unquote(pw) if pw else None
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def add_arguments(parser: argparse.ArgumentParser, names: list[str] | None = None) -> None:
+    for name in names or list(OPTIONS):
+        opt = OPTIONS[name]
+        parser.add_argument(
+            opt.flag, dest=name, default=None, metavar=opt.env, help=f"{opt.help} [env {opt.env}]"
+        )
+
+
+def _convert(name: str, raw: str) -> Any:
+    opt = OPTIONS[name]
+    if opt.kind is int:
+        try:
+            return int(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{opt.env}: expected an integer, got {raw!r}") from None
+    if opt.kind is float:
+        try:
+            return float(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{opt.env}: expected a number, got {raw!r}") from None
+    return raw
+
+
+def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = None) -> Config:
+    """Defaults ← environment ← flags, then validated."""
+    env = dict(os.environ if env is None else env)
+    values: dict[str, Any] = {}
+    for name, opt in OPTIONS.items():
+        raw = getattr(args, name, None) if args is not None else None
+        if raw is None:
+            raw = env.get(opt.env)
+        if raw is None:
+            continue
+        values[name] = _convert(name, raw)
+    if not values.get("worker_id"):
+        values.pop("worker_id", None)
+    cfg = Config(**values)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    def bad(name: str, why: str) -> ConfigError:
+        return ConfigError(f"{OPTIONS[name].env}: {why}")
+
+    scheme = urlsplit(cfg.amqp_url).scheme
+    if scheme not in ("amqp", "amqps"):
+        raise bad(
+            "amqp_url", f"must start with amqp:// or amqps:// (got {mask_url(cfg.amqp_url)!r})"
+        )
+    if not cfg.queue or len(cfg.queue.encode()) > 200:
+        raise bad("queue", "must be a non-empty name of at most 200 bytes")
+    if cfg.queue.startswith("amq."):
+        raise bad("queue", "names starting with 'amq.' are reserved by the broker")
+    if cfg.queue_type not in ("quorum", "classic"):
+        raise bad("queue_type", f"must be quorum or classic, got {cfg.queue_type!r}")
+    if cfg.concurrency < 1 or cfg.concurrency > 1024:
+        raise bad("concurrency", "must be between 1 and 1024")
+    if cfg.prefetch < 1 or cfg.prefetch > 65535:
+        raise bad("prefetch", "must be between 1 and 65535")
+    if not cfg.agent_timeout_s > 0:
+        raise bad("agent_timeout_s", "must be a positive number of seconds")
+    if cfg.max_message_bytes < 1:
+        raise bad("max_message_bytes", "must be positive")
+    if cfg.shutdown_grace_s < 0:
+        raise bad("shutdown_grace_s", "must not be negative")
+    if cfg.log_format not in ("text", "json"):
+        raise bad("log_format", f"must be text or json, got {cfg.log_format!r}")
+    if cfg.delivery_limit < 1:
+        raise bad("delivery_limit", "must be at least 1")
+    _host, sep, port = cfg.metrics_addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise bad("metrics_addr", f"must be host:port, got {cfg.metrics_addr!r}")
+    if not re.match(r"^[A-Za-z0-9._-]{1,100}$", cfg.worker_id):
+        raise bad("worker_id", "must be 1-100 characters of letters, digits, '.', '_' or '-'")
+    if cfg.agents and ":" not in cfg.agents:
+        raise bad("agents", f"must be module:attribute, got {cfg.agents!r}")
+
+
+def describe(cfg: Config) -> dict[str, Any]:
+    """The configuration as logged at start (password masked)."""
+    out = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+    out["amqp_url"] = cfg.safe_url
+    return out

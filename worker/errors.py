@@ -1,0 +1,53 @@
+"""The worker's exceptions and exit codes.
+
+WorkerError                   base; carries the process exit code
++-- ConfigError               bad usage or configuration (exit 2)
++-- BrokerUnavailable         cannot reach or log in to the broker at start (exit 3)
++-- TopologyConflict          a queue/exchange exists with other arguments (exit 3)
++-- RecordsUnusable           the records folder cannot be used at start (exit 4)
++-- ClientError               raised by IntentusClient
+    +-- RequestTimeout        no reply within the timeout
+    +-- PublishFailed         the broker did not accept the request
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_CONFIG = 2
+EXIT_BROKER = 3
+EXIT_RECORDS = 4
+EXIT_GRACE_EXPIRED = 75
+EXIT_SECOND_SIGNAL = 130
+
+
+class WorkerError(Exception):
+    exit_code = EXIT_ERROR
+
+
+class ConfigError(WorkerError):
+    exit_code = EXIT_CONFIG
+
+
+class BrokerUnavailable(WorkerError):
+    exit_code = EXIT_BROKER
+
+
+class TopologyConflict(WorkerError):
+    exit_code = EXIT_BROKER
+
+
+class RecordsUnusable(WorkerError):
+    exit_code = EXIT_RECORDS
+
+
+class ClientError(WorkerError):
+    """Base of what IntentusClient raises."""
+
+
+class RequestTimeout(ClientError, TimeoutError):
+    """No reply arrived within the timeout (the request may still be executed)."""
+
+
+class PublishFailed(ClientError):
+    """The broker refused or could not route the request."""

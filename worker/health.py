@@ -1,0 +1,83 @@
+"""HTTP on INTENTUS_METRICS_ADDR: /metrics, /healthz (alive), /readyz (consuming and store writable)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from worker.errors import ConfigError
+
+log = logging.getLogger("intentus.health")
+
+
+class HealthServer:
+    """A small threaded HTTP server; `readiness()` returns (ready, reasons)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        readiness: Callable[[], tuple[bool, list[str]]],
+    ) -> None:
+        self.registry = registry
+        self.readiness = readiness
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            server_version = "intentus"
+            sys_version = ""
+
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, generate_latest(outer.registry), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    self._json(200, {"status": "ok"})
+                elif path == "/readyz":
+                    ready, reasons = outer.readiness()
+                    self._json(200 if ready else 503, {"ready": ready, "reasons": reasons})
+                else:
+                    self._json(
+                        404, {"error": "not found", "paths": ["/metrics", "/healthz", "/readyz"]}
+                    )
+
+            def _json(self, code: int, body: dict[str, object]) -> None:
+                self._send(code, json.dumps(body).encode() + b"\n", "application/json")
+
+            def _send(self, code: int, body: bytes, content_type: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        try:
+            self.httpd = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            raise ConfigError(
+                f"INTENTUS_METRICS_ADDR: cannot listen on {host}:{port}: {exc.strerror or exc}"
+            ) from None
+        self.httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, name="intentus-http", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self.httpd.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

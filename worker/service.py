@@ -1,0 +1,365 @@
+"""The worker's lifecycle: start in order, run the per-message pipeline, stop in order.
+
+Threads: the AMQP I/O thread (owns pika), INTENTUS_CONCURRENCY pipeline threads (route one
+delivery each), the runtime's agent threads and record committer, and the HTTP thread. Order
+per message: route → record durable → reply confirmed → ack. Shutdown: stop consuming, hand
+back deliveries not yet started, finish the rest within the grace period, close.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from runtime.engine import IntentusRuntime
+from runtime.errors import IntentusError, RecordExists, RecordStoreError
+from runtime.middleware import Middleware
+from runtime.policy import Policy
+from runtime.registry import AgentRegistry
+from worker.amqp import ConsumerConnection, declare_topology
+from worker.config import Config, describe
+from worker.errors import (
+    EXIT_GRACE_EXPIRED,
+    EXIT_OK,
+    EXIT_SECOND_SIGNAL,
+    RecordsUnusable,
+)
+from worker.health import HealthServer
+from worker.metrics import Metrics
+from worker.pipeline import Decision, Delivery, decide, redecide
+
+log = logging.getLogger("intentus.worker")
+
+_TICK_S = 0.5
+
+
+class Worker:
+    """One worker process. `run()` blocks until stopped and returns the exit code."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        registry: AgentRegistry,
+        policy: Policy | None = None,
+        middleware: Sequence[Middleware] = (),
+        *,
+        handle_signals: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self.registry = registry
+        self.metrics = Metrics(registry, {r.id for r in policy.document.rules} if policy else None)
+        self.handle_signals = handle_signals
+        try:
+            os.makedirs(cfg.records_dir, mode=0o750, exist_ok=True)
+            self.runtime = IntentusRuntime(
+                registry,
+                records_dir=cfg.records_dir,
+                policy=policy,
+                middleware=middleware,
+                agent_timeout_s=cfg.agent_timeout_s,
+                max_message_bytes=cfg.max_message_bytes,
+                worker_id=cfg.worker_id,
+                observer=self.metrics,
+            )
+            self.runtime.store.check_writable()
+        except (OSError, RecordStoreError) as exc:
+            raise RecordsUnusable(
+                f"INTENTUS_RECORDS_DIR {cfg.records_dir!r} is not usable: {exc}"
+            ) from None
+        except IntentusError as exc:
+            raise RecordsUnusable(f"INTENTUS_RECORDS_DIR {cfg.records_dir!r}: {exc}") from None
+        self._jobs: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
+        self._inflight = 0
+        self._inflight_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._stopping = False
+        self._signals = 0
+        self._store_ok = True
+        self._held: list[tuple[Delivery, Decision]] = []
+        self._held_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self.conn = ConsumerConnection(
+            cfg, self._on_delivery, self._on_consuming, self._on_reconnect
+        )
+        host, port = cfg.metrics_host_port
+        self.http = HealthServer(host, port, self.metrics.registry, self.readiness)
+
+    # -- readiness -----------------------------------------------------------------------
+    def readiness(self) -> tuple[bool, list[str]]:
+        reasons = []
+        if self._stopping:
+            reasons.append("shutting down")
+        if not self.conn.consuming and not self._stopping:
+            reasons.append("not consuming (broker disconnected or paused)")
+        if not self._store_ok:
+            reasons.append("records folder not writable")
+        abandoned = self.runtime.invoker.abandoned()
+        if abandoned >= self.cfg.concurrency:
+            reasons.append(f"{abandoned} agent threads stuck past their deadline")
+        ready = not reasons
+        self.metrics.ready.set(1 if ready else 0)
+        return ready, reasons
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def run(self) -> int:
+        declare_topology(self.cfg)
+        log.info("starting worker %s", self.cfg.worker_id, extra={"config": describe(self.cfg)})
+        if self.handle_signals:
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        self.http.start()
+        for i in range(self.cfg.concurrency):
+            t = threading.Thread(
+                target=self._pipeline_loop, name=f"intentus-pipeline-{i}", daemon=True
+            )
+            t.start()
+            self._threads.append(t)
+        self.conn.start()
+        log.info(
+            "worker %s consuming %s with %d agents; metrics on http://%s/metrics",
+            self.cfg.worker_id,
+            self.cfg.queue,
+            len(self.registry),
+            self.cfg.metrics_addr,
+        )
+        while not self._stop.wait(_TICK_S):
+            self._tick()
+        return self._shutdown()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            os.write(2, b"second signal: exiting now\n")
+            os._exit(EXIT_SECOND_SIGNAL)
+        log.info(
+            "received %s: finishing in-flight work (grace %.0f s)",
+            signal.Signals(signum).name,
+            self.cfg.shutdown_grace_s,
+        )
+        self._stop.set()
+
+    def _tick(self) -> None:
+        self.metrics.abandoned.set(self.runtime.invoker.abandoned())
+        self.metrics.inflight.set(self._inflight)
+        if not self._store_ok:
+            self._try_resume()
+        self.readiness()
+
+    def _shutdown(self) -> int:
+        self._stopping = True
+        self.conn.call(lambda: self.conn.set_consuming(False))
+        deadline = time.monotonic() + self.cfg.shutdown_grace_s
+        while time.monotonic() < deadline:
+            if self._inflight == 0:
+                break
+            time.sleep(0.05)
+        unfinished = self._inflight
+        for _ in self._threads:
+            self._jobs.put(None)
+        self.conn.stop()
+        self.http.stop()
+        if unfinished:
+            log.error(
+                "grace period of %.0f s expired with %d deliveries unfinished; they return to the queue",
+                self.cfg.shutdown_grace_s,
+                unfinished,
+            )
+            return EXIT_GRACE_EXPIRED
+        self.runtime.close()
+        log.info("worker %s stopped cleanly", self.cfg.worker_id)
+        return EXIT_OK
+
+    # -- I/O thread callbacks ------------------------------------------------------------
+    def _on_delivery(self, delivery: Delivery) -> None:
+        self.metrics.messages_received.labels(self.cfg.queue).inc()
+        with self._inflight_lock:
+            self._inflight += 1
+        self._jobs.put(delivery)
+
+    def _on_consuming(self, on: bool) -> None:
+        self.metrics.broker_connected.set(1 if on else 0)
+        if not on and not self._stopping and not self.conn.consuming:
+            # Deliveries of the lost channel that were not started will never be acked: forget them.
+            pass
+
+    def _on_reconnect(self) -> None:
+        self.metrics.broker_reconnects.inc()
+        if not self._store_ok or self._stopping:
+            self.conn.set_consuming(False)
+
+    def _done(self) -> None:
+        with self._inflight_lock:
+            self._inflight -= 1
+
+    # -- pipeline threads ----------------------------------------------------------------
+    def _pipeline_loop(self) -> None:
+        while True:
+            delivery = self._jobs.get()
+            if delivery is None:
+                return
+            if delivery.generation != self.conn.generation:
+                self._done()  # its channel is gone; the broker redelivers it
+                continue
+            if self._stopping or not self._store_ok:
+                self._hand_back(delivery)
+                continue
+            try:
+                self._handle(delivery)
+            except Exception:
+                log.exception("internal error while handling a delivery; dead-lettering it")
+                self._io(
+                    delivery, lambda d=delivery: self.conn.nack(d.generation, d.tag, requeue=False)
+                )
+
+    def _hand_back(self, delivery: Delivery) -> None:
+        self._io(delivery, lambda: self.conn.nack(delivery.generation, delivery.tag, requeue=True))
+
+    def _io(self, delivery: Delivery, fn: Any) -> None:
+        """Run fn on the I/O thread, then count the delivery as finished."""
+
+        def run() -> None:
+            try:
+                fn()
+            finally:
+                self._done()
+
+        if not self.conn.call(run):
+            self._done()
+
+    def _handle(self, delivery: Delivery) -> None:
+        decision = decide(self.runtime, delivery, self.cfg.reply_queue)
+        outcome = decision.outcome
+        self._count(decision)
+        extra = {"request_id": outcome.request_id, "trace_id": outcome.trace_id}
+        if outcome.kind == "rejected":
+            log.warning("rejected message: %s", decision.dead_letter_reason, extra=extra)
+        elif outcome.kind in ("conflict", "in_doubt"):
+            log.warning("duplicate delivery answered with %s", outcome.error_code, extra=extra)
+        if decision.record is None:
+            self.runtime.finish(outcome, recorded=False)
+            self._respond(delivery, decision)
+            return
+        self._write(delivery, decision)
+
+    def _write(self, delivery: Delivery, decision: Decision) -> None:
+        started = time.monotonic()
+        outcome = decision.outcome
+        assert outcome.record is not None
+
+        def recorded(exc: BaseException | None) -> None:
+            if exc is None:
+                self.metrics.records_written.inc()
+                self.metrics.record_write.observe(time.monotonic() - started)
+                self.runtime.finish(outcome, recorded=True)
+                self._respond(delivery, decision)
+            elif isinstance(exc, RecordExists):
+                self.runtime.finish(outcome, recorded=False)
+                again = self.runtime.after_lost_race(outcome)
+                self.metrics.duplicates.labels("replayed").inc()
+                self._respond(delivery, redecide(again, delivery, self.cfg.reply_queue))
+            else:
+                self.metrics.record_write_errors.inc()
+                log.error(
+                    "cannot write record %s: %s; pausing until the records folder is writable",
+                    outcome.execution_id,
+                    exc,
+                    extra={"request_id": outcome.request_id, "trace_id": outcome.trace_id},
+                )
+                self._hold(delivery, decision)
+
+        self.runtime.store.put_async(outcome.execution_id, outcome.record, recorded)
+
+    def _count(self, decision: Decision) -> None:
+        o = decision.outcome
+        m = self.metrics
+        m.intents.labels(m.intent_label(o.intent), o.status, o.error_code or "").inc()
+        if o.kind in ("replayed", "conflict", "in_doubt"):
+            m.duplicates.labels(o.kind).inc()
+        elif o.kind == "rejected":
+            m.rejected.labels(o.error_code or "unknown").inc()
+
+    # -- store unwritable: hold, pause, resume -------------------------------------------
+    def _hold(self, delivery: Delivery, decision: Decision) -> None:
+        with self._held_lock:
+            self._held.append((delivery, decision))
+            first = self._store_ok
+            self._store_ok = False
+        if first:
+            self.conn.call(lambda: self.conn.set_consuming(False))
+
+    def _try_resume(self) -> None:
+        try:
+            self.runtime.store.check_writable()
+        except RecordStoreError:
+            return
+        with self._held_lock:
+            held, self._held = self._held, []
+            self._store_ok = True
+        log.info("records folder writable again: writing %d held records and resuming", len(held))
+        for delivery, decision in held:
+            self._write(delivery, decision)
+        if not self._stopping:
+            self.conn.call(lambda: self.conn.set_consuming(True))
+
+    # -- replying (I/O thread) -----------------------------------------------------------
+    def _respond(self, delivery: Delivery, decision: Decision) -> None:
+        if not self.conn.call(lambda: self._io_respond(delivery, decision)):
+            self._done()
+
+    def _io_respond(self, delivery: Delivery, decision: Decision) -> None:
+        conn = self.conn
+        if delivery.generation != conn.generation:
+            # The channel it came on is gone: the broker redelivers it and the redelivery is
+            # answered from the record. Acking it here would ack a stranger's tag.
+            self._done()
+            return
+        outcome = decision.outcome
+        parts = (1 if decision.dead_letter_reason else 0) + (1 if decision.reply else 0)
+        state = {"left": parts, "failed": False}
+
+        def confirmed(which: str, result: str) -> None:
+            if which == "reply":
+                self.metrics.replies.labels(result).inc()
+            if result == "failed":
+                state["failed"] = True
+            state["left"] -= 1
+            if state["left"] == 0:
+                if state["failed"]:
+                    conn.nack(delivery.generation, delivery.tag, requeue=True)
+                else:
+                    conn.ack(delivery.generation, delivery.tag)
+                self._done()
+
+        if parts == 0:
+            self.metrics.replies.labels("skipped").inc()
+            conn.ack(delivery.generation, delivery.tag)
+            self._done()
+            return
+        sent = True
+        if decision.dead_letter_reason:
+            sent = conn.publish_dead_letter(
+                delivery,
+                decision.dead_letter_reason,
+                outcome.execution_id,
+                lambda r: confirmed("dlq", r),
+            )
+        if sent and decision.reply is not None:
+            reply = decision.reply
+            sent = conn.publish_reply(
+                reply.routing_key,
+                reply.body,
+                reply.correlation_id,
+                reply.headers,
+                lambda r: confirmed("reply", r),
+            )
+        if not sent:
+            self._done()
