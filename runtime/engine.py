@@ -197,8 +197,9 @@ class IntentusRuntime:
         t0 = self.clock.monotonic()
         received = self.clock.now()
         data: Any = None
+        body = b""
         try:
-            body, data = self._body(request)
+            body = self._body(request)
             if content_type not in (None, "", "application/json") and not content_type.startswith(
                 "application/json;"
             ):
@@ -211,32 +212,39 @@ class IntentusRuntime:
                     ErrorCode.PAYLOAD_TOO_LARGE,
                     f"message of {len(body)} bytes exceeds the limit of {self.max_message_bytes} bytes",
                 )
-            if data is None:
-                data = decode_json(body)
+            data = decode_json(body)
             envelope = normalise(validate_envelope(data), received, ctx, body)
         except EnvelopeError as exc:
-            if isinstance(request, (bytes, bytearray, memoryview, str)):
-                raw = bytes(request, "utf-8") if isinstance(request, str) else bytes(request)
-            else:
-                raw = b""
-            return self._rejected(exc, raw, data, ctx, t0, received, correlation_id)
+            if not body and isinstance(request, (bytes, bytearray, memoryview, str)):
+                body = (
+                    bytes(request, "utf-8", "surrogatepass")
+                    if isinstance(request, str)
+                    else bytes(request)
+                )
+            if data is None and isinstance(request, dict):
+                data = request
+            return self._rejected(exc, body, data, ctx, t0, received, correlation_id)
         return self._route(envelope, ctx, t0, received, correlation_id)
 
-    def _body(self, request: Any) -> tuple[bytes, Any]:
+    def _body(self, request: Any) -> bytes:
+        """The request as JSON bytes: every form is then decoded and checked the same way."""
+        if isinstance(request, (bytes, bytearray, memoryview)):
+            return bytes(request)
+        if isinstance(request, str):
+            return request.encode("utf-8", "surrogatepass")
         if isinstance(request, IntentEnvelope):
-            data = request.model_dump(mode="json", exclude_none=False)
-            return dumps(data), data
+            request = request.model_dump(mode="json")
         if isinstance(request, dict):
             try:
-                return dumps(request), request
+                return dumps(request)
+            except RecursionError:
+                raise EnvelopeError(
+                    ErrorCode.VALIDATION_ERROR, "JSON nesting deeper than 64 levels", "envelope"
+                ) from None
             except (TypeError, ValueError) as exc:
                 raise EnvelopeError(
                     ErrorCode.PROTOCOL_ERROR, f"envelope is not JSON-serialisable: {exc}"
                 ) from None
-        if isinstance(request, str):
-            return request.encode("utf-8", "surrogatepass"), None
-        if isinstance(request, (bytes, bytearray, memoryview)):
-            return bytes(request), None
         raise EnvelopeError(ErrorCode.PROTOCOL_ERROR, f"cannot route a {type(request).__name__}")
 
     def _route(

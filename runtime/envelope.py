@@ -7,6 +7,7 @@ Enum strings are accepted in any case and always written in upper case.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -118,6 +119,35 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if value in (_INF, -_INF):  # 1e400: not representable, and not storable as JSON
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+_INF = float("inf")
+# A JSON escape of a UTF-16 surrogate; only these can decode to text that is not valid UTF-8.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
+
+
 def _depth_exceeds(value: Any, limit: int) -> bool:
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
@@ -142,7 +172,7 @@ def decode_json(body: bytes) -> Any:
             ErrorCode.PROTOCOL_ERROR, f"body is not valid UTF-8: {exc.reason} at byte {exc.start}"
         ) from None
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_parse_float)
     except RecursionError:
         raise EnvelopeError(
             ErrorCode.VALIDATION_ERROR, f"JSON nesting deeper than {MAX_DEPTH} levels"
@@ -154,6 +184,10 @@ def decode_json(body: bytes) -> Any:
         ) from None
     except ValueError as exc:
         raise EnvelopeError(ErrorCode.PROTOCOL_ERROR, f"body is not JSON: {exc}") from None
+    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
+        raise EnvelopeError(
+            ErrorCode.PROTOCOL_ERROR, "body is not JSON: a string contains a lone UTF-16 surrogate"
+        )
     return value
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
+from _thread import allocate_lock as _allocate_lock
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +23,7 @@ from runtime.response import error_dict
 log = logging.getLogger("intentus.runtime.invoker")
 
 _IDLE_EXIT_S = 60.0
+_monotonic = time.monotonic
 
 
 @dataclass(slots=True)
@@ -67,7 +70,12 @@ def run_handler(
 
 
 class Attempt:
-    """One handler call in flight; the caller waits on it with a deadline."""
+    """One handler call in flight; the caller waits on it with a deadline.
+
+    Deadlines are real time (`time.monotonic`), whatever clock the runtime was given: a fixed
+    test clock must not make a stuck handler wait forever or never count as abandoned.
+    `started`/`seconds` use the runtime's clock, because they end up in records.
+    """
 
     __slots__ = (
         "_done",
@@ -81,21 +89,26 @@ class Attempt:
         "payload",
         "seconds",
         "started",
+        "timeout_s",
     )
 
     def __init__(
         self,
         invoker: AgentInvoker,
         agent: str,
-        deadline: float,
+        timeout_s: float,
+        started: float,
         notify: queue.SimpleQueue[Attempt] | None,
     ) -> None:
         self._invoker = invoker
         self.agent = agent
-        self.deadline = deadline
+        self.timeout_s = timeout_s
+        self.deadline = _monotonic() + timeout_s
         self._notify = notify
-        self._done = threading.Event()
-        self.started = 0.0
+        # A bare lock, held until the handler returns: the cheapest wait-with-timeout there is.
+        self._done = _allocate_lock()
+        self._done.acquire()
+        self.started = started
         self.seconds = 0.0
         self.payload: dict[str, Any] | None = None
         self.error: dict[str, Any] | None = None
@@ -103,19 +116,24 @@ class Attempt:
         self.detached = False
 
     def wait(self, timeout: float) -> bool:
-        return self._done.wait(max(0.0, timeout))
+        if self._done.acquire(timeout=max(0.0, timeout)):
+            self._done.release()
+            return True
+        return False
 
     def result(self) -> AttemptResult:
         if self.error is not None:
             return AttemptResult("error", None, self.error, self.seconds)
         return AttemptResult("success", self.payload, None, self.seconds)
 
-    def detach(self) -> None:
-        """The request no longer waits for this attempt (timed out, or PARALLEL straggler)."""
-        self._invoker._detach(self)
+    def detach(self) -> bool:
+        """The request no longer waits for this attempt (timed out, or PARALLEL straggler).
+
+        False if the handler had already returned (its result stands)."""
+        return self._invoker._detach(self)
 
     def _complete(self) -> None:
-        self._done.set()
+        self._done.release()
         if self._notify is not None:
             self._notify.put(self)
 
@@ -144,9 +162,7 @@ class AgentInvoker:
         timeout_s: float,
         notify: queue.SimpleQueue[Attempt] | None = None,
     ) -> Attempt:
-        now = self._mono()
-        attempt = Attempt(self, agent, now + timeout_s, notify)
-        attempt.started = now
+        attempt = Attempt(self, agent, timeout_s, self._mono(), notify)
         with self._lock:
             if self._idle > 0:
                 self._idle -= 1
@@ -166,9 +182,11 @@ class AgentInvoker:
     ) -> tuple[AttemptResult, bool]:
         """Run and wait; returns (result, timed_out)."""
         attempt = self.start(agent, handler, envelope, timeout_s)
-        if attempt.wait(attempt.deadline - self._mono()):
+        if attempt.wait(attempt.deadline - _monotonic()):
             return attempt.result(), False
-        attempt.detach()
+        if not attempt.detach():  # it returned just as the deadline passed
+            attempt.wait(1.0)
+            return attempt.result(), False
         return self.timeout_result(attempt), True
 
     def timeout_result(self, attempt: Attempt) -> AttemptResult:
@@ -178,15 +196,15 @@ class AgentInvoker:
             None,
             error_dict(
                 ErrorCode.AGENT_TIMEOUT,
-                f"agent '{attempt.agent}' did not answer within {attempt.deadline - attempt.started:g} s",
-                {"timeout_s": round(attempt.deadline - attempt.started, 3)},
+                f"agent '{attempt.agent}' did not answer within {attempt.timeout_s:g} s",
+                {"timeout_s": round(attempt.timeout_s, 3)},
             ),
             elapsed,
         )
 
     def abandoned(self) -> int:
         """Handlers still running past their deadline after the request moved on."""
-        now = self._mono()
+        now = _monotonic()
         with self._lock:
             return sum(1 for a in self._detached if now >= a.deadline)
 
@@ -201,11 +219,13 @@ class AgentInvoker:
         for _ in range(idle):
             self._jobs.put(None)
 
-    def _detach(self, attempt: Attempt) -> None:
+    def _detach(self, attempt: Attempt) -> bool:
         with self._lock:
-            if not attempt.finished:
-                attempt.detached = True
-                self._detached.add(attempt)
+            if attempt.finished:
+                return False
+            attempt.detached = True
+            self._detached.add(attempt)
+            return True
 
     def _loop(self) -> None:
         while True:

@@ -8,6 +8,7 @@ only PARALLEL's winner depends on timing.
 from __future__ import annotations
 
 import queue
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -207,14 +208,15 @@ class Router:
                 notify=done,
             )
             pending[attempt] = number
-        mono = self.invoker._mono
+        mono = time.monotonic
         winner: tuple[str, AttemptResult] | None = None
         while pending and winner is None:
             nearest = min(pending, key=lambda a: a.deadline)
             try:
                 finished = done.get(timeout=max(0.0, nearest.deadline - mono()))
             except queue.Empty:
-                nearest.detach()
+                if not nearest.detach():
+                    continue  # it returned just now; its completion is in the queue
                 result = self.invoker.timeout_result(nearest)
                 self._end(rec, nearest.agent, pending.pop(nearest), result, True)
                 results[nearest.agent] = result
