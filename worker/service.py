@@ -19,6 +19,7 @@ from typing import Any
 
 from runtime.engine import IntentusRuntime
 from runtime.errors import IntentusError, RecordExists, RecordStoreError
+from runtime.inflight import DuplicateWorkerId
 from runtime.middleware import Middleware
 from runtime.policy import Policy
 from runtime.registry import AgentRegistry
@@ -28,6 +29,7 @@ from worker.errors import (
     EXIT_GRACE_EXPIRED,
     EXIT_OK,
     EXIT_SECOND_SIGNAL,
+    ConfigError,
     RecordsUnusable,
 )
 from worker.health import HealthServer
@@ -68,6 +70,8 @@ class Worker:
                 observer=self.metrics,
             )
             self.runtime.store.check_writable()
+        except DuplicateWorkerId as exc:
+            raise ConfigError(f"INTENTUS_WORKER_ID: {exc}") from None
         except (OSError, RecordStoreError) as exc:
             raise RecordsUnusable(
                 f"INTENTUS_RECORDS_DIR {cfg.records_dir!r} is not usable: {exc}"
@@ -157,6 +161,7 @@ class Worker:
     def _shutdown(self) -> int:
         self._stopping = True
         self.conn.call(lambda: self.conn.set_consuming(False))
+        self._hand_back_queued()
         deadline = time.monotonic() + self.cfg.shutdown_grace_s
         while time.monotonic() < deadline:
             if self._inflight == 0:
@@ -219,6 +224,17 @@ class Worker:
                 self._io(
                     delivery, lambda d=delivery: self.conn.nack(d.generation, d.tag, requeue=False)
                 )
+
+    def _hand_back_queued(self) -> None:
+        """Return every delivery that no pipeline thread has started (shutdown, pause)."""
+        while True:
+            try:
+                delivery = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if delivery is None:  # pragma: no cover - only queued by _shutdown itself
+                continue
+            self._hand_back(delivery)
 
     def _hand_back(self, delivery: Delivery) -> None:
         self._io(delivery, lambda: self.conn.nack(delivery.generation, delivery.tag, requeue=True))
