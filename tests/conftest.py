@@ -31,7 +31,9 @@ def start_worker(queue_name: str, tmp_path: Path) -> Iterator[Callable[..., Work
     """Start real worker processes on the test's queue; all are stopped at teardown."""
     started: list[WorkerProcess] = []
 
-    def start(*, records_dir: Path | None = None, wait: bool = True, **kwargs: Any) -> WorkerProcess:
+    def start(
+        *, records_dir: Path | None = None, wait: bool = True, **kwargs: Any
+    ) -> WorkerProcess:
         w = WorkerProcess(queue_name, records_dir or tmp_path / "records", **kwargs)
         w.log_path = tmp_path / f"worker-{len(started)}.log"
         started.append(w.start())

@@ -27,7 +27,9 @@ def require_broker() -> None:
     """Skip without a broker on a laptop; under CI a missing broker is a failure."""
     if broker_up():
         return
-    message = "RabbitMQ is not reachable on 127.0.0.1:5672 (bash deploy/local/ensure-broker starts it)"
+    message = (
+        "RabbitMQ is not reachable on 127.0.0.1:5672 (bash deploy/local/ensure-broker starts it)"
+    )
     if IN_CI:
         pytest.fail(message)
     pytest.skip(message)
@@ -41,7 +43,9 @@ def connection(url: str = AMQP_URL) -> pika.BlockingConnection:
     return pika.BlockingConnection(pika.URLParameters(url))
 
 
-def delete_topology(queue: str, reply_queue: str | None = None, extra_queues: tuple[str, ...] = ()) -> None:
+def delete_topology(
+    queue: str, reply_queue: str | None = None, extra_queues: tuple[str, ...] = ()
+) -> None:
     """Remove a test's request queue, its DLQ/DLX and its reply queue (ignoring what is gone)."""
     try:
         conn = connection()

@@ -28,9 +28,16 @@ def free_port() -> int:
 class WorkerProcess:
     """Start with `start()`, wait with `wait_ready()`, stop with `stop()`; logs in `log_path`."""
 
-    def __init__(self, queue: str, records_dir: Path, *, reply_queue: str | None = None,
-                 env: dict[str, str] | None = None, args: list[str] | None = None,
-                 log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        queue: str,
+        records_dir: Path,
+        *,
+        reply_queue: str | None = None,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        log_path: Path | None = None,
+    ) -> None:
         self.queue = queue
         self.records_dir = Path(records_dir)
         self.port = free_port()
@@ -59,8 +66,13 @@ class WorkerProcess:
 
     def start(self) -> WorkerProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", "worker", *self.args], cwd=str(ROOT),
-                                     env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", *self.args],
+            cwd=str(ROOT),
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         return self
 
     def http(self, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
