@@ -66,7 +66,7 @@ class TestDirect:
     def test_target_agent(self, make_runtime, calls: Calls) -> None:
         """targetAgent is used when it is a candidate; the reason says so."""
         reg = registry_of(("a", ok(calls, "a")), ("b", ok(calls, "b")))
-        response, record = route(make_runtime(reg), envelope(target="b"))
+        _response, record = route(make_runtime(reg), envelope(target="b"))
         assert calls.names == ["b"]
         assert record["routerDecision"]["reason"] == "target_specified"
 
@@ -172,7 +172,7 @@ class TestDirect:
         """DIRECT picks the first agent the policy allows."""
         reg = registry_of(("a", ok(calls, "a")), ("b", ok(calls, "b")))
         policy = {"rules": [{"id": "no-a", "action": "deny", "agents": ["a"]}]}
-        response, record = route(make_runtime(reg, policy=policy), envelope())
+        _response, record = route(make_runtime(reg, policy=policy), envelope())
         assert calls.names == ["b"]
         assert record["policy"]["filtered"] == ["a"]
 
@@ -251,7 +251,7 @@ class TestFallback:
         """A named agent removed by policy is skipped; its reason is recorded."""
         reg = registry_of(("a", ok(calls, "a")), ("b", ok(calls, "b")))
         policy = {"rules": [{"id": "no-a", "action": "deny", "agents": ["a"]}]}
-        response, record = route(
+        _response, record = route(
             make_runtime(reg, policy=policy),
             envelope(strategy="FALLBACK", target="a", fallbacks=["b"]),
         )
