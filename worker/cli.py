@@ -366,16 +366,22 @@ def _verify(args: argparse.Namespace, store: FileRecordStore) -> int:
     return EXIT_OK if not failed else EXIT_ERROR
 
 
+_TITLES = {
+    "createdAt": "CREATED",
+    "executionId": "EXECUTION ID",
+    "requestId": "REQUEST ID",
+    "errorCode": "ERROR",
+}
+
+
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     if not rows:
         sys.stdout.write("no records\n")
         return
+    titles = [_TITLES.get(c, c.upper()) for c in columns]
     cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    sys.stdout.write(
-        "  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip() + "\n"
-    )
-    for row in cells:
+    widths = [max(len(t), *(len(row[i]) for row in cells)) for i, t in enumerate(titles)]
+    for row in [titles, *cells]:
         sys.stdout.write(
             "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() + "\n"
         )

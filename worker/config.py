@@ -180,12 +180,12 @@ def _convert(name: str, raw: str) -> Any:
         try:
             return int(raw.strip())
         except ValueError:
-            raise ConfigError(f"{opt.env}: expected an integer, got {raw!r}") from None
+            raise ConfigError(f"{opt.env} ({opt.flag}): expected an integer, got {raw!r}") from None
     if opt.kind is float:
         try:
             return float(raw.strip())
         except ValueError:
-            raise ConfigError(f"{opt.env}: expected a number, got {raw!r}") from None
+            raise ConfigError(f"{opt.env} ({opt.flag}): expected a number, got {raw!r}") from None
     return raw
 
 
@@ -209,7 +209,7 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
 
 def validate(cfg: Config) -> None:
     def bad(name: str, why: str) -> ConfigError:
-        return ConfigError(f"{OPTIONS[name].env}: {why}")
+        return ConfigError(f"{OPTIONS[name].env} ({OPTIONS[name].flag}): {why}")
 
     scheme = urlsplit(cfg.amqp_url).scheme
     if scheme not in ("amqp", "amqps"):
