@@ -75,8 +75,9 @@ def _connect_blocking(
             last = exc
             if attempt + 1 < attempts:
                 time.sleep(delay_s)
+    detail = f"{type(last).__name__}: {last}" if str(last) else type(last).__name__
     raise BrokerUnavailable(
-        f"cannot reach the broker at {mask_url(url)}: {type(last).__name__}: {last}"
+        f"cannot reach the broker at {mask_url(url)} after {attempts} attempts ({detail})"
     )
 
 

@@ -77,4 +77,5 @@ def setup(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    logging.getLogger("pika").setLevel(logging.ERROR)
+    # pika reports every failure at ERROR with tracebacks; amqp.py translates and logs them once.
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
