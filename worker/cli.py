@@ -168,9 +168,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     policy = load_policy_file(cfg.policy_file)
     try:
         worker = Worker(cfg, registry, policy)
+    except WorkerError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    try:
         return worker.run()
     except WorkerError as exc:
         log.error("%s", exc)
+        worker.runtime.close()  # nothing ran: leave no journal or temp folder behind
         return exc.exit_code
     except Exception:
         log.exception("worker failed")
