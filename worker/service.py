@@ -39,6 +39,7 @@ from worker.pipeline import Decision, Delivery, decide, redecide
 log = logging.getLogger("intentus.worker")
 
 _TICK_S = 0.5
+MEMORY_RECORDS = ":memory:"
 
 
 class Worker:
@@ -57,11 +58,14 @@ class Worker:
         self.registry = registry
         self.metrics = Metrics(registry, {r.id for r in policy.document.rules} if policy else None)
         self.handle_signals = handle_signals
+        # ":memory:" keeps records in process memory: for benchmarks only (nothing is durable).
+        records_dir = None if cfg.records_dir == MEMORY_RECORDS else cfg.records_dir
         try:
-            os.makedirs(cfg.records_dir, mode=0o750, exist_ok=True)
+            if records_dir is not None:
+                os.makedirs(records_dir, mode=0o750, exist_ok=True)
             self.runtime = IntentusRuntime(
                 registry,
-                records_dir=cfg.records_dir,
+                records_dir=records_dir,
                 policy=policy,
                 middleware=middleware,
                 agent_timeout_s=cfg.agent_timeout_s,

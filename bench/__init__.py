@@ -1,0 +1,1 @@
+"""End-to-end and in-process benchmarks (not shipped with the package)."""

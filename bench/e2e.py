@@ -1,0 +1,343 @@
+"""End-to-end benchmark: our worker over RabbitMQ against a bare pika echo worker.
+
+Each round runs every case, and within a case each contender in turn (baseline, then ours),
+so A B A B over the rounds; ratios are taken within one round. Every contender gets its own
+queue (quorum, like the worker's default), deleted afterwards with its dead-letter exchange
+and queue; file records go to a temporary folder under .intentusnet/ that is removed too.
+
+    python -m bench.e2e                      # the table (2 rounds)
+    python -m bench.e2e --soak               # 200k messages, RSS every 10k
+    python -m bench.e2e --sweep --json F     # throughput and p99 vs window, for bench/plot_e2e.py
+
+Our worker runs as `python -m worker` in its default configuration (durable file records,
+publisher confirms, quorum queue) with the no-op agent in bench/noop_agent.py; the memory
+store contender sets INTENTUS_RECORDS_DIR=:memory: (benchmark-only, not for production).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pika
+import pika.exceptions
+
+from bench.loadgen import URL, LoadGen, Result, find_broker_pid
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    size: int
+    window: int
+    n: int
+    warmup: int
+    contenders: tuple[str, ...]
+
+
+CASES = {
+    "600B-w256": Case("600 B, window 256", 600, 256, 10_000, 1_000, ("baseline", "file", "memory")),
+    "64KiB-w64": Case("64 KiB, window 64", 64 * 1024 + 600, 64, 2_000, 200, ("baseline", "file")),
+    "600B-w1": Case("600 B, window 1", 600, 1, 2_000, 200, ("baseline", "file")),
+}
+SWEEP = (1, 4, 16, 64, 256, 1024)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _admin(fn: Any) -> None:
+    conn = pika.BlockingConnection(pika.URLParameters(URL))
+    try:
+        fn(conn.channel())
+    finally:
+        conn.close()
+
+
+def _cleanup(queue: str) -> None:
+    conn = pika.BlockingConnection(pika.URLParameters(URL))
+    try:
+        for q in (queue, f"{queue}.dlq", f"{queue}.replies"):
+            try:
+                conn.channel().queue_delete(q)
+            except pika.exceptions.ChannelClosedByBroker:
+                pass
+        try:
+            conn.channel().exchange_delete(f"{queue}.dlx")
+        except pika.exceptions.ChannelClosedByBroker:
+            pass
+    finally:
+        conn.close()
+
+
+class Contender:
+    """A worker process under test, started on its own queue."""
+
+    def __init__(self, kind: str, tag: str, extra_env: dict[str, str] | None = None) -> None:
+        self.kind = kind
+        self.queue = f"bench.e2e.{tag}.{kind}.{uuid.uuid4().hex[:8]}"
+        self.extra_env = extra_env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.records: Path | None = None
+        self.log = ROOT / ".intentusnet" / "bench" / f"{self.queue}.log"
+
+    def start(self) -> int:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        logf = open(self.log, "wb")  # noqa: SIM115 - lives as long as the process
+        if self.kind == "baseline":
+            _admin(
+                lambda ch: ch.queue_declare(
+                    self.queue, durable=True, arguments={"x-queue-type": "quorum"}
+                )
+            )
+            self.proc = subprocess.Popen(
+                [PY, "-m", "bench.baseline", "--queue", self.queue],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=logf,
+            )
+            assert self.proc.stdout is not None
+            if self.proc.stdout.readline().strip() != b"ready":
+                raise RuntimeError(f"baseline did not start; see {self.log}")
+            return self.proc.pid
+        port = _free_port()
+        env = dict(os.environ)
+        env.update(
+            INTENTUS_AGENTS="bench.noop_agent:registry",
+            INTENTUS_QUEUE=self.queue,
+            INTENTUS_REPLY_QUEUE=f"{self.queue}.replies",
+            INTENTUS_METRICS_ADDR=f"127.0.0.1:{port}",
+            INTENTUS_WORKER_ID=self.queue.replace("bench.e2e.", "b-"),
+            INTENTUS_AMQP_URL=URL,
+        )
+        if self.kind == "memory":
+            env["INTENTUS_RECORDS_DIR"] = ":memory:"
+        else:
+            self.records = ROOT / ".intentusnet" / "bench" / self.queue
+            env["INTENTUS_RECORDS_DIR"] = str(self.records)
+        env.update(self.extra_env)
+        self.proc = subprocess.Popen(
+            [PY, "-m", "worker"], cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}; see {self.log}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1)
+                return self.proc.pid
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"worker not ready in 30 s; see {self.log}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        _cleanup(self.queue)
+        if self.records is not None:
+            shutil.rmtree(self.records, ignore_errors=True)
+        self.log.unlink(missing_ok=True)
+
+
+def measure(
+    kind: str,
+    size: int,
+    window: int,
+    n: int,
+    warmup: int,
+    tag: str,
+    rss_every: int = 0,
+) -> Result:
+    c = Contender(kind, tag)
+    try:
+        pid = c.start()
+        watch = {"worker": pid}
+        broker = find_broker_pid()
+        if broker:
+            watch["broker"] = broker
+        gen = LoadGen(
+            c.queue,
+            n,
+            window,
+            size,
+            warmup=warmup,
+            watch=watch,
+            rss_pid=pid if rss_every else None,
+            rss_every=rss_every or 10_000,
+        )
+        return gen.run()
+    finally:
+        c.stop()
+
+
+def per_request_us(r: Result) -> float:
+    return r.cpu_s.get("worker", 0.0) / max(1, r.measured) * 1e6
+
+
+def run_table(cases: list[str], rounds: int, scale: float) -> dict[str, Any]:
+    rows: list[dict[str, Any]] = []
+    for rnd in range(1, rounds + 1):
+        for key in cases:
+            case = CASES[key]
+            n = max(100, int(case.n * scale))
+            got: dict[str, Result] = {}
+            for kind in case.contenders:
+                r = measure(kind, case.size, case.window, n, int(case.warmup * scale), key)
+                got[kind] = r
+                print(f"round {rnd} {case.name:18} {kind:8} {r.line()}", flush=True)
+            base = got.get("baseline")
+            for kind, r in got.items():
+                rows.append(
+                    {
+                        "round": rnd,
+                        "case": key,
+                        "contender": kind,
+                        "msgs_per_s": r.msgs_per_s,
+                        "vs_baseline": r.msgs_per_s / base.msgs_per_s if base else None,
+                        "vs_memory": (
+                            r.msgs_per_s / got["memory"].msgs_per_s if "memory" in got else None
+                        ),
+                        "worker_us_per_req": per_request_us(r),
+                        "broker_us_per_req": r.cpu_s.get("broker", 0.0) / max(1, r.measured) * 1e6,
+                        "p50_ms": r.p50_ms,
+                        "p99_ms": r.p99_ms,
+                        "lost": r.lost,
+                        "mismatched": r.mismatched,
+                    }
+                )
+    return {"rows": rows}
+
+
+def print_table(data: dict[str, Any]) -> None:
+    print()
+    print(
+        "| round | case | worker | msgs/s | vs baseline | file vs memory | "
+        "worker CPU µs/req | broker CPU µs/req | p50 ms | p99 ms | lost | mismatched |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in data["rows"]:
+        vs_b = f"{r['vs_baseline']:.2f}" if r["vs_baseline"] is not None else ""
+        vs_m = (
+            f"{r['vs_memory']:.2f}"
+            if r["vs_memory"] is not None and r["contender"] == "file"
+            else ""
+        )
+        print(
+            f"| {r['round']} | {CASES[r['case']].name} | {r['contender']} | "
+            f"{r['msgs_per_s']:.0f} | {vs_b} | {vs_m} | {r['worker_us_per_req']:.0f} | "
+            f"{r['broker_us_per_req']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+            f"{r['lost']} | {r['mismatched']} |"
+        )
+    print()
+    print("Medians over rounds:")
+    print(
+        "| case | worker | msgs/s | vs baseline | file vs memory | worker CPU µs/req | p50 ms | p99 ms |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    keys = dict.fromkeys((r["case"], r["contender"]) for r in data["rows"])
+    for case, kind in keys:
+        sel = [r for r in data["rows"] if r["case"] == case and r["contender"] == kind]
+
+        def med(f: str, sel: list[dict[str, Any]] = sel) -> float | None:
+            vals = [r[f] for r in sel if r[f] is not None]
+            return statistics.median(vals) if vals else None
+
+        vs_b, vs_m = med("vs_baseline"), med("vs_memory")
+        print(
+            f"| {CASES[case].name} | {kind} | {med('msgs_per_s'):.0f} | "
+            f"{'' if vs_b is None else f'{vs_b:.2f}'} | "
+            f"{'' if vs_m is None or kind != 'file' else f'{vs_m:.2f}'} | "
+            f"{med('worker_us_per_req'):.0f} | {med('p50_ms'):.2f} | {med('p99_ms'):.2f} |"
+        )
+
+
+def run_soak(n: int, every: int) -> dict[str, Any]:
+    r = measure("file", 600, 256, n, 0, "soak", rss_every=every)
+    print(f"soak {r.line()}")
+    print()
+    print("| replies | worker RSS MiB |")
+    print("|---:|---:|")
+    for count, rss in r.rss_series:
+        print(f"| {count} | {rss / 2**20:.1f} |")
+    series = dict(r.rss_series)
+    if 20_000 in series and n in series:
+        growth = series[n] / series[20_000] - 1
+        print(f"\nRSS after {n} vs after 20000: {growth:+.1%}")
+    return {"soak": asdict(r)}
+
+
+def run_sweep(rounds: int, scale: float) -> dict[str, Any]:
+    points: list[dict[str, Any]] = []
+    for rnd in range(1, rounds + 1):
+        for w in SWEEP:
+            n = max(200, int((1_500 if w == 1 else 6_000) * scale))
+            for kind in ("baseline", "file"):
+                r = measure(kind, 600, w, n, n // 10, f"w{w}")
+                print(f"round {rnd} window {w:5} {kind:8} {r.line()}", flush=True)
+                points.append(
+                    {
+                        "round": rnd,
+                        "window": w,
+                        "contender": kind,
+                        "msgs_per_s": r.msgs_per_s,
+                        "p50_ms": r.p50_ms,
+                        "p99_ms": r.p99_ms,
+                        "worker_us_per_req": per_request_us(r),
+                    }
+                )
+    return {"sweep": points}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--cases", default=",".join(CASES), help=f"any of {', '.join(CASES)}")
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply message counts")
+    ap.add_argument("--soak", action="store_true", help="200k messages, RSS every 10k")
+    ap.add_argument("--soak-n", type=int, default=200_000)
+    ap.add_argument("--sweep", action="store_true", help="throughput and p99 vs window")
+    ap.add_argument("--json", help="also write the results to this file")
+    a = ap.parse_args()
+    print("command: python -m bench.e2e " + " ".join(sys.argv[1:]), flush=True)
+    if a.soak:
+        data = run_soak(a.soak_n, 10_000)
+    elif a.sweep:
+        data = run_sweep(a.rounds, a.scale)
+    else:
+        cases = [c.strip() for c in a.cases.split(",") if c.strip()]
+        for c in cases:
+            if c not in CASES:
+                ap.error(f"unknown case {c!r}")
+        data = run_table(cases, a.rounds, a.scale)
+        print_table(data)
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(data, indent=1))
+
+
+if __name__ == "__main__":
+    main()
