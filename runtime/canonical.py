@@ -48,6 +48,22 @@ def trace_id_for(request_id: str) -> str:
     return sha256_hex(b"trace:" + request_id.encode("utf-8"))[:32]
 
 
+def envelope_hash_and_fingerprint(normalised_envelope: dict[str, Any]) -> tuple[str, str]:
+    """Both hashes from one canonical encoding of each part (the same bytes as encoding the
+    whole: a canonical object is its sorted members joined)."""
+    parts = {k: _canonical(v) for k, v in normalised_envelope.items()}
+    whole = "{" + ",".join(f'"{k}":{parts[k]}' for k in sorted(parts)) + "}"
+    fp = '{{"intent":{},"payload":{},"routing":{}}}'.format(
+        parts["intent"],
+        parts["payload"],
+        parts["routing"],
+    )
+    return (
+        "sha256:" + sha256_hex(whole.encode("utf-8")),
+        "sha256:" + sha256_hex(fp.encode("utf-8")),
+    )
+
+
 def fingerprint(intent: Any, payload: Any, routing: Any) -> str:
     """What makes two deliveries with one requestId the same request."""
     return "sha256:" + sha256_hex(

@@ -10,8 +10,10 @@ from typing import Protocol
 
 def format_timestamp(moment: datetime) -> str:
     """UTC, ISO 8601, milliseconds, `Z` suffix."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + (
-        f"{moment.microsecond // 1000:03d}Z"
+    m = moment.astimezone(UTC)
+    return (
+        f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}"
+        f".{m.microsecond // 1000:03d}Z"
     )
 
 

@@ -15,14 +15,15 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from runtime.canonical import (
     dumps,
     envelope_hash,
+    envelope_hash_and_fingerprint,
     execution_id_for,
-    fingerprint,
     request_id_for_body,
     trace_id_for,
 )
@@ -213,7 +214,7 @@ class IntentusRuntime:
                     f"message of {len(body)} bytes exceeds the limit of {self.max_message_bytes} bytes",
                 )
             data = decode_json(body)
-            envelope = normalise(validate_envelope(data), received, ctx, body)
+            envelope = normalise(validate_envelope(data, body), received, ctx, body)
         except EnvelopeError as exc:
             if not body and isinstance(request, (bytes, bytearray, memoryview, str)):
                 body = (
@@ -258,7 +259,7 @@ class IntentusRuntime:
         rid = envelope.request_id
         eid = execution_id_for(rid)
         env_dict = envelope.to_dict()
-        fp = fingerprint(env_dict["intent"], env_dict["payload"], env_dict["routing"])
+        env_hash, fp = envelope_hash_and_fingerprint(env_dict)
         candidates = self.registry.find_by_capability(envelope.intent.name, envelope.intent.version)
         bound = sum(self.router.timeout_for(a) for a in candidates)
 
@@ -291,13 +292,14 @@ class IntentusRuntime:
             self.inflight.release(eid, recorded=False)
             raise
         return self._execute(
-            envelope, env_dict, fp, eid, candidates, ctx, t0, received, correlation_id
+            envelope, env_dict, env_hash, fp, eid, candidates, ctx, t0, received, correlation_id
         )
 
     def _execute(
         self,
         envelope: IntentEnvelope,
         env_dict: dict[str, Any],
+        env_hash: str,
         fp: str,
         eid: str,
         candidates: Sequence[Any],
@@ -310,6 +312,7 @@ class IntentusRuntime:
         if self.middleware:
             run_before(self.middleware, envelope, self.observer)
             env_dict = envelope.to_dict()
+            env_hash = envelope_hash(env_dict)
             candidates = self.registry.find_by_capability(
                 envelope.intent.name, envelope.intent.version
             )
@@ -339,7 +342,12 @@ class IntentusRuntime:
                 eid, sum(self.router.timeout_for(agents[n]) for n in p.try_order)
             )
             journaled = True
-            out = self.router.execute(envelope, agents, p, rec)
+            # Each agent's private envelope is parsed from the routed one's JSON: a full deep
+            # copy, several times cheaper than copying the model.
+            env_json = dumps(env_dict)
+            out = self.router.execute(
+                envelope, agents, p, rec, partial(IntentEnvelope.model_validate_json, env_json)
+            )
         payload, error, agent = out.payload, out.error, out.agent
         attempts, reason, try_order = out.attempts, out.reason, out.try_order
         router_decision = {
@@ -384,7 +392,7 @@ class IntentusRuntime:
             envelope.request_id,
             correlation_id,
             received,
-            envelope_hash(env_dict),
+            env_hash,
             fp,
             "execution",
             True,

@@ -127,6 +127,7 @@ def _parse_float(text: str) -> float:
 
 
 _INF = float("inf")
+_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_parse_float)
 # A JSON escape of a UTF-16 surrogate; only these can decode to text that is not valid UTF-8.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
@@ -172,7 +173,7 @@ def decode_json(body: bytes) -> Any:
             ErrorCode.PROTOCOL_ERROR, f"body is not valid UTF-8: {exc.reason} at byte {exc.start}"
         ) from None
     try:
-        value = json.loads(text, parse_constant=_reject_constant, parse_float=_parse_float)
+        value = _decoder.decode(text)
     except RecursionError:
         raise EnvelopeError(
             ErrorCode.VALIDATION_ERROR, f"JSON nesting deeper than {MAX_DEPTH} levels"
@@ -220,15 +221,20 @@ def _validation_message(exc: ValidationError) -> tuple[str, str]:
     return path, f"invalid field '{path}': {msg}"
 
 
-def validate_envelope(data: Any) -> IntentEnvelope:
-    """A decoded JSON value → IntentEnvelope (not yet normalised), or EnvelopeError."""
+def validate_envelope(data: Any, body: bytes | None = None) -> IntentEnvelope:
+    """A decoded JSON value → IntentEnvelope (not yet normalised), or EnvelopeError.
+
+    `body`, the bytes `data` came from, lets the depth check be skipped when the body has too
+    few brackets to nest that deep."""
     if not isinstance(data, dict):
         raise EnvelopeError(
             ErrorCode.VALIDATION_ERROR,
             f"envelope must be a JSON object, not {_json_type(data)}",
             "envelope",
         )
-    if _depth_exceeds(data, MAX_DEPTH):
+    if (body is None or body.count(b"{") + body.count(b"[") > MAX_DEPTH) and _depth_exceeds(
+        data, MAX_DEPTH
+    ):
         raise EnvelopeError(
             ErrorCode.VALIDATION_ERROR, f"JSON nesting deeper than {MAX_DEPTH} levels", "envelope"
         )

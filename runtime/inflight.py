@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import threading
+from _thread import allocate_lock as _allocate_lock
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -30,10 +31,35 @@ ROTATE_BYTES = 64 * 1024 * 1024
 REFRESH_S = 1.0
 
 
+class Flag:
+    """A set-once event on a bare lock (a claim per request must cost next to nothing)."""
+
+    __slots__ = ("_lock", "_set")
+
+    def __init__(self) -> None:
+        self._lock = _allocate_lock()
+        self._lock.acquire()
+        self._set = False
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            self._lock.release()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float) -> bool:
+        if self._lock.acquire(timeout=max(0.0, timeout)):
+            self._lock.release()  # let the next waiter through
+            return True
+        return False
+
+
 @dataclass(slots=True)
 class LocalRun:
     bound_s: float
-    done: threading.Event = field(default_factory=threading.Event)
+    done: Flag = field(default_factory=Flag)
 
 
 @dataclass(slots=True)

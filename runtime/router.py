@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import queue
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from runtime.envelope import IntentEnvelope, RoutingStrategy
@@ -124,10 +125,14 @@ class Router:
         agents: dict[str, AgentDefinition],
         p: Plan,
         rec: ExecutionRecorder,
+        fresh: Callable[[], IntentEnvelope] | None = None,
     ) -> RouteOutcome:
+        """Run the plan; `fresh()` makes each agent's private envelope (default: a deep copy)."""
+        if fresh is None:
+            fresh = partial(envelope.model_copy, deep=True)
         strategy = envelope.routing.strategy
         if strategy is RoutingStrategy.PARALLEL:
-            return self._parallel(envelope, agents, p, rec)
+            return self._parallel(envelope, agents, p, rec, fresh)
         stop_on_success = strategy is not RoutingStrategy.BROADCAST
         fallback = strategy is RoutingStrategy.FALLBACK
         last_success: tuple[str, AttemptResult] | None = None
@@ -141,7 +146,7 @@ class Router:
                 )
                 self.observer.fallback(envelope.intent.name)
             attempts += 1
-            result = self._attempt(envelope, agents[name], attempts, rec)
+            result = self._attempt(fresh(), agents[name], attempts, rec)
             last = (name, result)
             if result.status == "success":
                 last_success = last
@@ -162,11 +167,11 @@ class Router:
         return RouteOutcome(None, last[1].error, last[0], attempts, reason, p.try_order)
 
     def _attempt(
-        self, envelope: IntentEnvelope, agent: AgentDefinition, number: int, rec: ExecutionRecorder
+        self, private: IntentEnvelope, agent: AgentDefinition, number: int, rec: ExecutionRecorder
     ) -> AttemptResult:
         rec.event("AGENT_ATTEMPT_START", {"agent": agent.name, "attempt": number})
         result, timed_out = self.invoker.call(
-            agent.name, agent.handler, envelope.model_copy(deep=True), self.timeout_for(agent)
+            agent.name, agent.handler, private, self.timeout_for(agent)
         )
         self._end(rec, agent.name, number, result, timed_out)
         return result
@@ -193,6 +198,7 @@ class Router:
         agents: dict[str, AgentDefinition],
         p: Plan,
         rec: ExecutionRecorder,
+        fresh: Callable[[], IntentEnvelope],
     ) -> RouteOutcome:
         done: queue.SimpleQueue[Attempt] = queue.SimpleQueue()
         pending: dict[Attempt, int] = {}
@@ -203,7 +209,7 @@ class Router:
             attempt = self.invoker.start(
                 name,
                 agent.handler,
-                envelope.model_copy(deep=True),
+                fresh(),
                 self.timeout_for(agent),
                 notify=done,
             )
