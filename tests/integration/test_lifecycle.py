@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import time
 from collections.abc import Callable
 
 import pytest
 
 from tests.integration.conftest import Agents
-from tests.integration.wire import Wire, body_of, envelope, execution_id, load_record, wait_for
-from tests.support.broker import AMQP_URL, IN_CI, broker_up, queue_depth
+from tests.integration.wire import (
+    Wire,
+    body_of,
+    envelope,
+    execution_id,
+    load_record,
+    rabbitmqctl,
+    wait_for,
+)
+from tests.support.broker import AMQP_URL, broker_up, queue_depth
 from tests.support.workerproc import WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -114,29 +119,15 @@ def test_grace_period_expiry_exits_75(
     assert queue_depth(worker.queue) == 1
 
 
-def _rabbitmqctl() -> str:
-    path = shutil.which("rabbitmqctl")
-    if path is None or os.geteuid() != 0:
-        message = "needs rabbitmqctl as root to stop and start the broker app"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-def _ctl(path: str, command: str) -> None:
-    subprocess.run([path, command], check=True, capture_output=True, timeout=120)
-
-
 def test_readiness_follows_the_broker(
     start_worker: Callable[..., WorkerProcess], agents: Agents
 ) -> None:
     """/readyz is false while the broker app is stopped, true again (and consuming) after."""
-    ctl = _rabbitmqctl()
+    ctl = rabbitmqctl()
     worker = start_worker(env=agents.env)
     assert worker.http("/readyz")[0] == 200
     try:
-        _ctl(ctl, "stop_app")
+        ctl("stop_app")
         assert worker.wait_until(lambda: worker.http("/readyz")[0] == 503, timeout=20)
         status, body = worker.http("/readyz")
         assert status == 503 and b"ready" in body
@@ -144,7 +135,7 @@ def test_readiness_follows_the_broker(
         assert worker.http("/healthz")[0] == 200
         assert worker.proc is not None and worker.proc.poll() is None
     finally:
-        _ctl(ctl, "start_app")
+        ctl("start_app")
     assert wait_for(broker_up, timeout=30)
     assert worker.wait_until(lambda: worker.http("/readyz")[0] == 200, timeout=45), worker.logs()
     assert worker.metric("intentus_broker_connected") == 1

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pika
+import pytest
 
-from tests.support.broker import connection
+from tests.support.broker import IN_CI, connection
 
 OWN = object()  # reply_to sentinel: the Wire's own exclusive reply queue
 
@@ -263,3 +268,30 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> b
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+def rabbitmqctl() -> Callable[..., str]:
+    """Run `rabbitmqctl ARGS...` (needs root); skips the test locally without it, fails in CI."""
+    path = shutil.which("rabbitmqctl")
+    if path is None or os.geteuid() != 0:
+        message = "needs rabbitmqctl, run as root"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            [path, *args], check=True, capture_output=True, text=True, timeout=120
+        )
+        return done.stdout
+
+    return run
+
+
+def queue_type(queue: str) -> str | None:
+    """The queue's type as the broker reports it (quorum, classic), or None if absent."""
+    for line in rabbitmqctl()("list_queues", "-q", "name", "type").splitlines():
+        parts = line.split("\t")
+        if len(parts) == 2 and parts[0] == queue:
+            return parts[1]
+    return None
