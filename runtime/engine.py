@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Sequence
@@ -117,7 +118,8 @@ class IntentusRuntime:
         self.middleware = tuple(middleware)
         self.clock = clock or SystemClock()
         self.observer = observer or Observer()
-        self.worker_id = worker_id or default_worker_id()
+        # The id names files (journal, temp folder): keep it to a safe alphabet.
+        self.worker_id = re.sub(r"[^A-Za-z0-9._-]", "_", worker_id or default_worker_id())[:100]
         self.max_message_bytes = max_message_bytes
         if store is None:
             store = (
@@ -126,6 +128,8 @@ class IntentusRuntime:
                 else MemoryRecordStore()
             )
         self.store = store
+        if records_dir is None and isinstance(store, FileRecordStore):
+            records_dir = store.root  # journals live beside the records they protect
         journal_dir = Path(records_dir) / INFLIGHT_DIR if records_dir is not None else None
         self.inflight = InflightTracker(
             journal_dir, self.worker_id, self.clock.monotonic, self.store.exists
@@ -159,7 +163,11 @@ class IntentusRuntime:
             self.finish(outcome, recorded=False)
             return self.after_lost_race(outcome)
         except RecordStoreError:
-            self.finish(outcome, recorded=False)
+            if outcome.journaled:
+                # An agent ran and its result is lost: never run it again silently.
+                self.inflight.unrecorded(outcome.execution_id)
+            else:
+                self.finish(outcome, recorded=False)
             raise
         self.finish(outcome, recorded=True)
         return outcome
@@ -310,7 +318,11 @@ class IntentusRuntime:
     ) -> Outcome:
         rec = ExecutionRecorder(self.clock.monotonic, t0)
         if self.middleware:
+            request_id = envelope.metadata.requestId
             run_before(self.middleware, envelope, self.observer)
+            if envelope.metadata.requestId != request_id:
+                log.warning("middleware changed metadata.requestId; the change is ignored")
+                envelope.metadata.requestId = request_id
             env_dict = envelope.to_dict()
             env_hash = envelope_hash(env_dict)
             candidates = self.registry.find_by_capability(

@@ -60,6 +60,7 @@ class Flag:
 class LocalRun:
     bound_s: float
     done: Flag = field(default_factory=Flag)
+    journaled: bool = False
 
 
 @dataclass(slots=True)
@@ -87,6 +88,7 @@ class InflightTracker:
         self.owner = owner
         self.folder = os.fspath(folder) if folder is not None else None
         self._fd = -1
+        self._written = 0
         self._views: dict[str, _View] = {}
         self._orphans: dict[str, str] = {}  # executionId -> journal it came from
         self._next_refresh = 0.0
@@ -125,23 +127,29 @@ class InflightTracker:
         tmp = self._path(self.owner) + f".{os.getpid()}.new"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o640)
         fcntl.flock(fd, fcntl.LOCK_EX)
-        with self._lock:
-            live = [f"S {eid} {int(run.bound_s * 1000)}\n" for eid, run in self._local.items()]
+        # Called with self._lock held (or before any thread exists): the executions still
+        # running move to the new journal, and no append can slip in between.
+        live = "".join(
+            f"S {eid} {int(run.bound_s * 1000)}\n"
+            for eid, run in self._local.items()
+            if run.journaled
+        ).encode()
         if live:
-            os.write(fd, "".join(live).encode())
+            os.write(fd, live)
+        self._written = len(live)
         os.rename(tmp, self._path(self.owner))
         return fd
 
     def _append(self, line: str) -> None:
         if self._fd < 0:
             return
-        os.write(self._fd, line.encode())
-
-    def _maybe_rotate(self) -> None:
-        if self._fd >= 0 and os.fstat(self._fd).st_size > ROTATE_BYTES:
-            old = self._fd
-            self._fd = self._open_journal()
-            os.close(old)
+        data = line.encode()
+        with self._lock:
+            os.write(self._fd, data)
+            self._written += len(data)
+            if self._written > ROTATE_BYTES:
+                old, self._fd = self._fd, self._open_journal()
+                os.close(old)
 
     # -- claims --------------------------------------------------------------------------
     def claim(self, execution_id: str, bound_s: float) -> LocalRun | None:
@@ -158,6 +166,7 @@ class InflightTracker:
         run = self._local.get(execution_id)
         if run is not None:
             run.bound_s = bound_s
+            run.journaled = True
         self._append(f"S {execution_id} {int(bound_s * 1000)}\n")
 
     def running_here(self, execution_id: str) -> LocalRun | None:
@@ -171,8 +180,14 @@ class InflightTracker:
             run = self._local.pop(execution_id, None)
         if run is not None:
             run.done.set()
-        if recorded and self._fd >= 0 and not self._local:
-            self._maybe_rotate()
+
+    def unrecorded(self, execution_id: str) -> None:
+        """This process ran it but could not record it: later deliveries are in doubt."""
+        with self._lock:
+            run = self._local.pop(execution_id, None)
+            self._orphans[execution_id] = self.owner
+        if run is not None:
+            run.done.set()
 
     def in_progress(self) -> int:
         return len(self._local)
@@ -181,6 +196,8 @@ class InflightTracker:
     def foreign(self, execution_id: str, thorough: bool) -> tuple[str, float] | None:
         """('dead', 0) if a dead process started it unrecorded, ('running', bound_s) if a live
         one is running it, else None. Only `thorough` lookups read live journals."""
+        if execution_id in self._orphans:
+            return ("dead", 0.0)
         if self.folder is None:
             return None
         now = self._mono()
@@ -190,7 +207,7 @@ class InflightTracker:
         if execution_id in self._orphans:
             return ("dead", 0.0)
         if thorough:
-            for view in self._views.values():
+            for view in list(self._views.values()):  # _refresh may change it meanwhile
                 if not view.dead and execution_id in view.started:
                     return ("running", view.started[execution_id])
         return None
@@ -220,8 +237,9 @@ class InflightTracker:
                 if name == own:
                     continue
                 self._scan(name, read_live)
-            for eid in [e for e in self._orphans if self._exists(e)]:
-                del self._orphans[eid]
+            # Snapshot: pipeline threads add and resolve orphans while we scan.
+            for eid in [e for e in list(self._orphans) if self._exists(e)]:
+                self._orphans.pop(eid, None)
 
     def _scan(self, name: str, read_live: bool) -> None:
         assert self.folder is not None

@@ -469,3 +469,28 @@ class TestDeterminism:
         assert orders[1] == ["charlie", "foxtrot", "alpha", "delta", "bravo"]
         assert outputs[0][1]["routerDecision"]["agent"] == "charlie"
         assert outputs[0][0]["header"]["envelopeHash"] == outputs[1][0]["header"]["envelopeHash"]
+
+
+class TestUnrecordable:
+    def test_lost_record_is_in_doubt_not_rerun(self, calls: Calls) -> None:
+        """An agent ran but its record could not be written: the next delivery is in doubt."""
+        from runtime import IntentusRuntime, MemoryRecordStore, RecordStoreError
+
+        class FailingOnce(MemoryRecordStore):
+            failed = False
+
+            def put(self, execution_id: str, data: bytes) -> None:
+                if not self.failed:
+                    self.failed = True
+                    raise RecordStoreError("disk full")
+                super().put(execution_id, data)
+
+        rt = IntentusRuntime(one_agent(calls), store=FailingOnce())
+        with pytest.raises(RecordStoreError):
+            rt.route_intent(envelope(request_id="lost-1"))
+        again = rt.route_intent(envelope(request_id="lost-1"))
+        assert again.error is not None and again.error.code == "EXECUTION_IN_DOUBT"
+        assert calls.names == ["a"]
+        third = rt.route_intent(envelope(request_id="lost-1"))
+        assert third.model_dump() == again.model_dump()
+        assert calls.names == ["a"]

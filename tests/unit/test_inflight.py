@@ -132,3 +132,41 @@ class TestAcrossProcesses:
         finally:
             os.close(fd)
         t.close()
+
+
+class TestRotation:
+    def test_rotation_keeps_running_executions(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A rotated journal still lists what is running, and drops what ended or never ran."""
+        import runtime.inflight as inflight
+
+        monkeypatch.setattr(inflight, "ROTATE_BYTES", 200)
+        t = tracker(tmp_path, "w")
+        running, never_ran = execution_id_for("running"), execution_id_for("claimed-only")
+        t.claim(running, 1.0)
+        t.journal_start(running, 1.0)
+        t.claim(never_ran, 1.0)
+        for i in range(20):
+            eid = execution_id_for(f"done-{i}")
+            t.claim(eid, 1.0)
+            t.journal_start(eid, 1.0)
+            t.release(eid)
+        lines = (tmp_path / "w.journal").read_text().splitlines()
+        assert len(lines) < 12  # rotated at least once
+        started = {line.split()[1] for line in lines if line.startswith("S ")}
+        ended = {line.split()[1] for line in lines if line.startswith("E ")}
+        assert running in started and running not in ended
+        assert never_ran not in started
+
+
+class TestUnrecorded:
+    def test_unrecorded_execution_is_in_doubt_here(self) -> None:
+        """An execution whose record could not be written is never run again by this process."""
+        t = tracker(None, "w")
+        assert t.claim(EID, 1.0) is None
+        t.journal_start(EID, 1.0)
+        t.unrecorded(EID)
+        assert t.foreign(EID, thorough=False) == ("dead", 0.0)
+        t.resolved(EID)
+        assert t.foreign(EID, thorough=False) is None
