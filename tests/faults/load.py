@@ -120,8 +120,14 @@ class Publisher:
                     raise
                 time.sleep(0.2)
 
-    def publish_all(self, messages: list[Message]) -> None:
-        for m in messages:
+    def publish_all(self, messages: list[Message], rate: float | None = None) -> None:
+        """Publish in order; with `rate`, at most that many per second."""
+        start = time.monotonic()
+        for i, m in enumerate(messages):
+            if rate:
+                ahead = start + i / rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
             self.publish(m)
 
     def close(self) -> None:
