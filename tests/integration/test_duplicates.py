@@ -167,3 +167,53 @@ def test_id_less_message_sent_twice_runs_once(
     assert second.props.correlation_id == rid
     assert agents.calls() == [f"alpha {rid}"]
     assert len(record_files(worker.records_dir)) == 1
+
+
+def test_duplicate_while_the_first_is_running_waits_for_its_record(
+    wire: Wire, worker: WorkerProcess, agents: Agents
+) -> None:
+    """A duplicate that arrives mid-execution is answered from the record once it exists."""
+    rid = "req-dup-running"
+    body = body_of(envelope("SleepIntent", {"seconds": 1.5}, request_id=rid))
+    wire.publish(worker.queue, body, correlation_id="run-1")
+    wire.publish(worker.queue, body, correlation_id="run-2")
+    replies = wire.replies(2, timeout=15)
+    assert replies["run-1"].body == replies["run-2"].body
+    assert replies["run-1"].json["status"] == "success"
+    assert agents.calls() == [f"sleeper {rid}"]
+    assert len(record_files(worker.records_dir)) == 1
+    assert worker.metric("intentus_duplicates_total", kind="replayed") == 1
+
+
+def test_crash_mid_agent_is_execution_in_doubt(
+    wire: Wire, start_worker: Callable[..., WorkerProcess], agents: Agents
+) -> None:
+    """A worker killed mid-agent: the redelivery is EXECUTION_IN_DOUBT, recorded, never re-run."""
+    env = {**agents.env, "INTENTUS_AGENT_TIMEOUT_S": "60"}
+    first = start_worker(env=env)
+    rid = "req-in-doubt"
+    eid = execution_id(rid)
+    body = body_of(envelope("SleepIntent", {"seconds": 30}, request_id=rid))
+    wire.publish(first.queue, body, correlation_id="doubt-1")
+    assert first.wait_until(lambda: agents.calls() == [f"sleeper {rid}"], timeout=10)
+    first.kill()
+
+    second = start_worker(env=env)
+    reply = wire.reply(timeout=20)
+    assert reply.props.correlation_id == "doubt-1"
+    answer = reply.json
+    assert answer["status"] == "error"
+    assert answer["error"]["code"] == "EXECUTION_IN_DOUBT"
+    assert answer["metadata"]["execution_id"] == eid
+    assert agents.calls() == [f"sleeper {rid}"]
+    record = load_record(second.records_dir, eid)
+    assert "DUPLICATE_DELIVERY" in [e["type"] for e in record["events"]]
+    assert record["finalResponse"] == answer
+    assert second.metric("intentus_duplicates_total", kind="in_doubt") == 1
+
+    # later duplicates get the same answer, from the record
+    wire.publish(second.queue, body, correlation_id="doubt-2")
+    again = wire.reply()
+    assert again.props.correlation_id == "doubt-2"
+    assert again.body == reply.body
+    assert agents.calls() == [f"sleeper {rid}"]
