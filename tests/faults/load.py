@@ -221,7 +221,13 @@ class Collector:
                 return len(self.replies)
             return sum(1 for c in self.replies if c in cids)
 
-    def wait_for(self, cids: set[str], timeout: float, idle_timeout: float | None = None) -> bool:
+    def wait_for(
+        self,
+        cids: set[str],
+        timeout: float,
+        idle_timeout: float | None = None,
+        poll: float = 0.1,
+    ) -> bool:
         """Until every cid has a reply, or `timeout` passes (or nothing new for `idle_timeout`)."""
         deadline = time.monotonic() + timeout
         last, last_change = -1, time.monotonic()
@@ -233,7 +239,7 @@ class Collector:
                 last, last_change = n, time.monotonic()
             elif idle_timeout is not None and time.monotonic() - last_change > idle_timeout:
                 return False
-            time.sleep(0.1)
+            time.sleep(poll)
         return False
 
     def first(self, cid: str) -> Reply | None:
