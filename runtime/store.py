@@ -5,12 +5,22 @@
 entries, and any record is found from its id alone). Writes are atomic and durable: the
 bytes go to a temp file which is fsynced, then hard-linked into place (which fails if the
 record exists, so records are never rewritten), then the folder is fsynced. A committer
-thread fsyncs everything written since its last round together (group commit), so
+thread syncs everything written since its last round together (group commit), so
 concurrent writers share the cost of a sync.
+
+On Linux, under load, records are made durable with `syncfs` on the records filesystem
+instead of an fsync per file and per folder. Each record needs two syncs: one after its temp
+file is written (its data is durable before it is linked into place, so a crash never leaves
+a torn record), one after it is linked (the name, and any new shard folder, are durable
+before anyone is told). The rounds are pipelined: one syncfs makes the previous round's
+links and this round's data durable together. An fsync per file and folder costs several
+times more kernel CPU per record than a syncfs shared by a batch; a lone record (no other in
+its round or awaiting its second sync) still uses the fsyncs.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
@@ -32,6 +42,27 @@ TMP_DIR = ".tmp"
 INFLIGHT_DIR = ".inflight"
 
 Callback = Callable[[BaseException | None], None]
+SYNCFS_MIN_BATCH = 2  # from this many records on, two syncfs calls beat an fsync per file
+
+
+def _load_syncfs() -> Callable[[int], None] | None:
+    """`syncfs(fd)` from the C library, or None where there is none (not Linux)."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (AttributeError, OSError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+
+    def syncfs(fd: int) -> None:
+        if fn(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    return syncfs
+
+
+_syncfs = _load_syncfs()
 
 
 def check_execution_id(execution_id: str) -> str:
@@ -95,16 +126,24 @@ class MemoryRecordStore:
 
 
 class _Pending:
-    __slots__ = ("done", "execution_id", "fd", "final", "folder", "tmp")
+    __slots__ = ("done", "execution_id", "fd", "final", "folder", "new_folder", "tmp")
 
     def __init__(
-        self, execution_id: str, fd: int, tmp: str, final: str, folder: str, done: Callback
+        self,
+        execution_id: str,
+        fd: int,
+        tmp: str,
+        final: str,
+        folder: str,
+        new_folder: bool,
+        done: Callback,
     ) -> None:
         self.execution_id = execution_id
         self.fd = fd
         self.tmp = tmp
         self.final = final
         self.folder = folder
+        self.new_folder = new_folder  # its folder's own entry still needs a sync
         self.done = done
 
 
@@ -140,6 +179,14 @@ class FileRecordStore:
             raise RecordStoreError(
                 f"records folder {self.root} is not usable: {exc.strerror or exc}"
             ) from None
+        self._syncfs = _syncfs if durable else None
+        self._linked: list[_Pending] = []  # linked in place, names not yet synced
+        self._root_fd = -1
+        if self._syncfs is not None:
+            try:
+                self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                self._syncfs = None
         self._committer = threading.Thread(
             target=self._commit_loop, name="intentus-record-commit", daemon=True
         )
@@ -153,18 +200,23 @@ class FileRecordStore:
         check_execution_id(execution_id)
         return os.path.join(self.root, execution_id[5:8], execution_id + ".json")
 
-    def _mkdir(self, path: str) -> None:
+    def _mkdir(self, path: str, sync_parent: bool = True) -> bool:
+        """Create the folder if needed; True if it was created and its parent not synced."""
         if path in self._made:
-            return
+            return False
+        created = False
         try:
             os.mkdir(path, DIR_MODE)
         except FileExistsError:
             pass
         else:
             os.chmod(path, DIR_MODE)  # whatever the umask
-            if self.durable:
+            if self.durable and sync_parent:
                 _fsync_dir(os.path.dirname(path.rstrip("/")) or ".")
+            else:
+                created = True
         self._made.add(path)
+        return created
 
     # -- reads ---------------------------------------------------------------------------
     def get(self, execution_id: str) -> bytes | None:
@@ -217,9 +269,9 @@ class FileRecordStore:
         try:
             final = self.path_for(execution_id)
             folder = os.path.dirname(final)
-            if os.path.exists(final):
-                raise RecordExists(execution_id)
-            self._mkdir(folder)
+            # A record that exists already fails at link time (RecordExists): the runtime
+            # looked for it just before routing, so checking again here costs more than it saves.
+            new_folder = self._mkdir(folder, sync_parent=False)
             with self._lock:
                 self._seq += 1
                 tmp = os.path.join(self._tmp, f"{execution_id}.{self._seq}.tmp")
@@ -245,20 +297,23 @@ class FileRecordStore:
                 _unlink(tmp)
                 done(RecordStoreError("record store is closed"))
                 return
-            self._queue.append(_Pending(execution_id, fd, tmp, final, folder, done))
+            self._queue.append(_Pending(execution_id, fd, tmp, final, folder, new_folder, done))
             self._wake.notify()
 
     def _commit_loop(self) -> None:
         while True:
             with self._wake:
-                while not self._queue and not self._closed:
+                while not self._queue and not self._closed and not self._linked:
                     self._wake.wait()
                 batch, self._queue = self._queue, []
-                if not batch and self._closed:
+                if not batch and not self._linked and self._closed:
                     return
             self._commit(batch)
 
     def _commit(self, batch: list[_Pending]) -> None:
+        if self._syncfs is not None and (self._linked or len(batch) >= SYNCFS_MIN_BATCH):
+            self._commit_syncfs(batch, self._syncfs)
+            return
         results: list[BaseException | None] = [None] * len(batch)
         for i, item in enumerate(batch):
             try:
@@ -276,6 +331,8 @@ class FileRecordStore:
                 try:
                     os.link(item.tmp, item.final)
                     folders.add(item.folder)
+                    if item.new_folder:
+                        folders.add(os.path.dirname(item.folder))
                 except FileExistsError:
                     results[i] = RecordExists(item.execution_id)
                 except OSError as exc:
@@ -293,6 +350,43 @@ class FileRecordStore:
                             results[i] = RecordStoreError(
                                 f"cannot sync folder of {item.execution_id}: {exc.strerror or exc}"
                             )
+        self._report(batch, results)
+
+    def _commit_syncfs(self, batch: list[_Pending], syncfs: Callable[[int], None]) -> None:
+        """One syncfs per round makes the previous round's links durable (they are reported
+        now) and this round's data durable (so it can be linked, and reported next round)."""
+        waiting, self._linked = self._linked, []
+        error: RecordStoreError | None = None
+        try:
+            syncfs(self._root_fd)
+        except OSError as exc:
+            error = RecordStoreError(f"cannot sync records: {exc.strerror or exc}")
+        self._report(waiting, [error] * len(waiting))
+        failed: list[tuple[_Pending, BaseException]] = []
+        for item in batch:
+            os.close(item.fd)
+            if error is not None:
+                failed.append((item, error))
+            else:
+                try:
+                    os.link(item.tmp, item.final)
+                    self._linked.append(item)
+                except FileExistsError:
+                    failed.append((item, RecordExists(item.execution_id)))
+                except OSError as exc:
+                    failed.append(
+                        (
+                            item,
+                            RecordStoreError(
+                                f"cannot store record {item.execution_id}: {exc.strerror or exc}"
+                            ),
+                        )
+                    )
+            _unlink(item.tmp)
+        self._report([f[0] for f in failed], [f[1] for f in failed])
+
+    @staticmethod
+    def _report(batch: list[_Pending], results: list[BaseException | None]) -> None:
         for item, result in zip(batch, results, strict=True):
             try:
                 item.done(result)
@@ -355,6 +449,9 @@ class FileRecordStore:
             self._closed = True
             self._wake.notify()
         self._committer.join(timeout=30)
+        if self._root_fd >= 0:
+            os.close(self._root_fd)
+            self._root_fd = -1
         for leftover in os.scandir(self._tmp) if os.path.isdir(self._tmp) else ():
             _unlink(leftover.path)
         try:

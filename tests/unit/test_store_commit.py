@@ -1,0 +1,63 @@
+"""Group commit: a batch of records made durable with syncfs, or with an fsync per file."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from runtime import RecordExists
+from runtime import store as store_module
+from runtime.store import FileRecordStore
+
+
+def _eid(i: int) -> str:
+    return f"exec-{i:024x}"
+
+
+@pytest.mark.parametrize("use_syncfs", [True, False])
+def test_batch_is_linked_and_reported(tmp_path: Path, use_syncfs: bool) -> None:
+    """Every record of a batch lands in its shard, is reported once, and no temp file stays."""
+    if use_syncfs and store_module._syncfs is None:
+        pytest.skip("no syncfs here")
+    store = FileRecordStore(tmp_path, owner="w")
+    if not use_syncfs:
+        store._syncfs = None
+    results: dict[str, BaseException | None] = {}
+    done = threading.Event()
+    ids = [_eid(i * 0x10001) for i in range(40)] + [_eid(0)]  # the last one is a duplicate
+
+    def report(eid: str) -> store_module.Callback:
+        def cb(exc: BaseException | None) -> None:
+            results.setdefault(eid + ("" if eid not in results else "#2"), exc)
+            if len(results) == len(ids):
+                done.set()
+
+        return cb
+
+    gate = threading.Event()
+    sizes: list[int] = []
+    commit = store._commit
+
+    def gated(batch: list[store_module._Pending]) -> None:
+        gate.wait(10)  # hold the committer back so that the rest queue up as one batch
+        sizes.append(len(batch))
+        commit(batch)
+
+    store._commit = gated  # type: ignore[method-assign]
+    for eid in ids:
+        store.put_async(eid, json.dumps({"id": eid}).encode(), report(eid))
+    gate.set()
+    assert done.wait(10)
+    assert max(sizes) >= store_module.SYNCFS_MIN_BATCH
+    store.close()
+    assert sum(1 for r in results.values() if r is None) == 40
+    assert isinstance(results[_eid(0) + "#2"], RecordExists)
+    for eid in ids[:40]:
+        path = tmp_path / eid[5:8] / f"{eid}.json"
+        assert json.loads(path.read_bytes()) == {"id": eid}
+        assert oct(os.stat(path).st_mode & 0o777) == "0o640"
+    assert not list((tmp_path / ".tmp").rglob("*.tmp"))
