@@ -27,7 +27,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.channel import Channel
 
 from worker.config import Config, mask_url
-from worker.errors import BrokerUnavailable, PublishFailed, TopologyConflict
+from worker.errors import BrokerUnavailable, PublishFailed, RequestTimeout, TopologyConflict
 from worker.pipeline import Delivery
 
 log = logging.getLogger("intentus.amqp")
@@ -525,7 +525,11 @@ class ClientConnection:
             raise PublishFailed("client connection is closed")
         self._conn.add_callback_threadsafe(send)
         if not event.wait(timeout):
-            raise PublishFailed("no publisher confirm from the broker in time")
+            # Not a refusal: the request may still be published and executed.
+            raise RequestTimeout(
+                f"no publisher confirm from the broker within {timeout:g} s "
+                "(the request may still be executed)"
+            )
         if result[0] is not None:
             raise result[0]
 
