@@ -102,3 +102,22 @@ def test_many_in_flight_are_matched_by_correlation_id(
         assert body["metadata"]["request_id"] == f"req-many-{i}"
     assert len(list(worker.records_dir.rglob("exec-*.json"))) == 20
     assert sorted(agents.calls()) == sorted(f"alpha req-many-{i}" for i in range(20))
+
+
+def test_reply_to_a_missing_queue_is_unroutable_and_still_acked(
+    wire: Wire, start_worker: Callable[..., WorkerProcess], agents: Agents
+) -> None:
+    """A reply_to naming no queue: counted unroutable, recorded, acked, worker unharmed."""
+    worker = start_worker(env=agents.env)
+    rid = "req-unroutable"
+    wire.publish(worker.queue, body_of(envelope(request_id=rid)), reply_to="it.no-such-queue.x")
+    record = load_record(worker.records_dir, execution_id(rid))
+    assert record["finalResponse"]["status"] == "success"
+    assert worker.wait_until(
+        lambda: worker.metric("intentus_replies_published_total", outcome="unroutable") == 1
+    )
+    reply = wire.request(worker.queue, envelope(request_id="req-routable"))
+    assert reply.json["status"] == "success"
+    assert worker.stop() == 0
+    assert queue_depth(worker.queue) == 0
+    assert agents.calls() == [f"alpha {rid}", "alpha req-routable"]

@@ -58,6 +58,11 @@ def test_queue_types(start_worker: Callable[..., WorkerProcess], queue_name: str
     worker = start_worker()
     assert queue_type(queue_name) == "quorum"
     assert queue_type(f"{queue_name}.dlq") is not None
+    conn = connection()
+    try:
+        conn.channel().exchange_declare(f"{queue_name}.dlx", passive=True)  # 404 if missing
+    finally:
+        conn.close()
     assert queue_type(worker.reply_queue) is not None
     assert worker.stop() == 0
     delete_topology(queue_name, worker.reply_queue)
