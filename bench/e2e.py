@@ -74,6 +74,16 @@ def _admin(fn: Any) -> None:
 
 
 def _cleanup(queue: str) -> None:
+    for attempt in range(5):
+        try:
+            _delete(queue)
+            return
+        except pika.exceptions.AMQPConnectionError:
+            time.sleep(1 + attempt)
+    print(f"warning: could not delete queue {queue}", file=sys.stderr)
+
+
+def _delete(queue: str) -> None:
     conn = pika.BlockingConnection(pika.URLParameters(URL))
     try:
         for q in (queue, f"{queue}.dlq", f"{queue}.replies"):

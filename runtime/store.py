@@ -63,6 +63,19 @@ def _load_syncfs() -> Callable[[int], None] | None:
 
 
 _syncfs = _load_syncfs()
+_O_TMPFILE_FLAGS = os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC if hasattr(os, "O_TMPFILE") else 0
+
+
+def _umask_strips(mode: int) -> bool:
+    """Whether files created with `mode` need a chmod (the umask takes bits away)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return mode & ~int(line.split()[1], 8) != mode
+    except (OSError, ValueError):
+        pass
+    return True
 
 
 def check_execution_id(execution_id: str) -> str:
@@ -132,7 +145,7 @@ class _Pending:
         self,
         execution_id: str,
         fd: int,
-        tmp: str,
+        tmp: str | None,
         final: str,
         folder: str,
         new_folder: bool,
@@ -140,7 +153,7 @@ class _Pending:
     ) -> None:
         self.execution_id = execution_id
         self.fd = fd
-        self.tmp = tmp
+        self.tmp = tmp  # None: an unnamed (O_TMPFILE) file, linked through /proc/self/fd
         self.final = final
         self.folder = folder
         self.new_folder = new_folder  # its folder's own entry still needs a sync
@@ -180,17 +193,37 @@ class FileRecordStore:
                 f"records folder {self.root} is not usable: {exc.strerror or exc}"
             ) from None
         self._syncfs = _syncfs if durable else None
-        self._linked: list[_Pending] = []  # linked in place, names not yet synced
-        self._root_fd = -1
-        if self._syncfs is not None:
-            try:
-                self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            except OSError:
-                self._syncfs = None
+        # Linked in place (or found to exist already), names not yet synced.
+        self._linked: list[tuple[_Pending, BaseException | None]] = []
+        try:
+            self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            self._root_fd = -1
+            self._syncfs = None
+        self._chmod = _umask_strips(FILE_MODE)
+        self._tmpfile = self._root_fd >= 0 and self._probe_tmpfile()
         self._committer = threading.Thread(
             target=self._commit_loop, name="intentus-record-commit", daemon=True
         )
         self._committer.start()
+
+    def _probe_tmpfile(self) -> bool:
+        """Whether unnamed files can be created here and linked into place."""
+        if _O_TMPFILE_FLAGS == 0:
+            return False
+        probe = os.path.join(self._tmp, f"probe.{os.getpid()}.{time.monotonic_ns()}")
+        try:
+            fd = os.open(self._tmp, _O_TMPFILE_FLAGS, FILE_MODE)
+        except OSError:
+            return False
+        try:
+            os.link(f"/proc/self/fd/{fd}", probe, src_dir_fd=self._root_fd, follow_symlinks=True)
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+        _unlink(probe)
+        return True
 
     # -- paths ---------------------------------------------------------------------------
     def folder_for(self, execution_id: str) -> str:
@@ -272,18 +305,17 @@ class FileRecordStore:
             # A record that exists already fails at link time (RecordExists): the runtime
             # looked for it just before routing, so checking again here costs more than it saves.
             new_folder = self._mkdir(folder, sync_parent=False)
-            with self._lock:
-                self._seq += 1
-                tmp = os.path.join(self._tmp, f"{execution_id}.{self._seq}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+            fd, tmp = self._open_temp(execution_id, folder)
             try:
-                os.fchmod(fd, FILE_MODE)
+                if self._chmod:
+                    os.fchmod(fd, FILE_MODE)
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
             except BaseException:
                 os.close(fd)
-                _unlink(tmp)
+                if tmp is not None:
+                    _unlink(tmp)
                 raise
         except RecordStoreError as exc:
             done(exc)
@@ -294,11 +326,47 @@ class FileRecordStore:
         with self._wake:
             if self._closed:
                 os.close(fd)
-                _unlink(tmp)
+                if tmp is not None:
+                    _unlink(tmp)
                 done(RecordStoreError("record store is closed"))
                 return
             self._queue.append(_Pending(execution_id, fd, tmp, final, folder, new_folder, done))
             self._wake.notify()
+
+    def _open_temp(self, execution_id: str, folder: str) -> tuple[int, str | None]:
+        """A new file for the record's bytes: unnamed in its shard folder where the system
+        allows (nothing to unlink, nothing left behind by a crash), else named in our temp
+        folder."""
+        if self._tmpfile:
+            try:
+                return os.open(folder, _O_TMPFILE_FLAGS, FILE_MODE), None
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    raise
+                self._tmpfile = False
+        with self._lock:
+            self._seq += 1
+            tmp = os.path.join(self._tmp, f"{execution_id}.{self._seq}.tmp")
+        return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE), tmp
+
+    def _link(self, item: _Pending) -> None:
+        """Give the written file its final name; FileExistsError if the record exists."""
+        if item.tmp is None:
+            # linkat(AT_SYMLINK_FOLLOW) of the open unnamed file (a dir fd forces linkat).
+            os.link(
+                f"/proc/self/fd/{item.fd}",
+                item.final,
+                src_dir_fd=self._root_fd,
+                follow_symlinks=True,
+            )
+        else:
+            os.link(item.tmp, item.final)
+
+    @staticmethod
+    def _release(item: _Pending) -> None:
+        os.close(item.fd)
+        if item.tmp is not None:
+            _unlink(item.tmp)
 
     def _commit_loop(self) -> None:
         while True:
@@ -323,13 +391,11 @@ class FileRecordStore:
                 results[i] = RecordStoreError(
                     f"cannot sync record {item.execution_id}: {exc.strerror or exc}"
                 )
-            finally:
-                os.close(item.fd)
         folders: set[str] = set()
         for i, item in enumerate(batch):
             if results[i] is None:
                 try:
-                    os.link(item.tmp, item.final)
+                    self._link(item)
                     folders.add(item.folder)
                     if item.new_folder:
                         folders.add(os.path.dirname(item.folder))
@@ -339,7 +405,7 @@ class FileRecordStore:
                     results[i] = RecordStoreError(
                         f"cannot store record {item.execution_id}: {exc.strerror or exc}"
                     )
-            _unlink(item.tmp)
+            self._release(item)
         if self.durable:
             for folder in folders:
                 try:
@@ -361,29 +427,32 @@ class FileRecordStore:
             syncfs(self._root_fd)
         except OSError as exc:
             error = RecordStoreError(f"cannot sync records: {exc.strerror or exc}")
-        self._report(waiting, [error] * len(waiting))
-        failed: list[tuple[_Pending, BaseException]] = []
+        self._report(
+            [w[0] for w in waiting], [error if error is not None else w[1] for w in waiting]
+        )
+        failed: list[_Pending] = []
+        errors: list[BaseException | None] = []
         for item in batch:
-            os.close(item.fd)
             if error is not None:
-                failed.append((item, error))
+                failed.append(item)
+                errors.append(error)
             else:
                 try:
-                    os.link(item.tmp, item.final)
-                    self._linked.append(item)
+                    self._link(item)
+                    self._linked.append((item, None))
                 except FileExistsError:
-                    failed.append((item, RecordExists(item.execution_id)))
+                    # Reported after the next sync too: the record that won may be one of
+                    # this round's, and nobody may answer from it before it is durable.
+                    self._linked.append((item, RecordExists(item.execution_id)))
                 except OSError as exc:
-                    failed.append(
-                        (
-                            item,
-                            RecordStoreError(
-                                f"cannot store record {item.execution_id}: {exc.strerror or exc}"
-                            ),
+                    failed.append(item)
+                    errors.append(
+                        RecordStoreError(
+                            f"cannot store record {item.execution_id}: {exc.strerror or exc}"
                         )
                     )
-            _unlink(item.tmp)
-        self._report([f[0] for f in failed], [f[1] for f in failed])
+            self._release(item)
+        self._report(failed, errors)
 
     @staticmethod
     def _report(batch: list[_Pending], results: list[BaseException | None]) -> None:

@@ -2,9 +2,11 @@
 
 - `declare_topology`: the queues and exchanges, checked at start (and after each reconnect).
 - `ConsumerConnection`: the worker's connection. One I/O thread owns it (pika is not
-  thread-safe); other threads hand work to it with `call()`. Publishes use publisher
-  confirms; deliveries carry the connection *generation*, so tags from a lost channel are
-  dropped, never acked on a new one.
+  thread-safe); other threads hand work to it with `call()`, which queues it in a mailbox
+  and wakes the loop once per batch, not once per call. Publishes use publisher confirms;
+  acks are gathered per loop iteration and sent as one `multiple` ack for the settled run of
+  tags at the front. Deliveries carry the connection *generation*, so tags from a lost
+  channel are dropped, never acked on a new one.
 - `ClientConnection`: the caller's side (publish with confirms, consume replies), also
   confined to one I/O thread.
 
@@ -17,7 +19,7 @@ import logging
 import ssl
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -168,6 +170,16 @@ class ConsumerConnection:
         self.generation = 0
         self._seq = 0
         self._pending: OrderedDict[int, _Pending] = OrderedDict()
+        # Work handed in by other threads; one wake-up of the loop drains all of it.
+        self._mail: deque[Callable[[], None]] = deque()
+        self._mail_lock = threading.Lock()
+        self._mail_woken = False
+        # Delivery tags of the current channel in arrival order; those settled (acked or
+        # nacked by us), and the acks not sent yet.
+        self._unacked: deque[int] = deque()
+        self._settled: set[int] = set()
+        self._to_ack: set[int] = set()
+        self._ack_flush_due = False
         self._thread = threading.Thread(target=self._run, name="intentus-amqp-io", daemon=True)
         self._connected_once = False
         self.consuming = False
@@ -181,11 +193,34 @@ class ConsumerConnection:
         conn = self._conn
         if conn is None or conn.is_closed:
             return False
+        with self._mail_lock:
+            self._mail.append(fn)
+            if self._mail_woken:
+                return True  # a wake-up is on its way and will drain this too
+            self._mail_woken = True
         try:
-            conn.ioloop.add_callback_threadsafe(fn)
+            conn.ioloop.add_callback_threadsafe(self._drain)
         except Exception:
+            with self._mail_lock:
+                self._mail_woken = False
+                try:
+                    self._mail.remove(fn)
+                except ValueError:
+                    return True  # drained meanwhile
             return False
         return True
+
+    def _drain(self) -> None:
+        """(I/O thread) Run everything handed in so far, in order."""
+        with self._mail_lock:
+            batch = list(self._mail)
+            self._mail.clear()
+            self._mail_woken = False
+        for fn in batch:
+            try:
+                fn()
+            except Exception:
+                log.exception("I/O thread task failed")
 
     def stop(self) -> None:
         """Close the connection and end the I/O thread (unacked deliveries return to the queue)."""
@@ -209,6 +244,8 @@ class ConsumerConnection:
                     time.sleep(RECONNECT_BACKOFF_S[min(backoff, len(RECONNECT_BACKOFF_S) - 1)])
                     backoff += 1
                     continue
+            with self._mail_lock:
+                self._mail_woken = False  # a wake-up sent to a closed loop never came
             try:
                 self._conn = pika.SelectConnection(
                     parameters(self.cfg.amqp_url, f"intentus-worker {self.cfg.worker_id}"),
@@ -228,6 +265,7 @@ class ConsumerConnection:
 
     def _on_open(self, conn: pika.SelectConnection) -> None:
         conn.channel(on_open_callback=self._on_channel_open)
+        self._drain()  # whatever was handed in while there was no loop to run it
 
     def _on_open_error(self, conn: pika.SelectConnection, exc: BaseException) -> None:
         log.warning("cannot connect to the broker at %s: %s", self.cfg.safe_url, exc)
@@ -258,6 +296,10 @@ class ConsumerConnection:
         self._channel = channel
         self._seq = 0
         self._pending.clear()
+        self._unacked.clear()
+        self._settled.clear()
+        self._to_ack.clear()
+        self._ack_flush_due = False
         channel.add_on_close_callback(self._on_channel_closed)
         channel.add_on_return_callback(self._on_return)
         channel.confirm_delivery(
@@ -294,6 +336,7 @@ class ConsumerConnection:
     def _close(self) -> None:
         conn = self._conn
         if conn is not None and not (conn.is_closing or conn.is_closed):
+            self._flush_acks()
             conn.close()
 
     # -- I/O thread: consuming -----------------------------------------------------------
@@ -322,6 +365,7 @@ class ConsumerConnection:
         self, channel: Channel, method: Any, props: pika.BasicProperties, body: bytes
     ) -> None:
         headers = props.headers or {}
+        self._unacked.append(method.delivery_tag)
         self._on_delivery(
             Delivery(
                 body=body,
@@ -341,17 +385,44 @@ class ConsumerConnection:
         )
 
     def ack(self, generation: int, tag: int) -> bool:
-        """(I/O thread) Ack unless the tag belongs to a lost channel."""
+        """(I/O thread) Ack unless the tag belongs to a lost channel. The ack is sent at the
+        end of this loop iteration, together with the others settled in it."""
         if generation != self.generation or self._channel is None:
             return False
-        self._channel.basic_ack(tag)
+        self._settled.add(tag)
+        self._to_ack.add(tag)
+        if not self._ack_flush_due and self._conn is not None:
+            self._ack_flush_due = True
+            self._conn.ioloop.call_later(0, self._flush_acks)
         return True
 
     def nack(self, generation: int, tag: int, requeue: bool = True) -> bool:
         if generation != self.generation or self._channel is None:
             return False
+        self._settled.add(tag)
         self._channel.basic_nack(tag, requeue=requeue)
         return True
+
+    def _flush_acks(self) -> None:
+        """One `multiple` ack for the settled run of tags at the front; single acks for any
+        settled out of order (so one slow delivery never holds back the prefetch window)."""
+        self._ack_flush_due = False
+        channel = self._channel
+        if channel is None or not self._to_ack:
+            return
+        unacked, settled, to_ack = self._unacked, self._settled, self._to_ack
+        top = 0
+        while unacked and unacked[0] in settled:
+            tag = unacked.popleft()
+            settled.discard(tag)
+            if tag in to_ack:
+                to_ack.discard(tag)
+                top = tag
+        if top:
+            channel.basic_ack(top, multiple=True)
+        for tag in sorted(to_ack):
+            channel.basic_ack(tag)
+        to_ack.clear()
 
     # -- I/O thread: publishing with confirms --------------------------------------------
     def publish_reply(
@@ -433,12 +504,17 @@ class ConsumerConnection:
         method = frame.method
         ok = isinstance(method, pika.spec.Basic.Ack)
         tag = method.delivery_tag
+        done: list[_Pending] = []
         if method.multiple:
-            done = [s for s in self._pending if s <= tag]
-        else:
-            done = [tag] if tag in self._pending else []
-        for seq in done:
-            pending = self._pending.pop(seq)
+            while self._pending:
+                seq, first = next(iter(self._pending.items()))
+                if seq > tag:
+                    break
+                del self._pending[seq]
+                done.append(first)
+        elif tag in self._pending:
+            done.append(self._pending.pop(tag))
+        for pending in done:
             outcome = "unroutable" if pending.returned else ("confirmed" if ok else "failed")
             try:
                 pending.done(outcome)

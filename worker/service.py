@@ -58,6 +58,7 @@ class Worker:
         self.registry = registry
         self.metrics = Metrics(registry, {r.id for r in policy.document.rules} if policy else None)
         self.handle_signals = handle_signals
+        self._received = self.metrics.messages_received.labels(cfg.queue)
         # ":memory:" keeps records in process memory: for benchmarks only (nothing is durable).
         records_dir = None if cfg.records_dir == MEMORY_RECORDS else cfg.records_dir
         try:
@@ -189,7 +190,7 @@ class Worker:
 
     # -- I/O thread callbacks ------------------------------------------------------------
     def _on_delivery(self, delivery: Delivery) -> None:
-        self.metrics.messages_received.labels(self.cfg.queue).inc()
+        self._received.inc()
         with self._inflight_lock:
             self._inflight += 1
         self._jobs.put(delivery)
