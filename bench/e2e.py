@@ -57,6 +57,7 @@ CASES = {
     "600B-w1": Case("600 B, window 1", 600, 1, 2_000, 200, ("baseline", "file")),
 }
 SWEEP = (1, 4, 16, 64, 256, 1024)
+BEFORE: Path | None = None  # --before: an older source tree, measured as contender "before"
 
 
 def _free_port() -> int:
@@ -102,8 +103,15 @@ def _delete(queue: str) -> None:
 class Contender:
     """A worker process under test, started on its own queue."""
 
-    def __init__(self, kind: str, tag: str, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        tag: str,
+        extra_env: dict[str, str] | None = None,
+        src: Path | None = None,
+    ) -> None:
         self.kind = kind
+        self.src = src or ROOT  # the source tree the worker runs from
         self.queue = f"bench.e2e.{tag}.{kind}.{uuid.uuid4().hex[:8]}"
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -145,8 +153,9 @@ class Contender:
             self.records = ROOT / ".intentusnet" / "bench" / self.queue
             env["INTENTUS_RECORDS_DIR"] = str(self.records)
         env.update(self.extra_env)
+        env["PYTHONPATH"] = str(self.src)
         self.proc = subprocess.Popen(
-            [PY, "-m", "worker"], cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT
+            [PY, "-m", "worker"], cwd=self.src, env=env, stdout=logf, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -182,7 +191,8 @@ def measure(
     tag: str,
     rss_every: int = 0,
 ) -> Result:
-    c = Contender(kind, tag)
+    src = BEFORE if kind == "before" else None
+    c = Contender(kind, tag, src=src)
     try:
         pid = c.start()
         watch = {"worker": pid}
@@ -215,7 +225,8 @@ def run_table(cases: list[str], rounds: int, scale: float) -> dict[str, Any]:
             case = CASES[key]
             n = max(100, int(case.n * scale))
             got: dict[str, Result] = {}
-            for kind in case.contenders:
+            kinds = case.contenders + (("before",) if BEFORE is not None else ())
+            for kind in kinds:
                 r = measure(kind, case.size, case.window, n, int(case.warmup * scale), key)
                 got[kind] = r
                 print(f"round {rnd} {case.name:18} {kind:8} {r.line()}", flush=True)
@@ -331,7 +342,14 @@ def main() -> None:
     ap.add_argument("--soak-n", type=int, default=200_000)
     ap.add_argument("--sweep", action="store_true", help="throughput and p99 vs window")
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument(
+        "--before",
+        help="source tree of an earlier version (e.g. a git worktree), run as contender "
+        "'before' with durable file records after ours in every case",
+    )
     a = ap.parse_args()
+    global BEFORE
+    BEFORE = Path(a.before).resolve() if a.before else None
     print("command: python -m bench.e2e " + " ".join(sys.argv[1:]), flush=True)
     if a.soak:
         data = run_soak(a.soak_n, 10_000)
