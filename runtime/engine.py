@@ -232,6 +232,17 @@ class IntentusRuntime:
                 )
             if data is None and isinstance(request, dict):
                 data = request
+            if (
+                data is None
+                and exc.code is ErrorCode.PROTOCOL_ERROR
+                and content_type
+                and (len(body) <= self.max_message_bytes)
+            ):
+                # Refused for its content type, yet perhaps readable: its requestId still counts.
+                try:
+                    data = decode_json(body)
+                except EnvelopeError:
+                    data = None
             return self._rejected(exc, body, data, ctx, t0, received, correlation_id)
         return self._route(envelope, ctx, t0, received, correlation_id)
 

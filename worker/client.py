@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -133,6 +134,7 @@ class IntentusClient:
         headers: dict[str, Any] | None = None,
     ) -> bytes | None:
         """Publish raw bytes as a request; with `wait`, return the reply body."""
+        deadline = time.monotonic() + timeout
         cid = correlation_id or uuid.uuid4().hex
         waiter = _Waiter()
         if wait:
@@ -148,7 +150,7 @@ class IntentusClient:
                 message_id or cid,
                 headers,
                 wait_reply=wait,
-                timeout=min(timeout, 30.0),
+                timeout=timeout,
             )
         except BaseException:
             with self._lock:
@@ -156,7 +158,8 @@ class IntentusClient:
             raise
         if not wait:
             return None
-        if not waiter.event.wait(timeout):
+        # One budget for the confirm and the reply together.
+        if not waiter.event.wait(max(0.0, deadline - time.monotonic())):
             with self._lock:
                 self._waiters.pop(cid, None)
             raise RequestTimeout(

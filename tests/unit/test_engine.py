@@ -494,3 +494,19 @@ class TestUnrecordable:
         third = rt.route_intent(envelope(request_id="lost-1"))
         assert third.model_dump() == again.model_dump()
         assert calls.names == ["a"]
+
+
+class TestRejectedRequestId:
+    def test_wrong_content_type_still_reads_request_id(self, calls: Calls) -> None:
+        """A readable body refused for its content type keeps its own requestId."""
+        from runtime import IntentusRuntime
+
+        rt = IntentusRuntime(one_agent(calls))
+        out = rt.process(
+            body(envelope(request_id="from-body")),
+            RequestContext(message_id="from-props"),
+            content_type="text/plain",
+        )
+        assert out.kind == "rejected" and out.error_code == "PROTOCOL_ERROR"
+        assert out.request_id == "from-body"
+        assert calls.names == []
