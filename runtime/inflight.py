@@ -271,10 +271,14 @@ class InflightTracker:
                     else:
                         self._orphans[eid] = name
                 if not view.started:
-                    # Every execution it started is recorded: the journal has served.
-                    os.unlink(path)
-                    del self._views[name]
-                    log.info("removed journal %s of a stopped worker", name)
+                    # Every execution it started is recorded: the journal has served. Other
+                    # workers sharing the folder may remove it at the same moment.
+                    try:
+                        os.unlink(path)
+                        log.info("removed journal %s of a stopped worker", name)
+                    except FileNotFoundError:
+                        pass
+                    self._views.pop(name, None)
         finally:
             os.close(fd)  # also releases our probe lock
 
