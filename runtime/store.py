@@ -139,25 +139,17 @@ class MemoryRecordStore:
 
 
 class _Pending:
-    __slots__ = ("done", "execution_id", "fd", "final", "folder", "new_folder", "tmp")
+    __slots__ = ("data", "done", "execution_id", "fd", "final", "folder", "new_folder", "tmp")
 
-    def __init__(
-        self,
-        execution_id: str,
-        fd: int,
-        tmp: str | None,
-        final: str,
-        folder: str,
-        new_folder: bool,
-        done: Callback,
-    ) -> None:
+    def __init__(self, execution_id: str, data: bytes, final: str, done: Callback) -> None:
         self.execution_id = execution_id
-        self.fd = fd
-        self.tmp = tmp  # None: an unnamed (O_TMPFILE) file, linked through /proc/self/fd
+        self.data = data
         self.final = final
-        self.folder = folder
-        self.new_folder = new_folder  # its folder's own entry still needs a sync
+        self.folder = os.path.dirname(final)
         self.done = done
+        self.fd = -1
+        self.tmp: str | None = None  # None: an unnamed (O_TMPFILE) file, linked via /proc
+        self.new_folder = False  # its folder's own entry still needs a sync
 
 
 def _fsync_dir(path: str) -> None:
@@ -298,40 +290,57 @@ class FileRecordStore:
             raise box[0]
 
     def put_async(self, execution_id: str, data: bytes, done: Callback) -> None:
-        """Write the bytes now; `done(None)` runs once they are durable (or `done(exc)`)."""
+        """Queue the bytes; `done(None)` runs once they are durable (or `done(exc)`).
+
+        The committer thread writes them too: the routing threads make no file system calls
+        for a record, so they do not trade the GIL around each one."""
         try:
             final = self.path_for(execution_id)
-            folder = os.path.dirname(final)
-            # A record that exists already fails at link time (RecordExists): the runtime
-            # looked for it just before routing, so checking again here costs more than it saves.
-            new_folder = self._mkdir(folder, sync_parent=False)
-            fd, tmp = self._open_temp(execution_id, folder)
-            try:
-                if self._chmod:
-                    os.fchmod(fd, FILE_MODE)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-            except BaseException:
-                os.close(fd)
-                if tmp is not None:
-                    _unlink(tmp)
-                raise
         except RecordStoreError as exc:
             done(exc)
             return
-        except OSError as exc:
-            done(RecordStoreError(f"cannot write record {execution_id}: {exc.strerror or exc}"))
-            return
         with self._wake:
             if self._closed:
-                os.close(fd)
-                if tmp is not None:
-                    _unlink(tmp)
-                done(RecordStoreError("record store is closed"))
-                return
-            self._queue.append(_Pending(execution_id, fd, tmp, final, folder, new_folder, done))
-            self._wake.notify()
+                closed = True
+            else:
+                closed = False
+                self._queue.append(_Pending(execution_id, data, final, done))
+                self._wake.notify()
+        if closed:
+            done(RecordStoreError("record store is closed"))
+
+    def _write(self, batch: list[_Pending]) -> list[_Pending]:
+        """(committer) Write each record to a new file; returns those written, reports the rest.
+
+        A record that exists already fails at link time (RecordExists): the runtime looked
+        for it just before routing, so checking again here would cost more than it saves."""
+        written: list[_Pending] = []
+        for item in batch:
+            try:
+                item.new_folder = self._mkdir(item.folder, sync_parent=False)
+                item.fd, item.tmp = self._open_temp(item.execution_id, item.folder)
+                try:
+                    if self._chmod:
+                        os.fchmod(item.fd, FILE_MODE)
+                    view = memoryview(item.data)
+                    while view:
+                        view = view[os.write(item.fd, view) :]
+                except BaseException:
+                    self._release(item)
+                    raise
+            except OSError as exc:
+                self._report(
+                    [item],
+                    [
+                        RecordStoreError(
+                            f"cannot write record {item.execution_id}: {exc.strerror or exc}"
+                        )
+                    ],
+                )
+                continue
+            item.data = b""
+            written.append(item)
+        return written
 
     def _open_temp(self, execution_id: str, folder: str) -> tuple[int, str | None]:
         """A new file for the record's bytes: unnamed in its shard folder where the system
@@ -379,6 +388,7 @@ class FileRecordStore:
             self._commit(batch)
 
     def _commit(self, batch: list[_Pending]) -> None:
+        batch = self._write(batch)
         if self._syncfs is not None and (self._linked or len(batch) >= SYNCFS_MIN_BATCH):
             self._commit_syncfs(batch, self._syncfs)
             return
