@@ -45,8 +45,10 @@ def main() -> None:
         style = "o-" if kind == "file" else "s--"
         left.plot(windows, rate, style, label=LABELS.get(kind, kind))
         right.plot(windows, p99, style, label=LABELS.get(kind, kind))
+    all_windows = sorted({p["window"] for p in points})
     for ax in (left, right):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(all_windows, [str(w) for w in all_windows])
         ax.set_xlabel("window (requests in flight)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
