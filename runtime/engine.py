@@ -56,6 +56,7 @@ log = logging.getLogger("intentus.runtime")
 DEFAULT_MAX_MESSAGE_BYTES = 10 * 1024 * 1024
 _POLL_S = 0.05
 _RECORD_GRACE_S = 5.0
+_RECHECK_S = 1.0
 
 
 def default_worker_id() -> str:
@@ -572,8 +573,27 @@ class IntentusRuntime:
         bound: float,
     ) -> Outcome:
         deadline = time.monotonic() + bound + _RECORD_GRACE_S
+        next_check = time.monotonic() + _RECHECK_S
         while time.monotonic() < deadline and not self.store.exists(eid):
             time.sleep(_POLL_S)
+            if time.monotonic() >= next_check:
+                # The worker running it may die while we wait: then it is in doubt, now.
+                next_check = time.monotonic() + _RECHECK_S
+                state = self.inflight.foreign(eid, thorough=True)
+                if state is not None and state[0] == "dead" and not self.store.exists(eid):
+                    if self.inflight.claim(eid, 0.0) is None:
+                        return self._in_doubt(
+                            eid,
+                            envelope,
+                            envelope.to_dict(),
+                            fp,
+                            RequestContext(redelivered=True),
+                            t0,
+                            received,
+                            correlation_id,
+                            recorded=True,
+                        )
+                    break
         return self._answer_from_store(eid, rid, fp, envelope, t0, received, correlation_id, bound)
 
     def _in_doubt(

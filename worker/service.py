@@ -225,9 +225,17 @@ class Worker:
             try:
                 self._handle(delivery)
             except Exception:
-                log.exception("internal error while handling a delivery; dead-lettering it")
+                # A bug of ours, not bad input. On a quorum queue the delivery goes back and the
+                # delivery limit dead-letters it if the bug persists; a classic queue has no such
+                # limit, so there it is dead-lettered at once rather than looped forever.
+                requeue = self.cfg.queue_type == "quorum"
+                log.exception(
+                    "internal error while handling a delivery; %s",
+                    "returning it to the queue" if requeue else "dead-lettering it",
+                )
                 self._io(
-                    delivery, lambda d=delivery: self.conn.nack(d.generation, d.tag, requeue=False)
+                    delivery,
+                    lambda d=delivery, r=requeue: self.conn.nack(d.generation, d.tag, requeue=r),
                 )
 
     def _hand_back_queued(self) -> None:
