@@ -16,6 +16,7 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ from runtime.middleware import Middleware, run_after, run_before
 from runtime.observer import Observer
 from runtime.policy import Policy, PolicySubject, load_policy
 from runtime.recorder import ExecutionRecorder, build_record, raw_body_fields
-from runtime.registry import AgentRegistry
+from runtime.registry import AgentDefinition, AgentRegistry
 from runtime.response import AgentResponse, error_dict, response_body, response_dict
 from runtime.router import Plan, RouteOutcome, Router, plan
 from runtime.store import INFLIGHT_DIR, FileRecordStore, MemoryRecordStore, RecordStore
@@ -93,6 +94,98 @@ class Outcome:
     @property
     def agent(self) -> str | None:
         return self.response["metadata"].get("agent")
+
+
+@dataclass(slots=True)
+class _Received:
+    """What is known of any delivery: its transport context and when it arrived."""
+
+    ctx: RequestContext
+    received: datetime
+    correlation_id: str | None
+
+
+@dataclass(slots=True)
+class _Request:
+    """A valid, normalised request on its way through the runtime."""
+
+    envelope: IntentEnvelope
+    ctx: RequestContext
+    t0: float
+    received: datetime
+    correlation_id: str | None
+    env_dict: dict[str, Any]
+    env_hash: str
+    fp: str
+    eid: str
+
+    @property
+    def rid(self) -> str:
+        return self.envelope.request_id
+
+    @property
+    def trace_id(self) -> str | None:
+        return self.envelope.metadata.traceId
+
+    @property
+    def intent(self) -> str:
+        return self.envelope.intent.name
+
+    @property
+    def strategy(self) -> str:
+        return self.envelope.routing.strategy.value
+
+    def received_event(self) -> dict[str, Any]:
+        return {
+            "intent": self.intent,
+            "version": self.envelope.intent.version,
+            "requestId": self.rid,
+            "strategy": self.strategy,
+        }
+
+
+def _final_event(response: dict[str, Any]) -> dict[str, Any]:
+    error = response.get("error")
+    return {
+        "status": response["status"],
+        "has_error": error is not None,
+        "error_code": None if error is None else error["code"],
+    }
+
+
+def _replayed(eid: str, rid: str, record: dict[str, Any]) -> Outcome:
+    """The stored answer, to be sent again byte for byte."""
+    stored = record["finalResponse"]
+    env = record.get("envelope") or {}
+    return Outcome(
+        "replayed",
+        eid,
+        rid,
+        (stored.get("metadata") or {}).get("trace_id"),
+        stored,
+        response_body(stored),
+        None,
+        (env.get("intent") or {}).get("name"),
+        (env.get("routing") or {}).get("strategy"),
+    )
+
+
+def _trace(
+    trace_id: str | None,
+    agent: str | None,
+    intent: str | None,
+    response: dict[str, Any],
+    latency_ms: float,
+) -> dict[str, Any]:
+    error = response.get("error")
+    return {
+        "traceId": trace_id,
+        "agent": agent,
+        "intent": intent,
+        "status": response["status"],
+        "latencyMs": round(latency_ms, 3),
+        "error": None if error is None else error["message"],
+    }
 
 
 class IntentusRuntime:
@@ -189,10 +282,7 @@ class IntentusRuntime:
         stored = self.store.get(outcome.execution_id)
         if stored is None:  # pragma: no cover - the record was deleted in between
             return outcome
-        record = json.loads(stored)
-        return self._from_record(
-            outcome.execution_id, outcome.request_id, record, None, outcome.trace_id
-        )
+        return _replayed(outcome.execution_id, outcome.request_id, json.loads(stored))
 
     # -- the pipeline --------------------------------------------------------------------
     def process(
@@ -273,87 +363,64 @@ class IntentusRuntime:
         envelope: IntentEnvelope,
         ctx: RequestContext,
         t0: float,
-        received: Any,
+        received: datetime,
         correlation_id: str | None,
     ) -> Outcome:
-        rid = envelope.request_id
-        eid = execution_id_for(rid)
         env_dict = envelope.to_dict()
         env_hash, fp = envelope_hash_and_fingerprint(env_dict)
+        req = _Request(
+            envelope,
+            ctx,
+            t0,
+            received,
+            correlation_id,
+            env_dict,
+            env_hash,
+            fp,
+            execution_id_for(envelope.request_id),
+        )
+        eid = req.eid
         candidates = self.registry.find_by_capability(envelope.intent.name, envelope.intent.version)
-        bound = sum(self.router.timeout_for(a) for a in candidates)
-
-        running = self.inflight.claim(eid, bound)
+        running = self.inflight.claim(eid, sum(self.router.timeout_for(a) for a in candidates))
         if running is not None:
             # The same request is executing on another thread here: wait for its record.
             running.done.wait(running.bound_s + _RECORD_GRACE_S)
-            return self._answer_from_store(
-                eid, rid, fp, envelope, t0, received, correlation_id, running.bound_s
-            )
+            return self._answer_from_store(req, running.bound_s)
         try:
             stored = self.store.get(eid)
             if stored is not None:
                 self.inflight.release(eid, recorded=False)
-                return self._from_record(
-                    eid, rid, json.loads(stored), fp, envelope.metadata.traceId
-                )
+                return self._from_record(req, json.loads(stored))
             foreign = self.inflight.foreign(eid, thorough=ctx.redelivered)
             if foreign is not None:
                 state, foreign_bound = foreign
                 if state == "running":
                     self.inflight.release(eid, recorded=False)
-                    return self._wait_foreign(
-                        eid, rid, fp, envelope, t0, received, correlation_id, foreign_bound
-                    )
-                return self._in_doubt(
-                    eid, envelope, env_dict, fp, ctx, t0, received, correlation_id, recorded=True
-                )
+                    return self._wait_foreign(req, foreign_bound)
+                return self._in_doubt(req, recorded=True)
         except BaseException:
             self.inflight.release(eid, recorded=False)
             raise
-        return self._execute(
-            envelope, env_dict, env_hash, fp, eid, candidates, ctx, t0, received, correlation_id
-        )
+        return self._execute(req, candidates)
 
-    def _execute(
-        self,
-        envelope: IntentEnvelope,
-        env_dict: dict[str, Any],
-        env_hash: str,
-        fp: str,
-        eid: str,
-        candidates: Sequence[Any],
-        ctx: RequestContext,
-        t0: float,
-        received: Any,
-        correlation_id: str | None,
-    ) -> Outcome:
-        rec = ExecutionRecorder(self.clock.monotonic, t0)
+    def _execute(self, req: _Request, candidates: Sequence[AgentDefinition]) -> Outcome:
+        envelope = req.envelope
+        rec = ExecutionRecorder(self.clock.monotonic, req.t0)
         if self.middleware:
             request_id = envelope.metadata.requestId
             run_before(self.middleware, envelope, self.observer)
             if envelope.metadata.requestId != request_id:
                 log.warning("middleware changed metadata.requestId; the change is ignored")
                 envelope.metadata.requestId = request_id
-            env_dict = envelope.to_dict()
-            env_hash = envelope_hash(env_dict)
+            req.env_dict = envelope.to_dict()
+            req.env_hash = envelope_hash(req.env_dict)
             candidates = self.registry.find_by_capability(
                 envelope.intent.name, envelope.intent.version
             )
-        intent = envelope.intent.name
-        strategy = envelope.routing.strategy.value
-        rec.event(
-            "INTENT_RECEIVED",
-            {
-                "intent": intent,
-                "version": envelope.intent.version,
-                "requestId": envelope.request_id,
-                "strategy": strategy,
-            },
-        )
+        intent, strategy = req.intent, req.strategy
+        rec.event("INTENT_RECEIVED", req.received_event())
         names = [a.name for a in candidates]
-        subject = PolicySubject.of(envelope, ctx.user_id)
-        decision = self.policy.evaluate(names, subject)
+        decision = self.policy.evaluate(names, PolicySubject.of(envelope, req.ctx.user_id))
         for denied in decision.filtered:
             self.observer.policy_filtered(denied, decision.rules[denied])
         p: Plan = plan(envelope, names, decision)
@@ -363,79 +430,58 @@ class IntentusRuntime:
         else:
             agents = {a.name: a for a in candidates}
             self.inflight.journal_start(
-                eid, sum(self.router.timeout_for(agents[n]) for n in p.try_order)
+                req.eid, sum(self.router.timeout_for(agents[n]) for n in p.try_order)
             )
             journaled = True
             # Each agent's private envelope is parsed from the routed one's JSON: a full deep
             # copy, several times cheaper than copying the model.
-            env_json = dumps(env_dict)
+            env_json = dumps(req.env_dict)
             out = self.router.execute(
                 envelope, agents, p, rec, partial(IntentEnvelope.model_validate_json, env_json)
             )
-        payload, error, agent = out.payload, out.error, out.agent
-        attempts, reason, try_order = out.attempts, out.reason, out.try_order
         router_decision = {
-            "agent": agent,
+            "agent": out.agent,
             "intent": intent,
             "strategy": strategy,
-            "tryOrder": try_order,
-            "reason": reason,
+            "tryOrder": out.try_order,
+            "reason": out.reason,
         }
         rec.event("ROUTER_DECISION", router_decision)
         latency_ms = rec.elapsed_ms()
         response = response_dict(
-            payload=payload,
-            error=error,
-            execution_id=eid,
-            request_id=envelope.request_id,
-            trace_id=envelope.metadata.traceId,
-            agent=agent,
+            payload=out.payload,
+            error=out.error,
+            execution_id=req.eid,
+            request_id=req.rid,
+            trace_id=req.trace_id,
+            agent=out.agent,
             strategy=strategy,
-            attempts=attempts,
+            attempts=out.attempts,
             latency_ms=latency_ms,
             replayable=True,
         )
-        rec.event(
-            "FINAL_RESPONSE",
-            {
-                "status": response["status"],
-                "has_error": error is not None,
-                "error_code": None if error is None else error["code"],
-            },
-        )
+        rec.event("FINAL_RESPONSE", _final_event(response))
         if self.middleware:
             run_after(
                 self.middleware, envelope, AgentResponse.model_validate(response), self.observer
             )
         seconds = latency_ms / 1000.0
-        self.observer.routed(
-            intent, strategy, response["status"], None if error is None else error["code"], seconds
-        )
-        header = self._header(
-            eid,
-            envelope.request_id,
-            correlation_id,
-            received,
-            env_hash,
-            fp,
-            "execution",
-            True,
-            ctx,
-        )
+        error_code = None if out.error is None else out.error["code"]
+        self.observer.routed(intent, strategy, response["status"], error_code, seconds)
         record = build_record(
-            header=header,
-            envelope=env_dict,
+            header=self._header(req.eid, req.rid, req, req.env_hash, req.fp, "execution", True),
+            envelope=req.env_dict,
             policy=decision.to_dict(),
             events=rec.events,
             decision=router_decision,
             response=response,
-            trace=self._trace(envelope.metadata.traceId, agent, intent, response, latency_ms),
+            trace=_trace(req.trace_id, out.agent, intent, response, latency_ms),
         )
         return Outcome(
             "executed",
-            eid,
-            envelope.request_id,
-            envelope.metadata.traceId,
+            req.eid,
+            req.rid,
+            req.trace_id,
             response,
             response_body(response),
             dumps(record),
@@ -452,166 +498,112 @@ class IntentusRuntime:
         self,
         eid: str,
         rid: str,
-        correlation_id: str | None,
-        received: Any,
+        req: _Request | _Received,
         env_hash: str | None,
         fp: str | None,
         kind: str,
         replayable: bool,
-        ctx: RequestContext,
     ) -> dict[str, Any]:
         return {
             "executionId": eid,
             "requestId": rid,
-            "correlationId": correlation_id or ctx.correlation_id,
-            "createdAt": format_timestamp(received),
+            "correlationId": req.correlation_id or req.ctx.correlation_id,
+            "createdAt": format_timestamp(req.received),
             "envelopeHash": env_hash,
             "fingerprint": fp,
             "replayable": replayable,
             "kind": kind,
             "workerId": self.worker_id,
             "runtimeVersion": __version__,
-            "userId": ctx.user_id,
+            "userId": req.ctx.user_id,
             "recordFormat": 1,
         }
 
-    @staticmethod
-    def _trace(
-        trace_id: str | None,
-        agent: str | None,
-        intent: str | None,
+    def _unrouted_record(
+        self,
+        rec: ExecutionRecorder,
+        header: dict[str, Any],
+        envelope: dict[str, Any] | None,
         response: dict[str, Any],
-        latency_ms: float,
-    ) -> dict[str, Any]:
-        error = response.get("error")
-        return {
-            "traceId": trace_id,
-            "agent": agent,
+        intent: str | None,
+        strategy: str | None,
+        reason: str,
+        raw: dict[str, Any] | None = None,
+    ) -> bytes:
+        """The record of a request that reached no agent: its last two events and the rest."""
+        decision: dict[str, Any] = {
+            "agent": None,
             "intent": intent,
-            "status": response["status"],
-            "latencyMs": round(latency_ms, 3),
-            "error": None if error is None else error["message"],
+            "strategy": strategy,
+            "tryOrder": [],
+            "reason": reason,
         }
-
-    def _from_record(
-        self, eid: str, rid: str, record: dict[str, Any], fp: str | None, trace_id: str | None
-    ) -> Outcome:
-        header = record.get("header", {})
-        stored = record.get("finalResponse")
-        if (fp is not None and header.get("fingerprint") != fp) or not isinstance(stored, dict):
-            return self._conflict(eid, rid, trace_id, header)
-        env = record.get("envelope") or {}
-        return Outcome(
-            "replayed",
-            eid,
-            rid,
-            (stored.get("metadata") or {}).get("trace_id"),
-            stored,
-            response_body(stored),
-            None,
-            (env.get("intent") or {}).get("name"),
-            (env.get("routing") or {}).get("strategy"),
+        rec.event("ROUTER_DECISION", decision)
+        rec.event("FINAL_RESPONSE", _final_event(response))
+        trace_id = response["metadata"]["trace_id"]
+        return dumps(
+            build_record(
+                header=header,
+                envelope=envelope,
+                raw=raw,
+                policy={"allowed": [], "filtered": [], "reasons": {}},
+                events=rec.events,
+                decision=decision,
+                response=response,
+                trace=_trace(trace_id, None, intent, response, rec.elapsed_ms()),
+            )
         )
 
-    def _conflict(
-        self, eid: str, rid: str, trace_id: str | None, header: dict[str, Any]
-    ) -> Outcome:
+    def _from_record(self, req: _Request, record: dict[str, Any]) -> Outcome:
+        header = record.get("header", {})
+        if header.get("fingerprint") != req.fp or not isinstance(record.get("finalResponse"), dict):
+            return self._conflict(req, header)
+        return _replayed(req.eid, req.rid, record)
+
+    def _conflict(self, req: _Request, header: dict[str, Any]) -> Outcome:
         response = response_dict(
             payload=None,
             error=error_dict(
                 ErrorCode.IDEMPOTENCY_CONFLICT,
-                f"requestId '{rid}' was already used for a different request",
-                {"execution_id": eid, "recorded_at": header.get("createdAt")},
+                f"requestId '{req.rid}' was already used for a different request",
+                {"execution_id": req.eid, "recorded_at": header.get("createdAt")},
             ),
-            execution_id=eid,
-            request_id=rid,
-            trace_id=trace_id,
+            execution_id=req.eid,
+            request_id=req.rid,
+            trace_id=req.trace_id,
             agent=None,
             strategy=None,
             attempts=0,
             latency_ms=0.0,
             replayable=False,
         )
-        return Outcome("conflict", eid, rid, trace_id, response, response_body(response), None)
-
-    def _answer_from_store(
-        self,
-        eid: str,
-        rid: str,
-        fp: str,
-        envelope: IntentEnvelope,
-        t0: float,
-        received: Any,
-        correlation_id: str | None,
-        bound: float,
-    ) -> Outcome:
-        stored = self.store.get(eid)
-        if stored is not None:
-            return self._from_record(eid, rid, json.loads(stored), fp, envelope.metadata.traceId)
-        return self._in_doubt(
-            eid,
-            envelope,
-            envelope.to_dict(),
-            fp,
-            RequestContext(),
-            t0,
-            received,
-            correlation_id,
-            recorded=False,
-            waited_s=bound,
+        return Outcome(
+            "conflict", req.eid, req.rid, req.trace_id, response, response_body(response), None
         )
 
-    def _wait_foreign(
-        self,
-        eid: str,
-        rid: str,
-        fp: str,
-        envelope: IntentEnvelope,
-        t0: float,
-        received: Any,
-        correlation_id: str | None,
-        bound: float,
-    ) -> Outcome:
+    def _answer_from_store(self, req: _Request, waited_s: float) -> Outcome:
+        stored = self.store.get(req.eid)
+        if stored is not None:
+            return self._from_record(req, json.loads(stored))
+        return self._in_doubt(req, recorded=False, waited_s=waited_s)
+
+    def _wait_foreign(self, req: _Request, bound: float) -> Outcome:
         deadline = time.monotonic() + bound + _RECORD_GRACE_S
         next_check = time.monotonic() + _RECHECK_S
-        while time.monotonic() < deadline and not self.store.exists(eid):
+        while time.monotonic() < deadline and not self.store.exists(req.eid):
             time.sleep(_POLL_S)
             if time.monotonic() >= next_check:
                 # The worker running it may die while we wait: then it is in doubt, now.
                 next_check = time.monotonic() + _RECHECK_S
-                state = self.inflight.foreign(eid, thorough=True)
-                if state is not None and state[0] == "dead" and not self.store.exists(eid):
-                    if self.inflight.claim(eid, 0.0) is None:
-                        return self._in_doubt(
-                            eid,
-                            envelope,
-                            envelope.to_dict(),
-                            fp,
-                            RequestContext(redelivered=True),
-                            t0,
-                            received,
-                            correlation_id,
-                            recorded=True,
-                        )
+                state = self.inflight.foreign(req.eid, thorough=True)
+                if state is not None and state[0] == "dead" and not self.store.exists(req.eid):
+                    if self.inflight.claim(req.eid, 0.0) is None:
+                        return self._in_doubt(req, recorded=True)
                     break
-        return self._answer_from_store(eid, rid, fp, envelope, t0, received, correlation_id, bound)
+        return self._answer_from_store(req, bound)
 
-    def _in_doubt(
-        self,
-        eid: str,
-        envelope: IntentEnvelope,
-        env_dict: dict[str, Any],
-        fp: str,
-        ctx: RequestContext,
-        t0: float,
-        received: Any,
-        correlation_id: str | None,
-        recorded: bool,
-        waited_s: float = 0.0,
-    ) -> Outcome:
-        rec = ExecutionRecorder(self.clock.monotonic, t0)
-        intent = envelope.intent.name
-        strategy = envelope.routing.strategy.value
+    def _in_doubt(self, req: _Request, recorded: bool, waited_s: float = 0.0) -> Outcome:
+        rec = ExecutionRecorder(self.clock.monotonic, req.t0)
         if recorded:
             message = (
                 "an earlier delivery of this request started executing and its worker stopped "
@@ -622,81 +614,40 @@ class IntentusRuntime:
                 f"this request is still executing elsewhere (waited {waited_s:g} s for its record); "
                 "it is not run again"
             )
-        error = error_dict(ErrorCode.EXECUTION_IN_DOUBT, message, {"execution_id": eid})
         response = response_dict(
             payload=None,
-            error=error,
-            execution_id=eid,
-            request_id=envelope.request_id,
-            trace_id=envelope.metadata.traceId,
+            error=error_dict(ErrorCode.EXECUTION_IN_DOUBT, message, {"execution_id": req.eid}),
+            execution_id=req.eid,
+            request_id=req.rid,
+            trace_id=req.trace_id,
             agent=None,
-            strategy=strategy,
+            strategy=req.strategy,
             attempts=0,
             latency_ms=rec.elapsed_ms(),
             replayable=False,
         )
         record_bytes = None
         if recorded:
+            rec.event("INTENT_RECEIVED", req.received_event())
             rec.event(
-                "INTENT_RECEIVED",
-                {
-                    "intent": intent,
-                    "version": envelope.intent.version,
-                    "requestId": envelope.request_id,
-                    "strategy": strategy,
-                },
-            )
-            rec.event("DUPLICATE_DELIVERY", {"kind": "in_doubt", "redelivered": ctx.redelivered})
-            decision: dict[str, Any] = {
-                "agent": None,
-                "intent": intent,
-                "strategy": strategy,
-                "tryOrder": [],
-                "reason": "execution_in_doubt",
-            }
-            rec.event("ROUTER_DECISION", decision)
-            rec.event(
-                "FINAL_RESPONSE",
-                {
-                    "status": "error",
-                    "has_error": True,
-                    "error_code": ErrorCode.EXECUTION_IN_DOUBT.value,
-                },
+                "DUPLICATE_DELIVERY", {"kind": "in_doubt", "redelivered": req.ctx.redelivered}
             )
             header = self._header(
-                eid,
-                envelope.request_id,
-                correlation_id,
-                received,
-                envelope_hash(env_dict),
-                fp,
-                "in_doubt",
-                False,
-                ctx,
+                req.eid, req.rid, req, envelope_hash(req.env_dict), req.fp, "in_doubt", False
             )
-            record_bytes = dumps(
-                build_record(
-                    header=header,
-                    envelope=env_dict,
-                    policy={"allowed": [], "filtered": [], "reasons": {}},
-                    events=rec.events,
-                    decision=decision,
-                    response=response,
-                    trace=self._trace(
-                        envelope.metadata.traceId, None, intent, response, rec.elapsed_ms()
-                    ),
-                )
+            record_bytes = self._unrouted_record(
+                rec, header, req.env_dict, response, req.intent, req.strategy, "execution_in_doubt"
             )
         return Outcome(
             "in_doubt",
-            eid,
-            envelope.request_id,
-            envelope.metadata.traceId,
+            req.eid,
+            req.rid,
+            req.trace_id,
             response,
             response_body(response),
             record_bytes,
-            intent,
-            strategy,
+            req.intent,
+            req.strategy,
             claimed=recorded,
         )
 
@@ -707,7 +658,7 @@ class IntentusRuntime:
         data: Any,
         ctx: RequestContext,
         t0: float,
-        received: Any,
+        received: datetime,
         correlation_id: str | None,
     ) -> Outcome:
         rid = (
@@ -723,10 +674,9 @@ class IntentusRuntime:
         if isinstance(data, dict) and isinstance(data.get("intent"), dict):
             name = data["intent"].get("name")
             intent = name if isinstance(name, str) else None
-        error = error_dict(exc.code, exc.message, exc.details())
         response = response_dict(
             payload=None,
-            error=error,
+            error=error_dict(exc.code, exc.message, exc.details()),
             execution_id=eid,
             request_id=rid,
             trace_id=trace_id,
@@ -744,32 +694,11 @@ class IntentusRuntime:
                 "INTENT_RECEIVED",
                 {"intent": intent, "version": None, "requestId": rid, "strategy": None},
             )
-            decision: dict[str, Any] = {
-                "agent": None,
-                "intent": intent,
-                "strategy": None,
-                "tryOrder": [],
-                "reason": "invalid_request",
-            }
-            rec.event("ROUTER_DECISION", decision)
-            rec.event(
-                "FINAL_RESPONSE",
-                {"status": "error", "has_error": True, "error_code": exc.code.value},
-            )
             header = self._header(
-                eid, rid, correlation_id, received, None, None, "rejected", False, ctx
+                eid, rid, _Received(ctx, received, correlation_id), None, None, "rejected", False
             )
-            record_bytes = dumps(
-                build_record(
-                    header=header,
-                    envelope=None,
-                    raw=raw_body_fields(body),
-                    policy={"allowed": [], "filtered": [], "reasons": {}},
-                    events=rec.events,
-                    decision=decision,
-                    response=response,
-                    trace=self._trace(trace_id, None, intent, response, rec.elapsed_ms()),
-                )
+            record_bytes = self._unrouted_record(
+                rec, header, None, response, intent, None, "invalid_request", raw_body_fields(body)
             )
         return Outcome(
             "rejected",
