@@ -62,10 +62,3 @@ def envelope_hash_and_fingerprint(normalised_envelope: dict[str, Any]) -> tuple[
         "sha256:" + sha256_hex(whole.encode("utf-8")),
         "sha256:" + sha256_hex(fp.encode("utf-8")),
     )
-
-
-def fingerprint(intent: Any, payload: Any, routing: Any) -> str:
-    """What makes two deliveries with one requestId the same request."""
-    return "sha256:" + sha256_hex(
-        canonical_json({"intent": intent, "payload": payload, "routing": routing})
-    )

@@ -169,9 +169,6 @@ class InflightTracker:
             run.journaled = True
         self._append(f"S {execution_id} {int(bound_s * 1000)}\n")
 
-    def running_here(self, execution_id: str) -> LocalRun | None:
-        return self._local.get(execution_id)
-
     def release(self, execution_id: str, recorded: bool = True) -> None:
         """The record is durable (or the execution will never be recorded by us)."""
         if recorded:
@@ -188,9 +185,6 @@ class InflightTracker:
             self._orphans[execution_id] = self.owner
         if run is not None:
             run.done.set()
-
-    def in_progress(self) -> int:
-        return len(self._local)
 
     # -- other processes -----------------------------------------------------------------
     def foreign(self, execution_id: str, thorough: bool) -> tuple[str, float] | None:

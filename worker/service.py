@@ -196,10 +196,8 @@ class Worker:
         self._jobs.put(delivery)
 
     def _on_consuming(self, on: bool) -> None:
+        # Deliveries of a lost channel are dropped by their generation in _pipeline_loop.
         self.metrics.broker_connected.set(1 if on else 0)
-        if not on and not self._stopping and not self.conn.consuming:
-            # Deliveries of the lost channel that were not started will never be acked: forget them.
-            pass
 
     def _on_reconnect(self) -> None:
         self.metrics.broker_reconnects.inc()

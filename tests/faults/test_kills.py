@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,6 +48,17 @@ def publish_in_background(queue: str, messages: list[Message]) -> threading.Thre
     t = threading.Thread(target=run, name="fault-publisher", daemon=True)
     t.start()
     return t
+
+
+def assert_promise_kept(fig: dict[str, Any], complete: bool, store: dict[str, int]) -> None:
+    """Nothing lost, nothing run twice, one consistent final answer each, records sound."""
+    assert complete and fig["lost"] == 0, fig
+    assert fig["executed_twice"] == 0, fig
+    assert fig["inconsistent_replies"] == 0, fig
+    assert set(fig["codes"]) <= FINAL_CODES, fig
+    assert store["unparsable_records"] == 0, store
+    assert store["requests_without_record"] == 0, store
+    assert store["temp_files_left"] == 0, store
 
 
 def check_store(records_dir: Path, messages: list[Message]) -> dict[str, int]:
@@ -128,14 +140,7 @@ def run_kills(
         temp_files_before_final_restart=temps_before_restart,
         **store,
     )
-    report(fig)
-    assert complete and fig.lost == 0, fig
-    assert fig.executed_twice == 0, fig
-    assert fig.inconsistent_replies == 0, fig
-    assert set(fig.codes) <= FINAL_CODES, fig
-    assert store["unparsable_records"] == 0
-    assert store["requests_without_record"] == 0
-    assert store["temp_files_left"] == 0
+    assert_promise_kept(report(fig), complete, store)
 
 
 def test_sigkill_during_run_fast(start_worker, replies, exec_log, agent_env, tmp_path, queue_name):
