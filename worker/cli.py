@@ -21,6 +21,7 @@ from runtime import replay as records
 from runtime.errors import IntentusError, RecordNotFound
 from runtime.store import FileRecordStore
 from worker import config as configuration
+from worker.config import url_password
 from worker.errors import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, ConfigError, WorkerError
 
 log = logging.getLogger("intentus.cli")
@@ -163,7 +164,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except ConfigError:
         logs.setup("text")
         raise
-    logs.setup(cfg.log_format, secrets=[p for p in [cfg.password] if p])
+    logs.setup(
+        cfg.log_format,
+        secrets=[p for p in (cfg.password, url_password(cfg.records_url)) if p],
+        level=logging.getLevelName(cfg.log_level.upper()),
+    )
     registry = load_agents(cfg.agents)
     policy = load_policy_file(cfg.policy_file)
     try:

@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 from worker.errors import ConfigError
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/%2F"
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def _default_worker_id() -> str:
@@ -51,6 +52,13 @@ OPTIONS: dict[str, Option] = {
         "execution records folder",
         str,
         ".intentusnet/records",
+    ),
+    "records_url": Option(
+        "INTENTUS_RECORDS_URL",
+        "--records-url",
+        "PostgreSQL execution store (postgresql://...; unset: files in the records folder)",
+        str,
+        "",
     ),
     "agents": Option(
         "INTENTUS_AGENTS",
@@ -95,6 +103,9 @@ OPTIONS: dict[str, Option] = {
         30.0,
     ),
     "log_format": Option("INTENTUS_LOG_FORMAT", "--log-format", "text or json", str, "text"),
+    "log_level": Option(
+        "INTENTUS_LOG_LEVEL", "--log-level", "debug, info, warning or error", str, "info"
+    ),
     "worker_id": Option(
         "INTENTUS_WORKER_ID",
         "--worker-id",
@@ -119,6 +130,7 @@ class Config:
     queue_type: str = "quorum"
     reply_queue: str = "intentus.replies"
     records_dir: str = ".intentusnet/records"
+    records_url: str = ""
     agents: str = ""
     policy_file: str = ""
     concurrency: int = 8
@@ -128,6 +140,7 @@ class Config:
     metrics_addr: str = "127.0.0.1:9464"
     shutdown_grace_s: float = 30.0
     log_format: str = "text"
+    log_level: str = "info"
     worker_id: str = field(default_factory=_default_worker_id)
     delivery_limit: int = 20
 
@@ -234,6 +247,13 @@ def validate(cfg: Config) -> None:
         raise bad("shutdown_grace_s", "must not be negative")
     if cfg.log_format not in ("text", "json"):
         raise bad("log_format", f"must be text or json, got {cfg.log_format!r}")
+    if cfg.log_level.lower() not in LOG_LEVELS:
+        raise bad("log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {cfg.log_level!r}")
+    if cfg.records_url and urlsplit(cfg.records_url).scheme not in ("postgresql", "postgres"):
+        raise bad(
+            "records_url",
+            f"must start with postgresql:// (got {mask_url(cfg.records_url)!r})",
+        )
     if cfg.delivery_limit < 1:
         raise bad("delivery_limit", "must be at least 1")
     _host, sep, port = cfg.metrics_addr.rpartition(":")
@@ -249,4 +269,5 @@ def describe(cfg: Config) -> dict[str, Any]:
     """The configuration as logged at start (password masked)."""
     out = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
     out["amqp_url"] = cfg.safe_url
+    out["records_url"] = mask_url(cfg.records_url)
     return out
