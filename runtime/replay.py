@@ -49,6 +49,12 @@ def find(store: RecordStore, ident: str) -> tuple[str, dict[str, Any]]:
     eid = execution_id_for(ident)
     if store.exists(eid):
         return eid, load(store, eid)
+    by_index = getattr(store, "find_by_correlation_id", None)
+    if by_index is not None:  # an indexed backend: no scan
+        found = by_index(ident)
+        if found is not None:
+            return found, load(store, found)
+        raise RecordNotFound(f"no record with executionId, requestId or correlationId {ident!r}")
     for eid, record in iter_records(store):
         if record is not None and record.get("header", {}).get("correlationId") == ident:
             return eid, record
@@ -232,6 +238,9 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def stats(store: RecordStore) -> dict[str, Any]:
+    own = getattr(store, "stats", None)
+    if own is not None:  # an indexed backend counts without reading every record
+        return dict(own())
     by_status: Counter[str] = Counter()
     by_intent: Counter[str] = Counter()
     by_agent: Counter[str] = Counter()

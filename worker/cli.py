@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from runtime import replay as records
-from runtime.errors import IntentusError, RecordNotFound
-from runtime.store import FileRecordStore
+from runtime.errors import IntentusError, RecordNotFound, RecordStoreError
+from runtime.store import FileRecordStore, RecordStore
 from worker import config as configuration
 from worker.config import url_password
 from worker.errors import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, ConfigError, WorkerError
@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def rp(name: str, help_text: str) -> argparse.ArgumentParser:
         p = rsub.add_parser(name, help=help_text, description=help_text)
-        configuration.add_arguments(p, ["records_dir"])
+        configuration.add_arguments(p, ["records_dir", "records_url"])
         return p
 
     ls = rp("list", "list records, newest first")
@@ -229,8 +229,15 @@ def cmd_send(args: argparse.Namespace) -> int:
     return EXIT_OK if response.ok else EXIT_ERROR
 
 
-def _store(args: argparse.Namespace) -> FileRecordStore:
+def _store(args: argparse.Namespace) -> RecordStore:
     cfg = configuration.load(args)
+    if cfg.records_url:
+        from runtime.pgstore import PostgresRecordStore
+
+        try:
+            return PostgresRecordStore(cfg.records_url, claims=False, pool_size=2)
+        except RecordStoreError as exc:
+            raise ConfigError(f"INTENTUS_RECORDS_URL (--records-url): {exc}") from None
     root = Path(cfg.records_dir)
     if not root.is_dir():
         raise ConfigError(f"INTENTUS_RECORDS_DIR: no records folder at {root}")
@@ -314,7 +321,10 @@ def cmd_records(args: argparse.Namespace) -> int:
     if command == "gc":
         cutoff = datetime.now(UTC) - timedelta(seconds=parse_duration(args.older_than))
         removed = kept = 0
-        for eid, record in records.iter_records(store):
+        prune = getattr(store, "prune", None)
+        if prune is not None:  # an indexed backend deletes in one statement
+            removed, kept = prune(cutoff, dry_run=args.dry_run)
+        for eid, record in records.iter_records(store) if prune is None else ():
             created = (record or {}).get("header", {}).get("createdAt")
             try:
                 old = created is not None and datetime.fromisoformat(created) < cutoff
@@ -332,7 +342,7 @@ def cmd_records(args: argparse.Namespace) -> int:
     raise ConfigError(f"unknown records command {command!r}")  # pragma: no cover
 
 
-def _verify(args: argparse.Namespace, store: FileRecordStore) -> int:
+def _verify(args: argparse.Namespace, store: RecordStore) -> int:
     from worker.loader import load_agents, load_policy_file
 
     cfg = configuration.load(args)
