@@ -104,7 +104,7 @@ class TestDirect:
         response, _ = route(make_runtime(registry_of(("a", boom))), envelope())
         assert response["error"]["code"] == "INTERNAL_AGENT_ERROR"
         assert "document_id missing" in response["error"]["message"]
-        assert response["error"]["details"] == {"exception": "KeyError"}
+        assert response["error"]["details"]["exception"] == "KeyError"
 
     def test_non_dict_result_is_an_internal_error(self, make_runtime) -> None:
         """A handler must return a dict."""
