@@ -154,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def agents_source(spec: str) -> str:
+    """Where the agents come from, as said to the user."""
+    return spec or "the built-in demo agents (runtime.demo; set INTENTUS_AGENTS for yours)"
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker import logs
     from worker.loader import load_agents, load_policy_file
@@ -170,6 +175,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
         level=logging.getLevelName(cfg.log_level.upper()),
     )
     registry = load_agents(cfg.agents)
+    log.info("agents from %s: %s", agents_source(cfg.agents), ", ".join(registry.names()))
+    for agent in registry:
+        log.debug(
+            "agent %s: intents %s, node_id %s, node_priority %d, timeout_s %s",
+            agent.name,
+            ", ".join(str(c) for c in agent.capabilities),
+            agent.node_id,
+            agent.node_priority,
+            "default" if agent.timeout_s is None else f"{agent.timeout_s:g}",
+        )
     policy = load_policy_file(cfg.policy_file)
     try:
         worker = Worker(cfg, registry, policy)
