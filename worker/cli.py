@@ -365,31 +365,39 @@ def _verify(args: argparse.Namespace, store: FileRecordStore) -> int:
     else:
         raise ConfigError("give an ID or --all")
     failed = [r for r in results if not r.ok]
+    unchecked = [r for r in results if r.ok and records.ROUTING_UNCHECKED in r.notes]
     if args.json:
         sys.stdout.write(
             json.dumps(
                 {
+                    "agents": cfg.agents or "runtime.demo:registry",
                     "checked": len(results),
                     "failed": len(failed),
                     "problems": {r.execution_id: r.problems for r in failed},
+                    "routingUnchecked": [r.execution_id for r in unchecked],
                 },
                 indent=2,
             )
             + "\n"
         )
-    else:
-        for r in results:
-            if r.ok:
-                if args.id:
-                    sys.stdout.write(f"{r.execution_id}: ok\n")
-            else:
-                for problem in r.problems:
-                    sys.stdout.write(f"{r.execution_id}: {problem}\n")
-        sys.stdout.write(
-            f"verified {len(results)} records: {len(results) - len(failed)} ok, {len(failed)} failed\n"
-        )
+        return EXIT_OK if not failed else EXIT_ERROR
+    sys.stdout.write(f"routing checked against {agents_source(cfg.agents)}\n")
+    for r in results:
+        if not r.ok:
+            for problem in r.problems:
+                sys.stdout.write(f"{r.execution_id}: {problem}\n")
+        elif args.id:
+            note = f" (integrity only: {_UNCHECKED_HINT})" if r in unchecked else ""
+            sys.stdout.write(f"{r.execution_id}: ok{note}\n")
+    sys.stdout.write(
+        f"verified {len(results)} records: {len(results) - len(failed)} ok, {len(failed)} failed\n"
+    )
+    if unchecked and args.all:
+        sys.stdout.write(f"{len(unchecked)} of them integrity only: {_UNCHECKED_HINT}\n")
     return EXIT_OK if not failed else EXIT_ERROR
 
+
+_UNCHECKED_HINT = f"{records.ROUTING_UNCHECKED} (use --agents or INTENTUS_AGENTS)"
 
 _TITLES = {
     "createdAt": "CREATED",
