@@ -248,7 +248,7 @@ def _store(args: argparse.Namespace) -> FileRecordStore:
     cfg = configuration.load(args)
     root = Path(cfg.records_dir)
     if not root.is_dir():
-        raise ConfigError(f"INTENTUS_RECORDS_DIR: no records folder at {root}")
+        raise configuration.option_error("records_dir", f"no records folder at {root}")
     return _ReadOnlyStore(root)
 
 

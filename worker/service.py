@@ -76,7 +76,7 @@ class Worker:
             )
             self.runtime.store.check_writable()
         except DuplicateWorkerId as exc:
-            raise ConfigError(f"INTENTUS_WORKER_ID: {exc}") from None
+            raise ConfigError(f"INTENTUS_WORKER_ID (--worker-id): {exc}") from None
         except (OSError, RecordStoreError) as exc:
             raise RecordsUnusable(
                 f"INTENTUS_RECORDS_DIR {cfg.records_dir!r} is not usable: {exc}"
