@@ -179,7 +179,7 @@ class TestDirect:
 
 class TestFallback:
     def test_moves_on_after_failure(self, make_runtime, calls: Calls) -> None:
-        """FALLBACK tries in order, stops at the first success, events as DESIGN §4."""
+        """FALLBACK tries in order, stops at the first success, events as documented."""
         reg = registry_of(("a", fail(calls, "a")), ("b", ok(calls, "b")), ("c", ok(calls, "c")))
         response, record = route(make_runtime(reg), envelope(strategy="FALLBACK"))
         assert calls.names == ["a", "b"]
