@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -70,7 +71,7 @@ class TestRecordedTraceback:
         tb = record["finalResponse"]["error"]["details"]["traceback"]
         assert "0x…" in tb["message"]
         text = repr(tb)
-        assert "/work" not in text and "/tmp" not in text and "/usr" not in text
+        assert str(Path(__file__).resolve().parents[2]) not in text  # the checkout's location
         assert not any(frame.startswith("/") for frame in tb["frames"])
         assert "0x7" not in text
 
