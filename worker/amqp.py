@@ -79,7 +79,8 @@ def _connect_blocking(
                 time.sleep(delay_s)
     detail = f"{type(last).__name__}: {last}" if str(last) else type(last).__name__
     raise BrokerUnavailable(
-        f"cannot reach the broker at {mask_url(url)} after {attempts} attempts ({detail})"
+        f"cannot reach the broker at {mask_url(url)} after {attempts} "
+        f"attempt{'' if attempts == 1 else 's'} ({detail})"
     )
 
 

@@ -154,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def agents_source(spec: str) -> str:
+    """Where the agents come from, as said to the user."""
+    return spec or "the built-in demo agents (runtime.demo; set INTENTUS_AGENTS for yours)"
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker import logs
     from worker.loader import load_agents, load_policy_file
@@ -170,6 +175,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
         level=logging.getLevelName(cfg.log_level.upper()),
     )
     registry = load_agents(cfg.agents)
+    log.info("agents from %s: %s", agents_source(cfg.agents), ", ".join(registry.names()))
+    for agent in registry:
+        log.debug(
+            "agent %s: intents %s, node_id %s, node_priority %d, timeout_s %s",
+            agent.name,
+            ", ".join(str(c) for c in agent.capabilities),
+            agent.node_id,
+            agent.node_priority,
+            "default" if agent.timeout_s is None else f"{agent.timeout_s:g}",
+        )
     policy = load_policy_file(cfg.policy_file)
     try:
         worker = Worker(cfg, registry, policy)
@@ -240,7 +255,7 @@ def _store(args: argparse.Namespace) -> RecordStore:
             raise ConfigError(f"INTENTUS_RECORDS_URL (--records-url): {exc}") from None
     root = Path(cfg.records_dir)
     if not root.is_dir():
-        raise ConfigError(f"INTENTUS_RECORDS_DIR: no records folder at {root}")
+        raise configuration.option_error("records_dir", f"no records folder at {root}")
     return _ReadOnlyStore(root)
 
 
@@ -360,31 +375,39 @@ def _verify(args: argparse.Namespace, store: RecordStore) -> int:
     else:
         raise ConfigError("give an ID or --all")
     failed = [r for r in results if not r.ok]
+    unchecked = [r for r in results if r.ok and records.ROUTING_UNCHECKED in r.notes]
     if args.json:
         sys.stdout.write(
             json.dumps(
                 {
+                    "agents": cfg.agents or "runtime.demo:registry",
                     "checked": len(results),
                     "failed": len(failed),
                     "problems": {r.execution_id: r.problems for r in failed},
+                    "routingUnchecked": [r.execution_id for r in unchecked],
                 },
                 indent=2,
             )
             + "\n"
         )
-    else:
-        for r in results:
-            if r.ok:
-                if args.id:
-                    sys.stdout.write(f"{r.execution_id}: ok\n")
-            else:
-                for problem in r.problems:
-                    sys.stdout.write(f"{r.execution_id}: {problem}\n")
-        sys.stdout.write(
-            f"verified {len(results)} records: {len(results) - len(failed)} ok, {len(failed)} failed\n"
-        )
+        return EXIT_OK if not failed else EXIT_ERROR
+    sys.stdout.write(f"routing checked against {agents_source(cfg.agents)}\n")
+    for r in results:
+        if not r.ok:
+            for problem in r.problems:
+                sys.stdout.write(f"{r.execution_id}: {problem}\n")
+        elif args.id:
+            note = f" (integrity only: {_UNCHECKED_HINT})" if r in unchecked else ""
+            sys.stdout.write(f"{r.execution_id}: ok{note}\n")
+    sys.stdout.write(
+        f"verified {len(results)} records: {len(results) - len(failed)} ok, {len(failed)} failed\n"
+    )
+    if unchecked and args.all:
+        sys.stdout.write(f"{len(unchecked)} of them integrity only: {_UNCHECKED_HINT}\n")
     return EXIT_OK if not failed else EXIT_ERROR
 
+
+_UNCHECKED_HINT = f"{records.ROUTING_UNCHECKED} (use --agents or INTENTUS_AGENTS)"
 
 _TITLES = {
     "createdAt": "CREATED",

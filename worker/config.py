@@ -179,6 +179,12 @@ def mask_url(url: str) -> str:
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
+def option_error(name: str, why: str) -> ConfigError:
+    """A configuration error in the one format used everywhere: `INTENTUS_X (--x): why`."""
+    opt = OPTIONS[name]
+    return ConfigError(f"{opt.env} ({opt.flag}): {why}")
+
+
 def add_arguments(parser: argparse.ArgumentParser, names: list[str] | None = None) -> None:
     for name in names or list(OPTIONS):
         opt = OPTIONS[name]
@@ -193,12 +199,12 @@ def _convert(name: str, raw: str) -> Any:
         try:
             return int(raw.strip())
         except ValueError:
-            raise ConfigError(f"{opt.env} ({opt.flag}): expected an integer, got {raw!r}") from None
+            raise option_error(name, f"expected an integer, got {raw!r}") from None
     if opt.kind is float:
         try:
             return float(raw.strip())
         except ValueError:
-            raise ConfigError(f"{opt.env} ({opt.flag}): expected a number, got {raw!r}") from None
+            raise option_error(name, f"expected a number, got {raw!r}") from None
     return raw
 
 
@@ -221,8 +227,7 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
 
 
 def validate(cfg: Config) -> None:
-    def bad(name: str, why: str) -> ConfigError:
-        return ConfigError(f"{OPTIONS[name].env} ({OPTIONS[name].flag}): {why}")
+    bad = option_error
 
     scheme = urlsplit(cfg.amqp_url).scheme
     if scheme not in ("amqp", "amqps"):

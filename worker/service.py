@@ -25,7 +25,7 @@ from runtime.policy import Policy
 from runtime.registry import AgentRegistry
 from runtime.store import RecordStore
 from worker.amqp import ConsumerConnection, declare_topology
-from worker.config import Config, describe, mask_url
+from worker.config import Config, describe, mask_url, option_error
 from worker.errors import (
     EXIT_GRACE_EXPIRED,
     EXIT_OK,
@@ -73,7 +73,7 @@ class Worker:
         self._received = self.metrics.messages_received.labels(cfg.queue)
         # ":memory:" keeps records in process memory: for benchmarks only (nothing is durable).
         records_dir = None if cfg.records_dir == MEMORY_RECORDS else cfg.records_dir
-        what = "INTENTUS_RECORDS_URL" if cfg.records_url else "INTENTUS_RECORDS_DIR"
+        option = "records_url" if cfg.records_url else "records_dir"
         where = mask_url(cfg.records_url) if cfg.records_url else cfg.records_dir
         try:
             store = None
@@ -94,9 +94,10 @@ class Worker:
             )
             self.runtime.store.check_writable()
         except (OSError, RecordStoreError) as exc:
-            raise RecordsUnusable(f"{what} {where!r} is not usable: {exc}") from None
+            why = f"{where!r} is not usable: {exc}"
+            raise RecordsUnusable(str(option_error(option, why))) from None
         except IntentusError as exc:
-            raise RecordsUnusable(f"{what} {where!r}: {exc}") from None
+            raise RecordsUnusable(str(option_error(option, f"{where!r}: {exc}"))) from None
         self._jobs: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
         self._inflight = 0
         self._inflight_lock = threading.Lock()

@@ -66,7 +66,7 @@ def envelope(
     version: str = "1.0",
     tags: list[str] | None = None,
 ) -> dict[str, Any]:
-    """A complete IntentEnvelope as in DESIGN §3."""
+    """A complete IntentEnvelope as in docs/contract.md."""
     return {
         "version": "1.0",
         "intent": {"name": intent, "version": version},
@@ -243,7 +243,7 @@ def check_events_well_formed(record: dict[str, Any]) -> None:
 
 
 def check_reply_shape(reply: dict[str, Any]) -> None:
-    """The AgentResponse of DESIGN §3, exactly these keys."""
+    """The AgentResponse of docs/contract.md, exactly these keys."""
     assert set(reply) == REPLY_KEYS, reply
     assert reply["version"] == "1.0"
     assert set(reply["metadata"]) == METADATA_KEYS, reply["metadata"]

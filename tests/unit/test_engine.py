@@ -59,7 +59,7 @@ class TestIdsAndHashes:
         assert record["envelope"]["metadata"]["traceId"] is not None
 
     def test_response_metadata_keys(self, make_runtime, calls) -> None:
-        """The response carries exactly the metadata keys of DESIGN §3, in wire order."""
+        """The response carries exactly the documented metadata keys, in wire order."""
         rt = make_runtime(one_agent(calls))
         out = rt.process(body(envelope()))
         rt.commit_sync(out)
