@@ -9,13 +9,16 @@
   channel are dropped, never acked on a new one.
 - Client side: `ClientLink`, one client connection's protocol (pipelined publishes with
   confirms, an exclusive reply queue), run by `ClientConnection` (SelectConnection on an I/O
-  thread) for the blocking client.
+  thread) for the blocking client and by `AsyncClientConnection` (pika's asyncio adapter)
+  for the asyncio one.
 
 pika errors are translated here, once, into the worker's own exceptions.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import ssl
 import threading
@@ -27,6 +30,7 @@ from typing import Any
 
 import pika
 import pika.exceptions
+from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.channel import Channel
 
 from worker.config import Config, mask_url
@@ -849,6 +853,76 @@ class ClientConnection:
             except Exception as exc:
                 log.debug("client I/O loop already stopped: %s", exc)
             self._thread.join(timeout=5)
+
+
+class AsyncClientConnection:
+    """A ClientLink on pika's asyncio adapter, in the running event loop."""
+
+    def __init__(self, link: ClientLink, finished: asyncio.Future[None]) -> None:
+        self.link = link
+        self._finished = finished
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        on_reply: Callable[[str | None, bytes], None],
+        on_lost: Callable[[AsyncClientConnection, ClientError], None],
+        name: str = "intentus-client",
+        timeout: float = 10.0,
+    ) -> AsyncClientConnection:
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        finished: asyncio.Future[None] = loop.create_future()
+        holder: list[AsyncClientConnection] = []
+
+        def settle(fut: asyncio.Future[None]) -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        def lost(error: ClientError) -> None:
+            settle(ready)
+            if holder:
+                on_lost(holder[0], error)
+
+        link = ClientLink(
+            url,
+            name=name,
+            on_ready=lambda: settle(ready),
+            on_reply=on_reply,
+            on_lost=lost,
+            on_finished=lambda: settle(finished),
+        )
+        connection = cls(link, finished)
+        holder.append(connection)
+        link.open(functools.partial(AsyncioConnection, custom_ioloop=loop))
+        try:
+            await asyncio.wait_for(ready, timeout)
+        except TimeoutError:
+            await connection.close()
+            raise ConnectionLost(
+                f"no connection to the broker at {mask_url(url)} within {timeout:g} s"
+            ) from None
+        if link.lost is not None:
+            await connection.close()
+            raise fresh(link.lost)
+        return connection
+
+    @property
+    def alive(self) -> bool:
+        return self.link.alive
+
+    def publish(self, request: ClientRequest, done: Callable[[ClientError | None], None]) -> None:
+        self.link.publish(request, done)
+
+    async def close(self) -> None:
+        self.link.close()
+        if self.link._conn is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._finished), 5)
+            except TimeoutError:
+                log.warning("client connection did not close within 5 s")
 
 
 def fresh(error: ClientError) -> ClientError:
