@@ -295,3 +295,15 @@ def queue_type(queue: str) -> str | None:
         if len(parts) == 2 and parts[0] == queue:
             return parts[1]
     return None
+
+
+def close_connections(name: str) -> int:
+    """Have the broker force-close every connection named `name`; how many it closed."""
+    ctl = rabbitmqctl()
+    closed = 0
+    for line in ctl("list_connections", "-q", "pid", "client_properties").splitlines():
+        pid, _, props = line.partition("\t")
+        if f'{{"connection_name","{name}"}}' in props:
+            ctl("close_connection", pid, "closed by the test")
+            closed += 1
+    return closed
