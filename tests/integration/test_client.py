@@ -15,7 +15,7 @@ import pytest
 
 from runtime.canonical import trace_id_for
 from tests.integration.conftest import Agents
-from tests.integration.wire import Wire, close_connections, wait_for
+from tests.integration.wire import Wire, close_connections, connection_pids, wait_for
 from tests.support.broker import AMQP_URL, delete_topology, get_all, unique
 from tests.support.workerproc import WorkerProcess, free_port
 from worker.client import PRIORITIES, IntentusClient
@@ -194,15 +194,17 @@ class TestConnectionLoss:
 
         def wait_long() -> None:
             try:
-                client.send_intent("SleepIntent", {"seconds": 4}, timeout=60)
+                client.send_intent("SleepIntent", {"seconds": 8}, timeout=60)
             except BaseException as exc:
                 outcome.append(exc)
 
         try:
+            pids = connection_pids(connection_name(client))
+            assert len(pids) == 1
             t = threading.Thread(target=wait_long)
             t.start()
             assert wait_for(lambda: any(c.startswith("sleeper") for c in agents.calls()), 15)
-            assert close_connections(connection_name(client)) == 1
+            close_connections(pids)
             started = time.monotonic()
             t.join(30)
             woke_after = time.monotonic() - started
@@ -216,7 +218,7 @@ class TestConnectionLoss:
         """After the broker closed the connection, the next call connects again and succeeds."""
         with IntentusClient(AMQP_URL, queue=worker.queue, source=unique("cl")) as client:
             assert client.send_intent("ProcessIntent", {"document_id": "before"}).ok
-            assert close_connections(connection_name(client)) == 1
+            close_connections(connection_pids(connection_name(client)))
             assert wait_for(lambda: not client.connected, 10)
             response = client.send_intent("ProcessIntent", {"document_id": "after"}, timeout=15)
             assert client.connected

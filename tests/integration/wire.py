@@ -297,13 +297,17 @@ def queue_type(queue: str) -> str | None:
     return None
 
 
-def close_connections(name: str) -> int:
-    """Have the broker force-close every connection named `name`; how many it closed."""
-    ctl = rabbitmqctl()
-    closed = 0
-    for line in ctl("list_connections", "-q", "pid", "client_properties").splitlines():
+def connection_pids(name: str) -> list[str]:
+    """The broker's ids of the connections named `name`."""
+    pids = []
+    for line in rabbitmqctl()("list_connections", "-q", "pid", "client_properties").splitlines():
         pid, _, props = line.partition("\t")
         if f'{{"connection_name","{name}"}}' in props:
-            ctl("close_connection", pid, "closed by the test")
-            closed += 1
-    return closed
+            pids.append(pid)
+    return pids
+
+
+def close_connections(pids: list[str]) -> None:
+    """Have the broker force-close these connections, as on a node shutdown."""
+    for pid in pids:
+        rabbitmqctl()("close_connection", pid, "closed by the test")
