@@ -69,6 +69,8 @@ def queue_arguments(cfg: Config) -> dict[str, Any]:
     args: dict[str, Any] = {"x-queue-type": cfg.queue_type, "x-dead-letter-exchange": cfg.dlx}
     if cfg.queue_type == "quorum":
         args["x-delivery-limit"] = cfg.delivery_limit
+    elif cfg.queue_max_priority:
+        args["x-max-priority"] = cfg.queue_max_priority
     return args
 
 
@@ -95,6 +97,12 @@ def _connect_blocking(
     )
 
 
+def _broker_version(conn: pika.BlockingConnection) -> str:
+    props = getattr(getattr(conn, "_impl", None), "server_properties", None) or {}
+    version = props.get("version", "unknown")
+    return version.decode() if isinstance(version, bytes) else str(version)
+
+
 def _exists(conn: pika.BlockingConnection, kind: str, name: str) -> bool:
     """Passive declare on a throwaway channel (a 404 closes the channel, not the connection)."""
     ch = conn.channel()
@@ -115,6 +123,16 @@ def declare_topology(cfg: Config) -> None:
     """Request queue (strict: other arguments are a conflict), its dead-letter exchange and
     queue, and the default reply queue (each of those used as found if it already exists)."""
     conn = _connect_blocking(cfg.amqp_url, f"intentus-worker {cfg.worker_id} (topology)")
+    if cfg.queue_max_priority and cfg.queue_type == "quorum":
+        # RabbitMQ refuses x-max-priority on quorum queues (3.x and 4.x alike).
+        log.warning(
+            "INTENTUS_QUEUE_MAX_PRIORITY=%d ignored: quorum queues take no x-max-priority; "
+            "RabbitMQ before 4.0 (this broker: %s) delivers them in publish order whatever "
+            "the priority, 4.0 and later put AMQP priority 5 and above first. "
+            "Use INTENTUS_QUEUE_TYPE=classic for priorities.",
+            cfg.queue_max_priority,
+            _broker_version(conn),
+        )
     try:
         if not _exists(conn, "exchange", cfg.dlx):
             conn.channel().exchange_declare(cfg.dlx, exchange_type="fanout", durable=True)
