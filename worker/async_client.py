@@ -242,10 +242,7 @@ class AsyncIntentusClient:
     ) -> bytes | None:
         deadline = time.monotonic() + timeout
         cid = correlation_id or uuid.uuid4().hex
-        try:
-            conn = await asyncio.wait_for(self._connection(deadline), timeout)
-        except TimeoutError:
-            raise timeout_error(request_id, timeout, confirmed=False, wait=wait) from None
+        conn = await self._connection(deadline)  # bounded by the deadline itself
         call = _Call(wait, conn, asyncio.get_running_loop().create_future())
         self._calls.add(cid, call)
         try:
