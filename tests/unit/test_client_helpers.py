@@ -74,3 +74,30 @@ class TestQueueMaxPriority:
         for bad in ("-1", "256"):
             with pytest.raises(ConfigError, match="INTENTUS_QUEUE_MAX_PRIORITY"):
                 configuration.load(env={"INTENTUS_QUEUE_MAX_PRIORITY": bad})
+
+
+class TestExports:
+    def test_package_exports(self) -> None:
+        """The worker package exports both clients and every client exception."""
+        import worker
+
+        assert set(worker.__all__) == {
+            "AsyncIntentusClient",
+            "ClientClosed",
+            "ClientError",
+            "Config",
+            "ConnectionLost",
+            "IntentusClient",
+            "PublishFailed",
+            "RequestTimeout",
+        }
+        assert all(hasattr(worker, name) for name in worker.__all__)
+
+    def test_exception_tree(self) -> None:
+        """Every client exception is a ClientError; RequestTimeout is also a TimeoutError."""
+        from worker import ClientClosed, ClientError, ConnectionLost, PublishFailed, RequestTimeout
+
+        for cls in (ClientClosed, ConnectionLost, PublishFailed, RequestTimeout):
+            assert issubclass(cls, ClientError)
+        assert issubclass(RequestTimeout, TimeoutError)
+        assert ConnectionLost("x").exit_code == 3
