@@ -86,12 +86,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--request-id", help="metadata.requestId (default: a new unique id)")
     s.add_argument("--tag", action="append", default=[], help="a context tag (repeatable)")
-    s.add_argument("--priority", choices=["LOW", "NORMAL", "HIGH", "CRITICAL"], type=str.upper)
     s.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds to wait for the reply (default 30)"
+        "--priority",
+        choices=["LOW", "NORMAL", "HIGH", "CRITICAL"],
+        type=str.upper,
+        help="context.priority, also sent as the AMQP priority (default NORMAL)",
+    )
+    s.add_argument("--traceparent", help="W3C traceparent header (default: a new trace)")
+    s.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds for the broker's confirm and the reply together (default 30)",
     )
     s.add_argument(
-        "--no-wait", action="store_true", help="publish and exit without waiting for the reply"
+        "--no-wait",
+        action="store_true",
+        help="exit once the broker confirmed the request; print its requestId",
     )
     configuration.add_arguments(s, ["amqp_url", "queue"])
 
@@ -224,22 +235,25 @@ def cmd_send(args: argparse.Namespace) -> int:
     payload = _payload(args.payload)
     name, _, version = args.intent.partition("@")
     with IntentusClient(cfg.amqp_url, queue=cfg.queue, source="intentus-cli") as client:
-        response = client.send_intent(
-            name,
-            payload,
-            intent_version=version or "1.0",
-            strategy=args.strategy,
-            target=args.target,
-            fallbacks=args.fallback,
-            tags=args.tag,
-            priority=args.priority,
-            request_id=args.request_id,
-            timeout=args.timeout,
-            wait=not args.no_wait,
-        )
-    if response is None:
-        print(json.dumps({"published": True, "queue": cfg.queue}))
-        return EXIT_OK
+        options: dict[str, Any] = {
+            "version": version or "1.0",
+            "strategy": args.strategy,
+            "target_agent": args.target,
+            "fallback_agents": args.fallback,
+            "tags": args.tag,
+            "priority": args.priority,
+            "request_id": args.request_id,
+            "traceparent": args.traceparent,
+            "timeout": args.timeout,
+        }
+        try:
+            if args.no_wait:
+                request_id = client.send_intent(name, payload, wait=False, **options)
+                print(json.dumps({"published": True, "queue": cfg.queue, "requestId": request_id}))
+                return EXIT_OK
+            response = client.send_intent(name, payload, **options)
+        except ValueError as exc:  # a malformed --traceparent
+            raise ConfigError(str(exc)) from None
     print(response.model_dump_json(indent=2))
     return EXIT_OK if response.ok else EXIT_ERROR
 

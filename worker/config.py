@@ -120,6 +120,13 @@ OPTIONS: dict[str, Option] = {
         int,
         20,
     ),
+    "queue_max_priority": Option(
+        "INTENTUS_QUEUE_MAX_PRIORITY",
+        "--queue-max-priority",
+        "classic queues: declare x-max-priority (0 = no priorities; 9 keeps all four apart)",
+        int,
+        0,
+    ),
 }
 
 
@@ -143,6 +150,7 @@ class Config:
     log_level: str = "info"
     worker_id: str = field(default_factory=_default_worker_id)
     delivery_limit: int = 20
+    queue_max_priority: int = 0
 
     @property
     def dlx(self) -> str:
@@ -261,6 +269,8 @@ def validate(cfg: Config) -> None:
         )
     if cfg.delivery_limit < 1:
         raise bad("delivery_limit", "must be at least 1")
+    if not 0 <= cfg.queue_max_priority <= 255:
+        raise bad("queue_max_priority", "must be between 0 (off) and 255")
     _host, sep, port = cfg.metrics_addr.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise bad("metrics_addr", f"must be host:port, got {cfg.metrics_addr!r}")

@@ -178,10 +178,34 @@ class TestSend:
         assert env["context"]["priority"] == "HIGH"
 
     def test_no_wait(self, session: Session) -> None:
-        """--no-wait publishes and returns at once; the worker still records it."""
+        """--no-wait exits once the broker confirmed, printing the requestId; the worker records it."""
         r = session.run("send", "ProcessIntent", "--no-wait", "--request-id", "req-cli-nowait")
         assert r.code == 0, r.err
+        assert json.loads(r.out)["requestId"] == "req-cli-nowait"
         assert record_path(session.records_dir, execution_id("req-cli-nowait"), timeout=10)
+
+    def test_priority_and_traceparent_on_the_wire(self, session: Session) -> None:
+        """--priority becomes the AMQP priority and --traceparent the header."""
+        queue = unique("plain")
+        tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        wire = Wire()
+        try:
+            wire.ch.queue_declare(queue, arguments={"x-max-priority": 9})
+            r = session.run(
+                "send", "ProcessIntent", "--queue", queue, "--no-wait",
+                "--priority", "critical", "--traceparent", tp,
+            )  # fmt: skip
+            assert r.code == 0, r.err
+            _method, props, body = wire.ch.basic_get(queue, auto_ack=True)
+            assert props.priority == 9
+            assert props.headers["traceparent"] == tp
+            assert json.loads(body)["context"]["priority"] == "CRITICAL"
+            bad = session.run("send", "ProcessIntent", "--queue", queue, "--traceparent", "x")
+            assert bad.code == 2, (bad.out, bad.err)
+            assert "traceparent" in bad.err
+        finally:
+            wire.ch.queue_delete(queue)
+            wire.close()
 
     def test_timeout(self, session: Session) -> None:
         """No reply within --timeout: a clear message and exit 1."""

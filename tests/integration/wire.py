@@ -295,3 +295,19 @@ def queue_type(queue: str) -> str | None:
         if len(parts) == 2 and parts[0] == queue:
             return parts[1]
     return None
+
+
+def connection_pids(name: str) -> list[str]:
+    """The broker's ids of the connections named `name`."""
+    pids = []
+    for line in rabbitmqctl()("list_connections", "-q", "pid", "client_properties").splitlines():
+        pid, _, props = line.partition("\t")
+        if f'{{"connection_name","{name}"}}' in props:
+            pids.append(pid)
+    return pids
+
+
+def close_connections(pids: list[str]) -> None:
+    """Have the broker force-close these connections, as on a node shutdown."""
+    for pid in pids:
+        rabbitmqctl()("close_connection", pid, "closed by the test")
