@@ -32,7 +32,11 @@ def plan_acks(unsettled: Collection[int], to_ack: Iterable[int]) -> AckPlan:
     to cover."""
     tags = sorted(to_ack)
     floor = min(unsettled, default=None)
-    cut = len(tags) if floor is None else next((i for i, t in enumerate(tags) if t > floor), len(tags))
+    cut = (
+        len(tags)
+        if floor is None
+        else next((i for i, t in enumerate(tags) if t > floor), len(tags))
+    )
     if cut < 2:
         return AckPlan(None, tuple(tags))
     return AckPlan(tags[cut - 1], tuple(tags[cut:]))

@@ -14,7 +14,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from runtime.engine import IntentusRuntime
@@ -23,7 +23,7 @@ from runtime.inflight import DuplicateWorkerId
 from runtime.middleware import Middleware
 from runtime.policy import Policy
 from runtime.registry import AgentRegistry
-from worker.amqp import ConsumerConnection, declare_topology
+from worker.amqp import ConsumerConnection
 from worker.config import Config, describe
 from worker.errors import (
     EXIT_GRACE_EXPIRED,
@@ -35,10 +35,12 @@ from worker.errors import (
 from worker.health import HealthServer
 from worker.metrics import Metrics
 from worker.pipeline import Decision, Delivery, decide, redecide
+from worker.transport import Transport
 
 log = logging.getLogger("intentus.worker")
 
 _TICK_S = 0.5
+_RESUME_WRITE_WAIT_S = 5.0
 MEMORY_RECORDS = ":memory:"
 
 
@@ -53,6 +55,7 @@ class Worker:
         middleware: Sequence[Middleware] = (),
         *,
         handle_signals: bool = True,
+        transport: Transport | None = None,
     ) -> None:
         self.cfg = cfg
         self.registry = registry
@@ -91,11 +94,13 @@ class Worker:
         self._signals = 0
         self._store_ok = True
         self._held: list[tuple[Delivery, Decision]] = []
+        # Deliveries taken while the store fails: kept (not requeued, which would spend a
+        # delivery attempt each time) until it works again.
+        self._waiting: list[Delivery] = []
         self._held_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self.conn = ConsumerConnection(
-            cfg, self._on_delivery, self._on_consuming, self._on_reconnect
-        )
+        self.conn: Transport = transport if transport is not None else ConsumerConnection(cfg)
+        self.conn.bind(self._on_delivery, self._on_consuming, self._on_reconnect, self._on_cancel)
         host, port = cfg.metrics_host_port
         self.http = HealthServer(host, port, self.metrics.registry, self.readiness)
 
@@ -106,6 +111,8 @@ class Worker:
             reasons.append("shutting down")
         if not self.conn.consuming and not self._stopping:
             reasons.append("not consuming (broker disconnected or paused)")
+        if self.conn.cancelled:
+            reasons.append("consumer cancelled by the broker; declaring the queue again")
         if not self._store_ok:
             reasons.append("records folder not writable")
         abandoned = self.runtime.invoker.abandoned()
@@ -117,7 +124,7 @@ class Worker:
 
     # -- lifecycle -----------------------------------------------------------------------
     def run(self) -> int:
-        declare_topology(self.cfg)
+        self.conn.declare()
         log.info("starting worker %s", self.cfg.worker_id, extra={"config": describe(self.cfg)})
         if self.handle_signals:
             signal.signal(signal.SIGTERM, self._on_signal)
@@ -167,6 +174,10 @@ class Worker:
         self._stopping = True
         self.conn.call(lambda: self.conn.set_consuming(False))
         self._hand_back_queued()
+        with self._held_lock:
+            waiting, self._waiting = self._waiting, []
+        for delivery in waiting:
+            self._hand_back(delivery)
         deadline = time.monotonic() + self.cfg.shutdown_grace_s
         while time.monotonic() < deadline:
             if self._inflight == 0:
@@ -199,6 +210,9 @@ class Worker:
         # Deliveries of a lost channel are dropped by their generation in _pipeline_loop.
         self.metrics.broker_connected.set(1 if on else 0)
 
+    def _on_cancel(self) -> None:
+        self.metrics.consumer_cancels.inc()
+
     def _on_reconnect(self) -> None:
         self.metrics.broker_reconnects.inc()
         if not self._store_ok or self._stopping:
@@ -217,8 +231,10 @@ class Worker:
             if delivery.generation != self.conn.generation:
                 self._done()  # its channel is gone; the broker redelivers it
                 continue
-            if self._stopping or not self._store_ok:
+            if self._stopping:
                 self._hand_back(delivery)
+                continue
+            if not self._store_ok and self._wait_for_store(delivery):
                 continue
             try:
                 self._handle(delivery)
@@ -277,7 +293,13 @@ class Worker:
             return
         self._write(delivery, decision)
 
-    def _write(self, delivery: Delivery, decision: Decision) -> None:
+    def _write(
+        self,
+        delivery: Delivery,
+        decision: Decision,
+        stored: Callable[[bool], None] | None = None,
+    ) -> None:
+        """Record, then respond; `stored(False)` if the record could not be written (held)."""
         started = time.monotonic()
         outcome = decision.outcome
         assert outcome.record is not None
@@ -302,6 +324,8 @@ class Worker:
                     extra={"request_id": outcome.request_id, "trace_id": outcome.trace_id},
                 )
                 self._hold(delivery, decision)
+            if stored is not None:
+                stored(exc is None or isinstance(exc, RecordExists))
 
         self.runtime.store.put_async(outcome.execution_id, outcome.record, recorded)
 
@@ -323,17 +347,45 @@ class Worker:
         if first:
             self.conn.call(lambda: self.conn.set_consuming(False))
 
+    def _wait_for_store(self, delivery: Delivery) -> bool:
+        """Keep a delivery aside while the store fails; False if it works again meanwhile."""
+        with self._held_lock:
+            if self._store_ok:
+                return False
+            self._waiting.append(delivery)
+            return True
+
     def _try_resume(self) -> None:
-        try:
-            self.runtime.store.check_writable()
-        except RecordStoreError:
-            return
+        """Write the held records through the store's own write path, the first one being the
+        probe; only once all are durable is the store OK and new work taken."""
         with self._held_lock:
             held, self._held = self._held, []
+        for i, (delivery, decision) in enumerate(held):
+            outcome: list[bool] = []
+            finished = threading.Event()
+
+            def stored(ok: bool, box: list[bool] = outcome, ev: threading.Event = finished) -> None:
+                box.append(ok)
+                ev.set()
+
+            self._write(delivery, decision, stored)
+            # A write still running after the wait settles itself: it responds, or holds again.
+            if not finished.wait(_RESUME_WRITE_WAIT_S) or not outcome[0]:
+                with self._held_lock:
+                    self._held.extend(held[i + 1 :])
+                return
+        with self._held_lock:
+            if self._held:
+                return  # a write in flight when the store failed is held now; try again later
             self._store_ok = True
-        log.info("records folder writable again: writing %d held records and resuming", len(held))
-        for delivery, decision in held:
-            self._write(delivery, decision)
+            waiting, self._waiting = self._waiting, []
+        log.info(
+            "records writable again: %d held records written; resuming with %d waiting deliveries",
+            len(held),
+            len(waiting),
+        )
+        for delivery in waiting:
+            self._jobs.put(delivery)
         if not self._stopping:
             self.conn.call(lambda: self.conn.set_consuming(True))
 

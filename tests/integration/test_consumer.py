@@ -112,4 +112,3 @@ def test_failing_io_loop_still_does_the_lost_connection_bookkeeping(cfg: Config)
     finally:
         conn.stop()
     assert queue_depth(cfg.queue) == 0
-
