@@ -403,8 +403,8 @@ class ConsumerConnection:
 
     # -- I/O thread: consuming -----------------------------------------------------------
     def _consume(self) -> None:
-        if self._channel is None or self._consumer_tag is not None:
-            return
+        if self._channel is None or self._consumer_tag is not None or self.cancelled:
+            return  # once cancelled, the re-declare's callback consumes
         self._consumer_tag = self._channel.basic_consume(self.cfg.queue, self._on_message)
         self.consuming = True
         self._on_state(True)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.integration.conftest import Agents
 from tests.integration.wire import Wire, body_of, envelope, wait_for
 from tests.support.broker import connection, queue_depth
 from tests.support.workerproc import WorkerProcess
@@ -51,3 +52,28 @@ def test_deleted_queue_is_declared_again_and_consumed(
     reply = wire.request(worker.queue, envelope(request_id="after-delete"), timeout=15)
     assert reply.json["status"] == "success"
     assert worker.metric("intentus_broker_connected") == 1
+
+
+def test_queue_deleted_under_a_running_agent(
+    wire: Wire, start_worker: Callable[..., WorkerProcess], agents: Agents
+) -> None:
+    """The queue deleted while an agent runs: that request is still answered, the channel
+    survives its ack, and the re-declared queue is served."""
+    worker = start_worker(env=agents.env)
+    wire.publish(
+        worker.queue,
+        body_of(envelope("SleepIntent", {"seconds": 1.5}, request_id="slow-1")),
+        correlation_id="slow-1",
+    )
+    assert wait_for(lambda: agents.calls() == ["sleeper slow-1"], timeout=10)
+    conn = connection()
+    try:
+        conn.channel().queue_delete(worker.queue)
+    finally:
+        conn.close()
+    assert wire.reply(timeout=10).props.correlation_id == "slow-1"
+    assert wait_for(lambda: worker.metric("intentus_consumer_cancels_total") == 1, timeout=10)
+    reply = wire.request(worker.queue, envelope(request_id="after-slow"), timeout=15)
+    assert reply.json["status"] == "success"
+    assert worker.metric("intentus_broker_reconnects_total") == 0
+    assert wait_for(worker.ready, timeout=5)
