@@ -4,9 +4,10 @@
 - `ConsumerConnection`: the worker's connection. One I/O thread owns it (pika is not
   thread-safe); other threads hand work to it with `call()`, which queues it in a mailbox
   and wakes the loop once per batch, not once per call. Publishes use publisher confirms;
-  acks are gathered per loop iteration and sent as one `multiple` ack for the settled run of
-  tags at the front. Deliveries carry the connection *generation*, so tags from a lost
-  channel are dropped, never acked on a new one.
+  acks are gathered per loop iteration and sent as planned by `worker.acks`. Deliveries
+  carry the connection *generation*, so tags from a lost channel are dropped, never acked on
+  a new one. A consumer cancelled by the broker (queue deleted, quorum leader moved) is
+  re-declared and consumed again. It implements `worker.transport.Transport`.
 - Client side: `ClientLink`, one client connection's protocol (pipelined publishes with
   confirms, an exclusive reply queue), run by `ClientConnection` (SelectConnection on an I/O
   thread) for the blocking client and by `AsyncClientConnection` (pika's asyncio adapter)
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
 import ssl
 import threading
@@ -33,6 +35,7 @@ import pika.exceptions
 from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.channel import Channel
 
+from worker.acks import AckBook
 from worker.config import Config, mask_url
 from worker.errors import (
     BrokerUnavailable,
@@ -48,6 +51,17 @@ log = logging.getLogger("intentus.amqp")
 
 PERSISTENT = 2
 RECONNECT_BACKOFF_S = (0.2, 0.5, 1.0, 2.0)
+MAX_SHORTSTR = 255  # AMQP short strings, such as correlation_id, hold at most 255 bytes
+CORRELATION_HEADER = "x-intentus-correlation-id"
+
+
+def fit_correlation_id(correlation_id: str) -> tuple[str, str | None]:
+    """(property, header): an id too long for the correlation_id property travels whole in a
+    header, and the property carries its fixed-length `sha256:` digest."""
+    encoded = correlation_id.encode("utf-8")
+    if len(encoded) <= MAX_SHORTSTR:
+        return correlation_id, None
+    return "sha256:" + hashlib.sha256(encoded).hexdigest(), correlation_id
 
 
 def parameters(url: str, name: str) -> pika.URLParameters:
@@ -185,14 +199,16 @@ class ConsumerConnection:
     def __init__(
         self,
         cfg: Config,
-        on_delivery: Callable[[Delivery], None],
-        on_state: Callable[[bool], None],
-        on_reconnect: Callable[[], None],
+        on_delivery: Callable[[Delivery], None] | None = None,
+        on_state: Callable[[bool], None] | None = None,
+        on_reconnect: Callable[[], None] | None = None,
+        on_cancel: Callable[[], None] | None = None,
     ) -> None:
         self.cfg = cfg
-        self._on_delivery = on_delivery
-        self._on_state = on_state
-        self._on_reconnect = on_reconnect
+        self._on_delivery: Callable[[Delivery], None] = on_delivery or (lambda _d: None)
+        self._on_state: Callable[[bool], None] = on_state or (lambda _on: None)
+        self._on_reconnect: Callable[[], None] = on_reconnect or (lambda: None)
+        self._on_cancel: Callable[[], None] = on_cancel or (lambda: None)
         self._conn: pika.SelectConnection | None = None
         self._channel: Channel | None = None
         self._consumer_tag: str | None = None
@@ -205,15 +221,34 @@ class ConsumerConnection:
         self._mail: deque[Callable[[], None]] = deque()
         self._mail_lock = threading.Lock()
         self._mail_woken = False
-        # Delivery tags of the current channel in arrival order; those settled (acked or
-        # nacked by us), and the acks not sent yet.
-        self._unacked: deque[int] = deque()
-        self._settled: set[int] = set()
-        self._to_ack: set[int] = set()
+        self._acks = AckBook()
         self._ack_flush_due = False
         self._thread = threading.Thread(target=self._run, name="intentus-amqp-io", daemon=True)
         self._connected_once = False
         self.consuming = False
+        # The broker cancelled our consumer and the queue is being declared again.
+        self.cancelled = False
+
+    def bind(
+        self,
+        on_delivery: Callable[[Delivery], None],
+        on_state: Callable[[bool], None],
+        on_reconnect: Callable[[], None],
+        on_cancel: Callable[[], None],
+    ) -> None:
+        """Set the callbacks (before `start()`)."""
+        self._on_delivery = on_delivery
+        self._on_state = on_state
+        self._on_reconnect = on_reconnect
+        self._on_cancel = on_cancel
+
+    def declare(self) -> None:
+        declare_topology(self.cfg)
+
+    @property
+    def tracked(self) -> int:
+        """Delivery tags held for acking (bounded by the prefetch count)."""
+        return self._acks.tracked
 
     # -- thread boundary -----------------------------------------------------------------
     def start(self) -> None:
@@ -285,13 +320,38 @@ class ConsumerConnection:
                 )
                 self._conn.ioloop.start()
             except Exception:
-                log.exception("AMQP I/O loop failed")
-            self._conn = None
+                log.exception("AMQP I/O loop failed; reconnecting")
+                self._abandon(self._conn)
+            finally:
+                # However the loop ended: old tags become stale and waiting confirms fail.
+                self._lost()
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                try:
+                    conn.ioloop.close()  # its wake-up socket pair, not the broker connection
+                except Exception:
+                    pass
             if self._stopping:
                 break
             backoff = 0 if self.consuming else backoff + 1
             self.consuming = False
             time.sleep(RECONNECT_BACKOFF_S[min(backoff, len(RECONNECT_BACKOFF_S) - 1)])
+
+    def _abandon(self, conn: pika.SelectConnection | None) -> None:
+        """Close a connection whose loop died, so the broker returns its unacked deliveries
+        now rather than when a heartbeat runs out."""
+        if conn is None or conn.is_closed:
+            return
+        try:
+            if not conn.is_closing:
+                conn.close()
+            conn.ioloop.start()  # until _on_closed stops it
+        except Exception as exc:
+            log.warning("could not close the failed connection cleanly: %s", exc)
+            try:
+                conn.ioloop.close()
+            except Exception:
+                pass
 
     def _on_open(self, conn: pika.SelectConnection) -> None:
         conn.channel(on_open_callback=self._on_channel_open)
@@ -309,9 +369,13 @@ class ConsumerConnection:
 
     def _lost(self) -> None:
         was = self.consuming
+        if self._channel is None and not self._pending and not was:
+            return  # already done for this connection
         self._channel = None
         self._consumer_tag = None
         self.consuming = False
+        self.cancelled = False
+        self._acks.clear()
         self.generation += 1  # every delivery tag of the old channel is now stale
         pending, self._pending = self._pending, OrderedDict()
         for p in pending.values():
@@ -326,11 +390,10 @@ class ConsumerConnection:
         self._channel = channel
         self._seq = 0
         self._pending.clear()
-        self._unacked.clear()
-        self._settled.clear()
-        self._to_ack.clear()
+        self._acks.clear()
         self._ack_flush_due = False
         channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_cancel_callback(self._on_cancelled)
         channel.add_on_return_callback(self._on_return)
         channel.confirm_delivery(
             ack_nack_callback=self._on_confirm, callback=lambda _f: self._qos()
@@ -371,11 +434,40 @@ class ConsumerConnection:
 
     # -- I/O thread: consuming -----------------------------------------------------------
     def _consume(self) -> None:
-        if self._channel is None or self._consumer_tag is not None:
-            return
+        if self._channel is None or self._consumer_tag is not None or self.cancelled:
+            return  # once cancelled, the re-declare's callback consumes
         self._consumer_tag = self._channel.basic_consume(self.cfg.queue, self._on_message)
         self.consuming = True
         self._on_state(True)
+
+    def _on_cancelled(self, frame: Any) -> None:
+        """(I/O thread) The broker ended our consumer: the queue was deleted, or its quorum
+        leader moved. Declare the queue again (a no-op if it still exists) and consume anew;
+        deliveries already taken stay ours to settle on this channel."""
+        if frame.method.consumer_tag != self._consumer_tag or self._channel is None:
+            return
+        log.warning(
+            "the broker cancelled the consumer of queue %s; declaring it again", self.cfg.queue
+        )
+        self._consumer_tag = None
+        self.consuming = False
+        self.cancelled = True
+        self._on_cancel()
+        self._on_state(False)
+        if self._stopping:
+            return
+        channel = self._channel
+
+        def declared(_frame: Any) -> None:
+            if self._channel is not channel:
+                return  # the channel was lost meanwhile; reconnecting declares everything
+            self.cancelled = False
+            if self._want_consume:
+                self._consume()
+
+        channel.queue_declare(
+            self.cfg.queue, durable=True, arguments=queue_arguments(self.cfg), callback=declared
+        )
 
     def set_consuming(self, on: bool) -> None:
         """(I/O thread) Start or stop taking new deliveries; held ones stay unacked."""
@@ -395,7 +487,7 @@ class ConsumerConnection:
         self, channel: Channel, method: Any, props: pika.BasicProperties, body: bytes
     ) -> None:
         headers = props.headers or {}
-        self._unacked.append(method.delivery_tag)
+        self._acks.delivered(method.delivery_tag)
         self._on_delivery(
             Delivery(
                 body=body,
@@ -419,8 +511,9 @@ class ConsumerConnection:
         end of this loop iteration, together with the others settled in it."""
         if generation != self.generation or self._channel is None:
             return False
-        self._settled.add(tag)
-        self._to_ack.add(tag)
+        if not self._acks.ack(tag):
+            log.warning("delivery tag %d settled twice; the second ack is not sent", tag)
+            return False
         if not self._ack_flush_due and self._conn is not None:
             self._ack_flush_due = True
             self._conn.ioloop.call_later(0, self._flush_acks)
@@ -429,30 +522,23 @@ class ConsumerConnection:
     def nack(self, generation: int, tag: int, requeue: bool = True) -> bool:
         if generation != self.generation or self._channel is None:
             return False
-        self._settled.add(tag)
+        if not self._acks.nack(tag):
+            log.warning("delivery tag %d settled twice; the nack is not sent", tag)
+            return False
         self._channel.basic_nack(tag, requeue=requeue)
         return True
 
     def _flush_acks(self) -> None:
-        """One `multiple` ack for the settled run of tags at the front; single acks for any
-        settled out of order (so one slow delivery never holds back the prefetch window)."""
+        """Send the acks of this loop iteration as planned by `worker.acks.plan_acks`."""
         self._ack_flush_due = False
         channel = self._channel
-        if channel is None or not self._to_ack:
+        if channel is None or not self._acks.due or not channel.is_open:
             return
-        unacked, settled, to_ack = self._unacked, self._settled, self._to_ack
-        top = 0
-        while unacked and unacked[0] in settled:
-            tag = unacked.popleft()
-            settled.discard(tag)
-            if tag in to_ack:
-                to_ack.discard(tag)
-                top = tag
-        if top:
-            channel.basic_ack(top, multiple=True)
-        for tag in sorted(to_ack):
+        plan = self._acks.plan()
+        if plan.upto is not None:
+            channel.basic_ack(plan.upto, multiple=True)
+        for tag in plan.singles:
             channel.basic_ack(tag)
-        to_ack.clear()
 
     # -- I/O thread: publishing with confirms --------------------------------------------
     def publish_reply(
@@ -463,6 +549,9 @@ class ConsumerConnection:
         headers: dict[str, Any],
         done: Callable[[str], None],
     ) -> bool:
+        correlation_id, whole = fit_correlation_id(correlation_id)
+        if whole is not None:
+            headers = {**headers, CORRELATION_HEADER: whole}
         props = pika.BasicProperties(
             content_type="application/json",
             correlation_id=correlation_id,
@@ -515,9 +604,16 @@ class ConsumerConnection:
     ) -> bool:
         if self._channel is None or not self._channel.is_open:
             return False
+        try:
+            self._channel.basic_publish(exchange, routing_key, body, props, mandatory=True)
+        except Exception as exc:
+            # Nothing went out, so no confirm will come: registering it would shift every
+            # later confirm onto the wrong delivery.
+            log.error("cannot publish to %r: %s", routing_key, exc)
+            done("failed")
+            return True
         self._seq += 1
         self._pending[self._seq] = _Pending((routing_key, execution_id), done)
-        self._channel.basic_publish(exchange, routing_key, body, props, mandatory=True)
         return True
 
     def _on_return(

@@ -182,9 +182,14 @@ def url_password(url: str) -> str | None:
     return unquote(pw) if pw else None
 
 
+# scheme://user:password@host — the authority ends at the first "/", "?" or "#", and its
+# password runs to the authority's last "@" (a password may itself contain "@").
+_URL_PASSWORD = re.compile(r"(://[^:/?#@\s]*:)[^/?#\s]*@")
+
+
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by ***."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    """The URL (or every URL in a text) with its password replaced by ***."""
+    return _URL_PASSWORD.sub(r"\1***@", url)
 
 
 def option_error(name: str, why: str) -> ConfigError:

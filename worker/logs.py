@@ -8,6 +8,9 @@ import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
+
+from worker.config import mask_url
 
 _STD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
@@ -17,19 +20,22 @@ class Scrub(logging.Filter):
 
     def __init__(self, secrets: list[str]) -> None:
         super().__init__()
-        self.secrets = [s for s in secrets if s]
+        # A password is logged as found in the URL (percent-encoded) as often as decoded.
+        spellings = {s for s in secrets if s} | {quote(s, safe="") for s in secrets if s}
+        self.secrets = sorted(spellings, key=len, reverse=True)
+
+    def _clean(self, text: str) -> str:
+        text = mask_url(text)
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.secrets:
-            message = record.getMessage()
-            for secret in self.secrets:
-                message = message.replace(secret, "***")
-            record.msg, record.args = message, None
+            record.msg, record.args = self._clean(record.getMessage()), None
             if record.exc_info and not record.exc_text:
                 text = logging.Formatter().formatException(record.exc_info)
-                for secret in self.secrets:
-                    text = text.replace(secret, "***")
-                record.exc_text, record.exc_info = text, None
+                record.exc_text, record.exc_info = self._clean(text), None
         return True
 
 

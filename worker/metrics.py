@@ -133,6 +133,11 @@ class Metrics(Observer):
         self.broker_reconnects = Counter(
             "intentus_broker_reconnects_total", "Reconnections after a broker loss", registry=r
         )
+        self.consumer_cancels = Counter(
+            "intentus_consumer_cancels_total",
+            "Consumers cancelled by the broker (queue deleted, quorum leader moved)",
+            registry=r,
+        )
         self.ready = Gauge("intentus_ready", "1 while /readyz answers ready", registry=r)
         self.build_info = Gauge("intentus_build_info", "Build information", ["version"], registry=r)
         self.build_info.labels(__version__).set(1)

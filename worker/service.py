@@ -14,7 +14,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from runtime.claims import new_owner_token
@@ -24,7 +24,7 @@ from runtime.middleware import Middleware
 from runtime.policy import Policy
 from runtime.registry import AgentRegistry
 from runtime.store import RecordStore
-from worker.amqp import ConsumerConnection, declare_topology
+from worker.amqp import ConsumerConnection
 from worker.config import Config, describe, mask_url, option_error
 from worker.errors import (
     EXIT_GRACE_EXPIRED,
@@ -36,10 +36,12 @@ from worker.health import HealthServer
 from worker.metrics import Metrics
 from worker.parking import ParkingLot
 from worker.pipeline import Decision, Delivery, decide, redecide
+from worker.transport import Transport
 
 log = logging.getLogger("intentus.worker")
 
 _TICK_S = 0.5
+_RESUME_WRITE_WAIT_S = 5.0
 MEMORY_RECORDS = ":memory:"
 
 
@@ -65,6 +67,7 @@ class Worker:
         middleware: Sequence[Middleware] = (),
         *,
         handle_signals: bool = True,
+        transport: Transport | None = None,
     ) -> None:
         self.cfg = cfg
         self.registry = registry
@@ -105,13 +108,15 @@ class Worker:
         self._stopping = False
         self._signals = 0
         self._store_ok = True
-        self._held: list[tuple[Delivery, Decision | None]] = []
+        self._held: list[tuple[Delivery, Decision]] = []
+        # Deliveries taken while the store fails: kept (not requeued, which would spend a
+        # delivery attempt each time) until it works again.
+        self._waiting: list[Delivery] = []
         self._held_lock = threading.Lock()
         self.parking = ParkingLot(self.runtime, self._unpark)
         self._threads: list[threading.Thread] = []
-        self.conn = ConsumerConnection(
-            cfg, self._on_delivery, self._on_consuming, self._on_reconnect
-        )
+        self.conn: Transport = transport if transport is not None else ConsumerConnection(cfg)
+        self.conn.bind(self._on_delivery, self._on_consuming, self._on_reconnect, self._on_cancel)
         host, port = cfg.metrics_host_port
         self.http = HealthServer(host, port, self.metrics.registry, self.readiness)
 
@@ -122,6 +127,8 @@ class Worker:
             reasons.append("shutting down")
         if not self.conn.consuming and not self._stopping:
             reasons.append("not consuming (broker disconnected or paused)")
+        if self.conn.cancelled:
+            reasons.append("consumer cancelled by the broker; declaring the queue again")
         if not self._store_ok:
             reasons.append("execution store not writable")
         abandoned = self.runtime.invoker.abandoned()
@@ -133,7 +140,7 @@ class Worker:
 
     # -- lifecycle -----------------------------------------------------------------------
     def run(self) -> int:
-        declare_topology(self.cfg)
+        self.conn.declare()
         log.info("starting worker %s", self.cfg.worker_id, extra={"config": describe(self.cfg)})
         if self.handle_signals:
             signal.signal(signal.SIGTERM, self._on_signal)
@@ -186,6 +193,10 @@ class Worker:
         self._hand_back_queued()
         for delivery in self.parking.drain():
             self._hand_back(delivery)
+        with self._held_lock:
+            waiting, self._waiting = self._waiting, []
+        for delivery in waiting:
+            self._hand_back(delivery)
         deadline = time.monotonic() + self.cfg.shutdown_grace_s
         while time.monotonic() < deadline:
             if self._inflight == 0:
@@ -219,6 +230,9 @@ class Worker:
         # Deliveries of a lost channel are dropped by their generation in _pipeline_loop.
         self.metrics.broker_connected.set(1 if on else 0)
 
+    def _on_cancel(self) -> None:
+        self.metrics.consumer_cancels.inc()
+
     def _on_reconnect(self) -> None:
         self.metrics.broker_reconnects.inc()
         if not self._store_ok or self._stopping:
@@ -237,8 +251,10 @@ class Worker:
             if delivery.generation != self.conn.generation:
                 self._done()  # its channel is gone; the broker redelivers it
                 continue
-            if self._stopping or not self._store_ok:
+            if self._stopping:
                 self._hand_back(delivery)
+                continue
+            if not self._store_ok and self._wait_for_store(delivery):
                 continue
             try:
                 self._handle(delivery)
@@ -290,7 +306,12 @@ class Worker:
             # delivery attempt is spent) and pause until the store works again.
             self.metrics.record_write_errors.inc()
             log.error("cannot claim a delivery: %s; pausing until the store is usable", exc)
-            self._hold(delivery, None)
+            with self._held_lock:
+                self._waiting.append(delivery)
+                first = self._store_ok
+                self._store_ok = False
+            if first:
+                self.conn.call(lambda: self.conn.set_consuming(False))
             return
         outcome = decision.outcome
         if outcome.parked:
@@ -308,7 +329,13 @@ class Worker:
             return
         self._write(delivery, decision)
 
-    def _write(self, delivery: Delivery, decision: Decision) -> None:
+    def _write(
+        self,
+        delivery: Delivery,
+        decision: Decision,
+        stored: Callable[[bool], None] | None = None,
+    ) -> None:
+        """Record, then respond; `stored(False)` if the record could not be written (held)."""
         started = time.monotonic()
         outcome = decision.outcome
         assert outcome.record is not None
@@ -333,6 +360,8 @@ class Worker:
                     extra={"request_id": outcome.request_id, "trace_id": outcome.trace_id},
                 )
                 self._hold(delivery, decision)
+            if stored is not None:
+                stored(exc is None or isinstance(exc, RecordExists))
 
         self.runtime.store.put_async(outcome.execution_id, outcome.record, recorded)
 
@@ -353,7 +382,7 @@ class Worker:
             return
         self._jobs.put(delivery)
 
-    def _hold(self, delivery: Delivery, decision: Decision | None) -> None:
+    def _hold(self, delivery: Delivery, decision: Decision) -> None:
         with self._held_lock:
             self._held.append((delivery, decision))
             first = self._store_ok
@@ -361,20 +390,51 @@ class Worker:
         if first:
             self.conn.call(lambda: self.conn.set_consuming(False))
 
+    def _wait_for_store(self, delivery: Delivery) -> bool:
+        """Keep a delivery aside while the store fails; False if it works again meanwhile."""
+        with self._held_lock:
+            if self._store_ok:
+                return False
+            self._waiting.append(delivery)
+            return True
+
     def _try_resume(self) -> None:
-        try:
-            self.runtime.store.check_writable()
-        except RecordStoreError:
-            return
+        """Write the held records through the store's own write path, the first one being the
+        probe; only once all are durable is the store OK and new work taken."""
         with self._held_lock:
             held, self._held = self._held, []
+        if not held:
+            # Nothing held to prove it with (a claim failed): the store's own probe must pass.
+            try:
+                self.runtime.store.check_writable()
+            except RecordStoreError:
+                return
+        for i, (delivery, decision) in enumerate(held):
+            outcome: list[bool] = []
+            finished = threading.Event()
+
+            def stored(ok: bool, box: list[bool] = outcome, ev: threading.Event = finished) -> None:
+                box.append(ok)
+                ev.set()
+
+            self._write(delivery, decision, stored)
+            # A write still running after the wait settles itself: it responds, or holds again.
+            if not finished.wait(_RESUME_WRITE_WAIT_S) or not outcome[0]:
+                with self._held_lock:
+                    self._held.extend(held[i + 1 :])
+                return
+        with self._held_lock:
+            if self._held:
+                return  # a write in flight when the store failed is held now; try again later
             self._store_ok = True
-        log.info("records folder writable again: writing %d held records and resuming", len(held))
-        for delivery, decision in held:
-            if decision is None:
-                self._jobs.put(delivery)  # its claim failed: process it from the start
-            else:
-                self._write(delivery, decision)
+            waiting, self._waiting = self._waiting, []
+        log.info(
+            "records writable again: %d held records written; resuming with %d waiting deliveries",
+            len(held),
+            len(waiting),
+        )
+        for delivery in waiting:
+            self._jobs.put(delivery)
         if not self._stopping:
             self.conn.call(lambda: self.conn.set_consuming(True))
 
