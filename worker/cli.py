@@ -129,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     gc = rp("gc", "delete records older than a duration")
     gc.add_argument("--older-than", required=True, help="e.g. 30d, 12h")
     gc.add_argument("--dry-run", action="store_true")
+
+    from worker import dlq
+
+    dlq.add_parser(sub, _Parser)
     return parser
 
 
@@ -140,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_worker(args)
         if args.command == "send":
             return cmd_send(args)
+        if args.command == "dlq":
+            from worker import dlq
+
+            return dlq.main(args)
         return cmd_records(args)
     except WorkerError as exc:
         print(f"intentus: {exc}", file=sys.stderr)
