@@ -133,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     from worker import dlq
 
     dlq.add_parser(sub, _Parser)
+
+    from worker import contract
+
+    contract.add_parser(sub)
     return parser
 
 
@@ -148,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
             from worker import dlq
 
             return dlq.main(args)
+        if args.command == "contract":
+            from worker import contract
+
+            return contract.main(args)
         return cmd_records(args)
     except WorkerError as exc:
         print(f"intentus: {exc}", file=sys.stderr)
