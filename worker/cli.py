@@ -185,6 +185,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         secrets=[p for p in (cfg.password, url_password(cfg.records_url)) if p],
         level=logging.getLevelName(cfg.log_level.upper()),
     )
+    from worker import tracing
+
+    tracing.configure_from_env()
     registry = load_agents(cfg.agents)
     policy = load_policy_file(cfg.policy_file)
     try:

@@ -23,6 +23,7 @@ from runtime.inflight import DuplicateWorkerId
 from runtime.middleware import Middleware
 from runtime.policy import Policy
 from runtime.registry import AgentRegistry
+from worker import tracing
 from worker.amqp import ConsumerConnection, declare_topology
 from worker.config import Config, describe
 from worker.errors import (
@@ -72,7 +73,7 @@ class Worker:
                 agent_timeout_s=cfg.agent_timeout_s,
                 max_message_bytes=cfg.max_message_bytes,
                 worker_id=cfg.worker_id,
-                observer=self.metrics,
+                observer=tracing.observer(self.metrics),
             )
             self.runtime.store.check_writable()
         except DuplicateWorkerId as exc:
@@ -221,7 +222,8 @@ class Worker:
                 self._hand_back(delivery)
                 continue
             try:
-                self._handle(delivery)
+                with tracing.receive(delivery, self.cfg.queue):
+                    self._handle(delivery)
             except Exception:
                 # A bug of ours, not bad input. On a quorum queue the delivery goes back and the
                 # delivery limit dead-letters it if the bug persists; a classic queue has no such
@@ -283,6 +285,7 @@ class Worker:
         assert outcome.record is not None
 
         def recorded(exc: BaseException | None) -> None:
+            tracing.end(record_span, exc)
             if exc is None:
                 self.metrics.records_written.inc()
                 self.metrics.record_write.observe(time.monotonic() - started)
@@ -303,6 +306,7 @@ class Worker:
                 )
                 self._hold(delivery, decision)
 
+        record_span = tracing.record(delivery, outcome)
         self.runtime.store.put_async(outcome.execution_id, outcome.record, recorded)
 
     def _count(self, decision: Decision) -> None:
@@ -360,6 +364,7 @@ class Worker:
                 state["failed"] = True
             state["left"] -= 1
             if state["left"] == 0:
+                tracing.end(reply_span, "failed" if state["failed"] else result)
                 if state["failed"]:
                     conn.nack(delivery.generation, delivery.tag, requeue=True)
                 else:
@@ -371,6 +376,7 @@ class Worker:
             conn.ack(delivery.generation, delivery.tag)
             self._done()
             return
+        reply_span = tracing.reply(delivery, decision)
         sent = True
         if decision.dead_letter_reason:
             sent = conn.publish_dead_letter(
@@ -389,4 +395,5 @@ class Worker:
                 lambda r: confirmed("reply", r),
             )
         if not sent:
+            tracing.end(reply_span, "not sent")
             self._done()
