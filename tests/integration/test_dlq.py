@@ -15,7 +15,7 @@ import pytest
 from tests.integration.wire import Wire, body_of, envelope, wait_for
 from tests.support.broker import AMQP_URL, get_all, queue_depth
 from tests.support.workerproc import ROOT, WorkerProcess
-from worker.amqp import declare_topology
+from worker.amqp import DeadLetterQueue, declare_topology
 from worker.config import Config
 
 pytestmark = pytest.mark.integration
@@ -117,6 +117,21 @@ class TestList:
         second = [r["requestId"] for r in listed(topology)]
         assert first == second == [f"rid-{i}" for i in range(5)]
         assert queue_depth(f"{topology}.dlq") == 5
+
+    def test_messages_held_elsewhere_are_not_seen_and_come_back(
+        self, wire: Wire, topology: str
+    ) -> None:
+        """While another reader holds messages unacked, list sees the rest; closing returns them."""
+        for i in range(4):
+            dead_letter(wire, topology, f"rid-{i}", "VALIDATION_ERROR: x")
+        other = DeadLetterQueue(Config(amqp_url=AMQP_URL, queue=topology))
+        try:
+            held = other.take(2)
+            assert len(held) == 2
+            assert [r["requestId"] for r in listed(topology)] == ["rid-2", "rid-3"]
+        finally:
+            other.close()
+        assert sorted(r["requestId"] for r in listed(topology)) == [f"rid-{i}" for i in range(4)]
 
     def test_broker_dead_letters_fall_back_to_x_death_and_message_id(
         self, wire: Wire, topology: str
