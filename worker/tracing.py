@@ -36,7 +36,10 @@ except ImportError:  # the `otel` extra is not installed
 log = logging.getLogger("intentus.tracing")
 
 TRACER_NAME = "intentusnet-worker"
-_MAX_OPEN = 100_000  # deliveries whose receive context waits for their reply
+# Receive contexts of deliveries not replied to yet. At most `prefetch` (≤ 65535) deliveries
+# are unsettled at once, so keeping the newest 65536 never drops a live one, and bounds what
+# deliveries that end without a reply (handed back, no reply destination) leave behind.
+_MAX_OPEN = 65_536
 
 _active = False
 _open: OrderedDict[int, Any] = OrderedDict()  # id(delivery) → the receive span's context
