@@ -203,6 +203,13 @@ def build(cfg: Config) -> dict[str, Any]:
                 "IntentEnvelope": {
                     "name": "IntentEnvelope",
                     "title": "Intent request",
+                    "summary": "One intent to route; published persistent to the request queue.",
+                    "description": (
+                        "AMQP properties read: reply_to (where the reply goes), correlation_id, "
+                        "message_id (requestId fallback), user_id (checked by the broker; "
+                        "usable by policy), priority (honoured by classic queues declared with "
+                        "x-max-priority), and the headers traceparent and x-delivery-count."
+                    ),
                     "contentType": "application/json",
                     "correlationId": correlation,
                     "headers": {
@@ -333,7 +340,8 @@ def add_parser(sub: Any) -> None:
     )
     c.add_argument("--output", "-o", help="write to this file instead of stdout")
     configuration.add_arguments(
-        c, ["amqp_url", "queue", "queue_type", "reply_queue", "delivery_limit"]
+        c,
+        ["amqp_url", "queue", "queue_type", "queue_max_priority", "reply_queue", "delivery_limit"],
     )
 
 
