@@ -8,6 +8,9 @@ from __future__ import annotations
 
 
 class Observer:
+    def attempt_started(self, agent: str, attempt: int) -> None:
+        """An agent attempt (numbered from 1 within the request) is about to run."""
+
     def attempt_finished(
         self, agent: str, status: str, error_code: str | None, seconds: float
     ) -> None:

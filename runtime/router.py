@@ -170,6 +170,7 @@ class Router:
         self, private: IntentEnvelope, agent: AgentDefinition, number: int, rec: ExecutionRecorder
     ) -> AttemptResult:
         rec.event("AGENT_ATTEMPT_START", {"agent": agent.name, "attempt": number})
+        self.observer.attempt_started(agent.name, number)
         result, timed_out = self.invoker.call(
             agent.name, agent.handler, private, self.timeout_for(agent)
         )
@@ -206,6 +207,7 @@ class Router:
         for number, name in enumerate(p.try_order, start=1):
             agent = agents[name]
             rec.event("AGENT_ATTEMPT_START", {"agent": name, "attempt": number})
+            self.observer.attempt_started(name, number)
             attempt = self.invoker.start(
                 name,
                 agent.handler,

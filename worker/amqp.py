@@ -569,6 +569,7 @@ class ConsumerConnection:
         headers["x-intentus-reject-reason"] = reason[:1000]
         headers["x-intentus-execution-id"] = execution_id
         headers["x-intentus-original-queue"] = self.cfg.queue
+        headers["x-intentus-dead-lettered-at"] = int(time.time())  # the age `intentus dlq` shows
         props = pika.BasicProperties(
             content_type=getattr(original, "content_type", None),
             content_encoding=getattr(original, "content_encoding", None),
@@ -1062,3 +1063,141 @@ def fresh(error: ClientError) -> ClientError:
     copy = type(error)(*error.args)
     copy.__cause__ = error.__cause__
     return copy
+
+
+# -- dead-letter queue access (`intentus dlq`) ---------------------------------------------
+# Kept apart from the worker's connections above: a short-lived blocking connection of an
+# operator's command, never of a running worker.
+
+
+class HeldMessage:
+    """A message taken from a queue with basic.get and not acked yet."""
+
+    __slots__ = ("body", "properties", "redelivered", "tag")
+
+    def __init__(
+        self, tag: int, body: bytes, properties: dict[str, Any], *, redelivered: bool
+    ) -> None:
+        self.tag = tag
+        self.body = body
+        self.properties = properties
+        self.redelivered = redelivered
+
+
+_PROPERTY_NAMES = (
+    "content_type",
+    "content_encoding",
+    "headers",
+    "delivery_mode",
+    "priority",
+    "correlation_id",
+    "reply_to",
+    "expiration",
+    "message_id",
+    "timestamp",
+    "type",
+    "user_id",
+    "app_id",
+)
+
+
+class DeadLetterQueue:
+    """Reads `<queue>.dlq` without removing anything it has not been told to.
+
+    Messages taken with `take()` stay unacked on this channel (invisible to other consumers)
+    until `requeue()` acks one after its copy is confirmed, or `close()` closes the channel,
+    which hands every remaining one back to the queue.
+    """
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self._conn = _connect_blocking(cfg.amqp_url, "intentus dlq", attempts=1)
+        try:
+            self._ch = self._conn.channel()
+            self._ch.queue_declare(cfg.dlq, passive=True)
+            self._ch.confirm_delivery()
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            self.close()
+            if exc.reply_code == 404:
+                raise TopologyConflict(
+                    f"queue {cfg.dlq!r} does not exist (a worker declares it at start)"
+                ) from None
+            raise BrokerUnavailable(f"broker refused {cfg.dlq!r}: {exc.reply_text}") from None
+
+    def __enter__(self) -> DeadLetterQueue:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def ready(self) -> int:
+        """Messages ready in the DLQ now (not counting those held by any consumer)."""
+        try:
+            result = self._ch.queue_declare(self.cfg.dlq, passive=True)
+        except pika.exceptions.AMQPError as exc:
+            raise BrokerUnavailable(f"cannot read {self.cfg.dlq!r}: {exc!r}") from None
+        return int(result.method.message_count)
+
+    def take(self, limit: int) -> list[HeldMessage]:
+        """Up to `limit` messages, oldest first, held unacked until requeued or released."""
+        held: list[HeldMessage] = []
+        try:
+            while len(held) < limit:
+                method, props, body = self._ch.basic_get(self.cfg.dlq, auto_ack=False)
+                if method is None:
+                    break
+                held.append(
+                    HeldMessage(
+                        tag=method.delivery_tag,
+                        body=body,
+                        properties={
+                            name: getattr(props, name)
+                            for name in _PROPERTY_NAMES
+                            if getattr(props, name, None) is not None
+                        },
+                        redelivered=bool(method.redelivered),
+                    )
+                )
+        except pika.exceptions.AMQPError as exc:
+            raise BrokerUnavailable(f"cannot read {self.cfg.dlq!r}: {exc!r}") from None
+        return held
+
+    def requeue(self, message: HeldMessage, properties: dict[str, Any]) -> None:
+        """Publish a copy to the request queue, wait for the broker's confirm, then ack the
+        dead letter. A refused or unconfirmed copy leaves the dead letter where it is."""
+        try:
+            self._ch.basic_publish(
+                "",
+                self.cfg.queue,
+                message.body,
+                pika.BasicProperties(**properties),
+                mandatory=True,
+            )
+        except pika.exceptions.UnroutableError:
+            raise PublishFailed(f"queue {self.cfg.queue!r} does not exist") from None
+        except pika.exceptions.NackError:
+            raise PublishFailed(f"the broker refused the copy for {self.cfg.queue!r}") from None
+        except pika.exceptions.AMQPError as exc:
+            raise PublishFailed(f"publishing to {self.cfg.queue!r} failed: {exc!r}") from None
+        try:
+            self._ch.basic_ack(message.tag)
+        except pika.exceptions.AMQPError as exc:
+            # The copy is in the request queue; the dead letter returns to the DLQ with the
+            # channel. A duplicate is answered from its record, a lost message never is.
+            raise PublishFailed(
+                f"copy confirmed but the dead letter could not be acked: {exc!r}"
+            ) from None
+
+    def purge(self) -> int:
+        """Delete every ready message of the DLQ; returns how many."""
+        try:
+            result = self._ch.queue_purge(self.cfg.dlq)
+        except pika.exceptions.AMQPError as exc:
+            raise BrokerUnavailable(f"cannot purge {self.cfg.dlq!r}: {exc!r}") from None
+        return int(result.method.message_count)
+
+    def close(self) -> None:
+        try:
+            self._conn.close()
+        except Exception:
+            pass

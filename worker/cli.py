@@ -140,6 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     gc = rp("gc", "delete records older than a duration")
     gc.add_argument("--older-than", required=True, help="e.g. 30d, 12h")
     gc.add_argument("--dry-run", action="store_true")
+
+    from worker import dlq
+
+    dlq.add_parser(sub, _Parser)
+
+    from worker import contract
+
+    contract.add_parser(sub)
     return parser
 
 
@@ -151,6 +159,14 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_worker(args)
         if args.command == "send":
             return cmd_send(args)
+        if args.command == "dlq":
+            from worker import dlq
+
+            return dlq.main(args)
+        if args.command == "contract":
+            from worker import contract
+
+            return contract.main(args)
         return cmd_records(args)
     except WorkerError as exc:
         print(f"intentus: {exc}", file=sys.stderr)
@@ -185,6 +201,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         secrets=[p for p in (cfg.password, url_password(cfg.records_url)) if p],
         level=logging.getLevelName(cfg.log_level.upper()),
     )
+    from worker import tracing
+
+    tracing.configure_from_env()
     registry = load_agents(cfg.agents)
     log.info("agents from %s: %s", agents_source(cfg.agents), ", ".join(registry.names()))
     for agent in registry:

@@ -24,6 +24,7 @@ from runtime.middleware import Middleware
 from runtime.policy import Policy
 from runtime.registry import AgentRegistry
 from runtime.store import RecordStore
+from worker import tracing
 from worker.amqp import ConsumerConnection
 from worker.config import Config, describe, mask_url, option_error
 from worker.errors import (
@@ -93,7 +94,7 @@ class Worker:
                 agent_timeout_s=cfg.agent_timeout_s,
                 max_message_bytes=cfg.max_message_bytes,
                 worker_id=cfg.worker_id,
-                observer=self.metrics,
+                observer=tracing.observer(self.metrics),
             )
             self.runtime.store.check_writable()
         except (OSError, RecordStoreError) as exc:
@@ -257,7 +258,8 @@ class Worker:
             if not self._store_ok and self._wait_for_store(delivery):
                 continue
             try:
-                self._handle(delivery)
+                with tracing.receive(delivery, self.cfg.queue):
+                    self._handle(delivery)
             except Exception:
                 # A bug of ours, not bad input. On a quorum queue the delivery goes back and the
                 # delivery limit dead-letters it if the bug persists; a classic queue has no such
@@ -341,6 +343,7 @@ class Worker:
         assert outcome.record is not None
 
         def recorded(exc: BaseException | None) -> None:
+            tracing.end(record_span, exc)
             if exc is None:
                 self.metrics.records_written.inc()
                 self.metrics.record_write.observe(time.monotonic() - started)
@@ -363,6 +366,7 @@ class Worker:
             if stored is not None:
                 stored(exc is None or isinstance(exc, RecordExists))
 
+        record_span = tracing.record(delivery, outcome)
         self.runtime.store.put_async(outcome.execution_id, outcome.record, recorded)
 
     def _count(self, decision: Decision) -> None:
@@ -461,6 +465,7 @@ class Worker:
                 state["failed"] = True
             state["left"] -= 1
             if state["left"] == 0:
+                tracing.end(reply_span, "failed" if state["failed"] else result)
                 if state["failed"]:
                     conn.nack(delivery.generation, delivery.tag, requeue=True)
                 else:
@@ -472,6 +477,7 @@ class Worker:
             conn.ack(delivery.generation, delivery.tag)
             self._done()
             return
+        reply_span = tracing.reply(delivery, decision)
         sent = True
         if decision.dead_letter_reason:
             sent = conn.publish_dead_letter(
@@ -490,4 +496,5 @@ class Worker:
                 lambda r: confirmed("reply", r),
             )
         if not sent:
+            tracing.end(reply_span, "not sent")
             self._done()
