@@ -129,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     gc = rp("gc", "delete records older than a duration")
     gc.add_argument("--older-than", required=True, help="e.g. 30d, 12h")
     gc.add_argument("--dry-run", action="store_true")
+
+    from worker import browser
+
+    serve = rp("serve", browser.HELP)
+    configuration.add_arguments(serve, ["agents", "policy_file"])
+    browser.add_arguments(serve)
     return parser
 
 
@@ -329,6 +335,10 @@ def cmd_records(args: argparse.Namespace) -> int:
         verb = "would delete" if args.dry_run else "deleted"
         out.write(f"{verb} {removed} records older than {args.older_than}; kept {kept}\n")
         return EXIT_OK
+    if command == "serve":
+        from worker import browser
+
+        return browser.run(args, store, parse_time=parse_since)
     raise ConfigError(f"unknown records command {command!r}")  # pragma: no cover
 
 
