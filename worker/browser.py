@@ -42,7 +42,7 @@ from runtime import replay as records
 from runtime.errors import IntentusError, RecordNotFound
 from runtime.policy import Policy
 from runtime.registry import AgentRegistry
-from runtime.store import RecordStore
+from runtime.store import FileRecordStore, MemoryRecordStore, RecordStore
 from runtime.version import __version__
 from worker.errors import ConfigError
 
@@ -164,7 +164,7 @@ class RecordBrowser:
         indexed = query.is_indexed(self.store)
         return {
             "version": __version__,
-            "store": type(self.store).__name__,
+            "store": store_kind(self.store),
             "indexed": indexed,
             "note": None if indexed else _SCAN_NOTE,
             "verifiesRouting": self.registry is not None,
@@ -242,6 +242,15 @@ class RecordBrowser:
             return self.parse_time(text)
         except (ConfigError, ValueError) as exc:
             raise _BadRequest(f"{name}: {exc}") from None
+
+
+def store_kind(store: RecordStore) -> str:
+    """A name for the page's header: `files`, `memory`, or the store's own `kind`."""
+    if isinstance(store, FileRecordStore):
+        return "files"
+    if isinstance(store, MemoryRecordStore):
+        return "memory"
+    return str(getattr(store, "kind", type(store).__name__))
 
 
 def _iso_time(text: str) -> datetime:

@@ -10,6 +10,11 @@ from typing import Any
 
 from runtime import AgentError, AgentRegistry, ErrorCode, FixedClock, IntentusRuntime
 
+#: Policy that filters the `audit` agent out of every request, with a reason in each record.
+POLICY: dict[str, Any] = {
+    "default": "allow",
+    "rules": [{"id": "no-audit", "action": "deny", "agents": ["audit"]}],
+}
 #: The first record's createdAt; each later one is a minute after the one before.
 START = datetime(2024, 1, 15, 10, 0, 0, tzinfo=UTC)
 SCRIPT = "<script>alert(1)</script>"
@@ -24,6 +29,10 @@ def registry(release: threading.Event) -> AgentRegistry:
     @reg.agent("echo", intents=["ProcessIntent"])
     def echo(envelope: Any) -> dict[str, Any]:
         return {"echo": envelope.payload}
+
+    @reg.agent("audit", intents=["ProcessIntent"], node_priority=200)
+    def audit(envelope: Any) -> dict[str, Any]:
+        return {"audited": True}
 
     @reg.agent("primary", intents=["SummarizeIntent"], node_priority=10)
     def primary(envelope: Any) -> dict[str, Any]:
@@ -127,4 +136,7 @@ def populate(runtime: IntentusRuntime, clock: FixedClock) -> Corpus:
 def make_runtime(reg: AgentRegistry, **store_kwargs: Any) -> tuple[IntentusRuntime, FixedClock]:
     # A small step gives each event its own t_ms, so timelines have widths to draw.
     clock = FixedClock(START, step_s=0.0004)
-    return IntentusRuntime(reg, clock=clock, worker_id="browser-test", **store_kwargs), clock
+    runtime = IntentusRuntime(
+        reg, policy=POLICY, clock=clock, worker_id="browser-test", **store_kwargs
+    )
+    return runtime, clock

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from runtime import AgentRegistry, load_policy
 from runtime import replay as records
 from tests.browser.conftest import Recorded
-from tests.browser.corpus import HOSTILE_ID, SCRIPT
+from tests.browser.corpus import HOSTILE_ID, POLICY, SCRIPT
 from tests.browser.webclient import fetch
 from worker.browser import CSP, RecordBrowser, check_token
 from worker.errors import ConfigError
@@ -117,6 +118,7 @@ class TestList:
         assert page["indexed"] is False and "every record" in page["note"]
         info = fetch(server.port, "/api/info").json()
         assert info["indexed"] is False and info["verifiesRouting"] is False
+        assert info["store"] == "files"
 
 
 class TestRecord:
@@ -161,18 +163,20 @@ class TestVerifyDiffStats:
             assert result["routingChecked"] is False
 
     def test_verify_with_agents_checks_routing(self, recorded: Recorded) -> None:
-        """Given the registry, verify re-plans the routing and reports a change."""
-        from runtime import AgentRegistry
-
-        browser = RecordBrowser(recorded.store, port=0, registry=recorded.registry).start()
+        """Given agents and policy, verify re-plans the routing and reports a change."""
+        policy = load_policy(POLICY)
+        browser = RecordBrowser(
+            recorded.store, port=0, registry=recorded.registry, policy=policy
+        ).start()
         changed = AgentRegistry()
         changed.register("backup", lambda e: {}, intents=["SummarizeIntent"], node_priority=1)
         changed.register("primary", lambda e: {}, intents=["SummarizeIntent"], node_priority=10)
-        other = RecordBrowser(recorded.store, port=0, registry=changed).start()
+        other = RecordBrowser(recorded.store, port=0, registry=changed, policy=policy).start()
         try:
+            for name, ident in recorded.corpus.ids.items():
+                good = fetch(browser.port, "/api/verify", {"id": ident}).json()
+                assert good["ok"] and good["routingChecked"], (name, good["problems"])
             eid = recorded.corpus.ids["fallback"]
-            good = fetch(browser.port, "/api/verify", {"id": eid}).json()
-            assert good["ok"] and good["routingChecked"]
             bad = fetch(other.port, "/api/verify", {"id": eid}).json()
             assert not bad["ok"]
             assert any("not reproducible" in p for p in bad["problems"])

@@ -172,6 +172,14 @@ class TestRecord:
         chrome.find_element(By.ID, "verify").click()
         until(chrome, lambda d: d.find_element(By.ID, "verify-result").text.startswith("ok"))
 
+    def test_policy_reasons(self, chrome, server, recorded: Recorded) -> None:
+        """The agents policy filtered out are listed with the rule that filtered them."""
+        show(chrome, server, f"record?id={recorded.corpus.ids['direct']}", "record-view")
+        cells = [
+            td.text for td in chrome.find_elements(By.CSS_SELECTOR, "#policy-reasons tbody td")
+        ]
+        assert cells == ["audit", "denied by rule 'no-audit'"]
+
     def test_diff_from_a_record(self, chrome, server, recorded: Recorded) -> None:
         """The record's diff link opens both records side by side with their differences."""
         show(chrome, server, f"record?id={recorded.corpus.ids['direct']}", "record-view")

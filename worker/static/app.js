@@ -163,7 +163,7 @@ function listRow(row, selected, compare) {
     { "data-id": row.executionId },
     el("td", {}, box),
     el("td", { class: "mono nowrap", text: row.createdAt }),
-    el("td", {}, recordLink(row.executionId)),
+    el("td", { class: "nowrap" }, recordLink(row.executionId)),
     el("td", { class: "mono", text: row.requestId }),
     el("td", { text: row.intent }),
     el("td", { text: row.strategy }),
@@ -431,7 +431,7 @@ function timelineSection(events) {
     const t = (end * i) / 4;
     chart.append(
       svg("line", { x1: x(t), x2: x(t), y1: 22, y2: height - 6, class: "grid" }),
-      svg("text", { x: x(t), y: 14, class: "axis", "text-anchor": "middle", text: `${t.toFixed(t < 10 ? 3 : 1)} ms` }),
+      svg("text", { x: x(t), y: 14, class: "axis", "text-anchor": "middle", text: `${t.toFixed(end < 10 ? 2 : end < 1000 ? 1 : 0)} ms` }),
     );
   }
   const eventsY = top;
@@ -473,8 +473,8 @@ function timelineSection(events) {
     el(
       "p",
       { class: "legend" },
-      ["success", "error", "timeout", "abandoned"].map((k) => el("span", { class: "key " + k, text: k })),
-      ["received", "fallback", "decision", "response"].map((k) => el("span", { class: "key marker-key " + k, text: k })),
+      ["success", "error", "timeout", "abandoned"].map((k) => el("span", { class: "key key-" + k, text: k })),
+      ["received", "fallback", "decision", "response"].map((k) => el("span", { class: "key marker-key key-" + k, text: k })),
     ),
   );
 }
