@@ -180,10 +180,15 @@ def page(
     _check_window(limit, offset)
     if isinstance(store, IndexedRecordStore):
         rows, total = store.search(flt, limit=limit, offset=offset)
-        return Page(rows, total, store.counts_by_status(flt), indexed=True)
+        return Page(rows=rows, total=total, counts=store.counts_by_status(flt), indexed=True)
     others = [r for r in _scan(store) if flt.without_status().matches(r)]
     matched = [r for r in others if flt.matches(r)]
-    return Page(_window(matched, limit, offset), len(matched), _count(others), indexed=False)
+    return Page(
+        rows=_window(matched, limit, offset),
+        total=len(matched),
+        counts=_count(others),
+        indexed=False,
+    )
 
 
 __all__ = [

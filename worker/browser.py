@@ -180,8 +180,8 @@ class RecordBrowser:
             until=self._time(params, "until"),
             text=params.get("q") or None,
         )
-        limit = _int(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-        offset = _int(params, "offset", 0, 0, None)
+        limit = _int(params, "limit", default=DEFAULT_LIMIT, low=1, high=MAX_LIMIT)
+        offset = _int(params, "offset", default=0, low=0, high=None)
         result = query.page(self.store, flt, limit=limit, offset=offset)
         return {
             "rows": result.rows,
@@ -260,6 +260,14 @@ def _iso_time(text: str) -> datetime:
     return moment
 
 
+def _host_name(header: str) -> str:
+    """The host of a Host header (`[::1]:9465` → `::1`); "" when it does not parse."""
+    try:
+        return urlsplit(f"//{header}").hostname or ""
+    except ValueError:
+        return ""
+
+
 def _required(params: dict[str, str], name: str) -> str:
     value = params.get(name, "").strip()
     if not value:
@@ -267,7 +275,7 @@ def _required(params: dict[str, str], name: str) -> str:
     return value
 
 
-def _int(params: dict[str, str], name: str, default: int, low: int, high: int | None) -> int:
+def _int(params: dict[str, str], name: str, *, default: int, low: int, high: int | None) -> int:
     text = params.get(name)
     if not text:
         return default
@@ -342,8 +350,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _allowed(self, path: str, params: dict[str, str]) -> bool:
         token = self.browser.token
         if token is None:
-            host = urlsplit(f"//{self.headers.get('Host', '')}").hostname or ""
-            if not is_loopback(host):
+            if not is_loopback(_host_name(self.headers.get("Host", ""))):
                 self._json(HTTPStatus.FORBIDDEN, {"error": "Host must be a loopback address"})
                 return False
             return True

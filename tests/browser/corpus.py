@@ -115,7 +115,8 @@ def populate(runtime: IntentusRuntime, clock: FixedClock) -> Corpus:
     for name, intent, rid, payload, strategy in REQUESTS:
         corpus.created[name] = clock.now()
         outcome = runtime.process(
-            request(intent, rid, payload, strategy=strategy), correlation_id=f"corr-{name}"
+            request(intent=intent, request_id=rid, payload=payload, strategy=strategy),
+            correlation_id=f"corr-{name}",
         )
         runtime.commit_sync(outcome)
         corpus.ids[name] = outcome.execution_id

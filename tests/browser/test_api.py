@@ -242,7 +242,8 @@ class TestSafety:
 
     def test_foreign_host_refused_without_token(self, server) -> None:
         """Without a token, a request naming a non-loopback host (DNS rebinding) is refused."""
-        assert fetch(server.port, "/api/info", headers={"Host": "evil.example:9465"}).status == 403
+        for host in ("evil.example:9465", "localhost.evil.example", "[", "127.0.0.1.nip.io"):
+            assert fetch(server.port, "/api/info", headers={"Host": host}).status == 403, host
         for host in ("localhost:1", "127.0.0.1", "[::1]:9465"):
             assert fetch(server.port, "/api/info", headers={"Host": host}).status == 200, host
 
