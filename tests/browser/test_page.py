@@ -110,6 +110,19 @@ class TestList:
         statuses = {r.find_elements(By.TAG_NAME, "td")[7].text for r in rows(chrome)}
         assert statuses == {"error"}
 
+    def test_pages(self, chrome, server, recorded: Recorded) -> None:
+        """older and newer step through the listing a page at a time, with no overlap."""
+        show(chrome, server, "?limit=5", "list-view")
+        first = [r.get_attribute("data-id") for r in rows(chrome)]
+        assert chrome.find_element(By.ID, "range").text == span(1, 5, 14)
+        chrome.find_element(By.ID, "older").click()
+        until(chrome, lambda d: d.find_element(By.ID, "range").text == span(6, 10, 14))
+        second = [r.get_attribute("data-id") for r in rows(chrome)]
+        assert len(second) == 5 and not set(first) & set(second)
+        chrome.find_element(By.ID, "newer").click()
+        until(chrome, lambda d: d.find_element(By.ID, "range").text == span(1, 5, 14))
+        assert [r.get_attribute("data-id") for r in rows(chrome)] == first
+
     def test_hostile_id_is_text(self, chrome, server) -> None:
         """A requestId made of HTML shows as those characters, and creates no element."""
         show(chrome, server, "?q=onerror", "list-view")

@@ -108,7 +108,7 @@ function dl(pairs) {
 const FILTERS = ["intent", "status", "error_code", "agent", "since", "until", "q"];
 
 async function showList(params) {
-  const data = await api("/api/records", { ...params, limit: PAGE_SIZE });
+  const data = await api("/api/records", { ...params, limit: params.limit || PAGE_SIZE });
   const view = el("div", { id: "list-view" });
   view.append(filterForm(params));
   view.append(statusCounts(data.counts, params));
@@ -135,7 +135,7 @@ async function showList(params) {
     { class: "pager" },
     el("span", { id: "range", text: `${first}–${last} of ${data.total}` }),
     data.offset > 0
-      ? el("a", { href: href("", { ...params, offset: Math.max(0, data.offset - PAGE_SIZE) }), text: "← newer" })
+      ? el("a", { href: href("", { ...params, offset: Math.max(0, data.offset - data.limit) }), id: "newer", text: "← newer" })
       : null,
     last < data.total ? el("a", { href: href("", { ...params, offset: last }), id: "older", text: "older →" }) : null,
     compare,
