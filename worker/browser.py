@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import re
+import socket
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -96,6 +97,10 @@ def check_token(host: str, token: str | None) -> str | None:
     return token or None
 
 
+class _Server6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 class _BadRequest(Exception):
     pass
 
@@ -125,7 +130,8 @@ class RecordBrowser:
         }
         handler = type("Handler", (_Handler,), {"browser": self})
         try:
-            self.httpd = ThreadingHTTPServer((host, port), handler)
+            server = _Server6 if ":" in host else ThreadingHTTPServer
+            self.httpd = server((host, port), handler)
         except OSError as exc:
             raise ConfigError(
                 f"records serve: cannot listen on {host}:{port}: {exc.strerror or exc}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -246,6 +247,18 @@ class TestSafety:
             assert fetch(server.port, "/api/info", headers={"Host": host}).status == 403, host
         for host in ("localhost:1", "127.0.0.1", "[::1]:9465"):
             assert fetch(server.port, "/api/info", headers={"Host": host}).status == 200, host
+
+    def test_ipv6_loopback(self, recorded: Recorded) -> None:
+        """It listens on ::1 as well, without a token."""
+        browser = RecordBrowser(recorded.store, host="::1", port=0).start()
+        try:
+            assert browser.url == f"http://[::1]:{browser.port}/"
+            conn = http.client.HTTPConnection("::1", browser.port, timeout=10)
+            conn.request("GET", "/api/info")
+            assert conn.getresponse().status == 200
+            conn.close()
+        finally:
+            browser.close()
 
     def test_non_loopback_bind_needs_a_token(self) -> None:
         """Listening beyond loopback without a token is a configuration error."""
