@@ -1,9 +1,12 @@
 """IntentusRuntime: one request in, one answer out, every execution recorded once.
 
-`process()` is the whole per-request pipeline except persisting: decode, validate, answer a
-duplicate from its record, or plan, route and build the record. It never raises for bad
-input. `commit()` makes the record durable, then releases the in-flight claim; nothing may be
-replied before that. `route_intent()` does both, for embedding without a broker.
+`process()` is the whole per-request pipeline except persisting: decode, validate, claim the
+executionId (runtime/claims.py), then answer a duplicate from its record, or plan, route and
+build the record. It never raises for bad input; it raises RecordStoreError when the store
+cannot be used (nothing was executed then). A request whose claim a live owner holds comes
+back *parked*: the caller waits for `settled()` and processes it again. Once the record is
+durable, `finish()` releases the claim; nothing may be replied before that. `route_intent()`
+does all of it, for embedding without a broker.
 """
 
 from __future__ import annotations
@@ -13,12 +16,12 @@ import logging
 import os
 import re
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from runtime.canonical import (
@@ -29,6 +32,7 @@ from runtime.canonical import (
     request_id_for_body,
     trace_id_for,
 )
+from runtime.claims import Claim, ClaimState, new_owner_token
 from runtime.clock import Clock, SystemClock, format_timestamp
 from runtime.envelope import (
     IntentEnvelope,
@@ -40,7 +44,6 @@ from runtime.envelope import (
     validate_envelope,
 )
 from runtime.errors import EnvelopeError, ErrorCode, RecordExists, RecordStoreError
-from runtime.inflight import InflightTracker
 from runtime.invoker import AgentInvoker
 from runtime.middleware import Middleware, run_after, run_before
 from runtime.observer import Observer
@@ -49,15 +52,13 @@ from runtime.recorder import ExecutionRecorder, build_record, raw_body_fields
 from runtime.registry import AgentDefinition, AgentRegistry
 from runtime.response import AgentResponse, error_dict, response_body, response_dict
 from runtime.router import Plan, RouteOutcome, Router, plan
-from runtime.store import INFLIGHT_DIR, FileRecordStore, MemoryRecordStore, RecordStore
+from runtime.store import FileRecordStore, MemoryRecordStore, RecordStore
 from runtime.version import __version__
 
 log = logging.getLogger("intentus.runtime")
 
 DEFAULT_MAX_MESSAGE_BYTES = 10 * 1024 * 1024
-_POLL_S = 0.05
-_RECORD_GRACE_S = 5.0
-_RECHECK_S = 1.0
+_POLL_S = 0.02
 
 
 def default_worker_id() -> str:
@@ -68,7 +69,7 @@ def default_worker_id() -> str:
 class Outcome:
     """What to answer, what to record, and how to account for it."""
 
-    kind: str  # executed | rejected | replayed | conflict | in_doubt
+    kind: str  # executed | rejected | replayed | conflict | denied | in_doubt | parked
     execution_id: str
     request_id: str
     trace_id: str | None
@@ -79,8 +80,12 @@ class Outcome:
     strategy: str | None = None
     reject_reason: str | None = None
     seconds: float = 0.0
-    claimed: bool = False
-    journaled: bool = False
+    claim: Claim | None = None  # won by us: released once the record is durable
+    agent_ran: bool = False  # an agent was called: its claim is never given up unrecorded
+
+    @property
+    def parked(self) -> bool:
+        return self.kind == "parked"
 
     @property
     def status(self) -> str:
@@ -122,6 +127,10 @@ class _Request:
     @property
     def rid(self) -> str:
         return self.envelope.request_id
+
+    @property
+    def user(self) -> str:
+        return self.ctx.user_id or ""
 
     @property
     def trace_id(self) -> str | None:
@@ -217,21 +226,15 @@ class IntentusRuntime:
         self.max_message_bytes = max_message_bytes
         if store is None:
             store = (
-                FileRecordStore(records_dir, owner=self.worker_id)
+                FileRecordStore(records_dir, owner=new_owner_token(self.worker_id))
                 if records_dir is not None
-                else MemoryRecordStore()
+                else MemoryRecordStore(new_owner_token(self.worker_id))
             )
         self.store = store
-        if records_dir is None and isinstance(store, FileRecordStore):
-            records_dir = store.root  # journals live beside the records they protect
-        journal_dir = Path(records_dir) / INFLIGHT_DIR if records_dir is not None else None
-        self.inflight = InflightTracker(
-            journal_dir, self.worker_id, self.clock.monotonic, self.store.exists
-        )
-        if isinstance(self.store, FileRecordStore):
-            removed = self.store.remove_stale_temp(self.inflight.live_owners())
-            if removed:
-                log.info("removed %d temp files left by stopped workers", removed)
+        # Claims this process won and is still working on; a claim of ours that is not here
+        # was given up unrecorded (its record could not be written): that request is in doubt.
+        self._active: set[str] = set()
+        self._active_lock = threading.Lock()
         self.invoker = AgentInvoker(self.clock.monotonic)
         self.router = Router(self.invoker, self.observer, agent_timeout_s)
 
@@ -243,8 +246,29 @@ class IntentusRuntime:
     ) -> AgentResponse:
         """Route one request and return its response once its record is durable."""
         outcome = self.process(envelope, context)
-        self.commit_sync(outcome)
+        while outcome.parked:
+            # Another thread or worker is executing this request: wait for its record.
+            while not self.settled(outcome):
+                time.sleep(_POLL_S)
+            outcome = self.process(envelope, context)
+        outcome = self.commit_sync(outcome)
         return AgentResponse.model_validate(outcome.response)
+
+    def settled(self, parked: Outcome) -> bool:
+        """Whether a parked request can be processed again (its owner recorded it or died)."""
+        return self.settled_many([parked])[0]
+
+    def settled_many(self, parked: Sequence[Outcome]) -> list[bool]:
+        states = self.store.probe([o.execution_id for o in parked])
+        out = []
+        for o in parked:
+            state = states.get(o.execution_id)
+            holder = o.claim.holder if o.claim is not None else None
+            own = holder is not None and holder.owner == self.store.owner
+            out.append(
+                state is not ClaimState.RUNNING or (own and not self._is_active(o.execution_id))
+            )
+        return out
 
     def commit_sync(self, outcome: Outcome) -> Outcome:
         """Persist the outcome's record (if any) and release its claim; may replace the outcome."""
@@ -257,32 +281,41 @@ class IntentusRuntime:
             self.finish(outcome, recorded=False)
             return self.after_lost_race(outcome)
         except RecordStoreError:
-            if outcome.journaled:
-                # An agent ran and its result is lost: never run it again silently.
-                self.inflight.unrecorded(outcome.execution_id)
-            else:
-                self.finish(outcome, recorded=False)
+            self.finish(outcome, recorded=False)
             raise
         self.finish(outcome, recorded=True)
         return outcome
 
     def finish(self, outcome: Outcome, recorded: bool) -> None:
-        """Release the in-flight claim once the record is durable (or will not be written)."""
-        if outcome.claimed:
-            self.inflight.release(outcome.execution_id, recorded=recorded or outcome.journaled)
-        if recorded and outcome.kind == "in_doubt":
-            self.inflight.resolved(outcome.execution_id)
+        """Release the claim once the record is durable (or will not be written).
+
+        An agent that ran without its record being written keeps its claim: any duplicate of
+        it is then answered EXECUTION_IN_DOUBT, here or (after this process ends) elsewhere,
+        and never run again silently."""
+        claim = outcome.claim
+        if claim is None:
+            return
+        outcome.claim = None
+        with self._active_lock:
+            self._active.discard(claim.execution_id)
+        if recorded or not outcome.agent_ran:
+            self.store.release(claim)
 
     def after_lost_race(self, outcome: Outcome) -> Outcome:
-        """Another process recorded this request first: answer from its record."""
+        """Another worker recorded this request first (it took over our claim while we
+        looked dead): answer from its record."""
         log.warning(
-            "request %s was executed concurrently elsewhere; answering from the stored record",
+            "request %s was recorded by another worker meanwhile; answering from that record",
             outcome.request_id,
         )
         stored = self.store.get(outcome.execution_id)
         if stored is None:  # pragma: no cover - the record was deleted in between
             return outcome
         return _replayed(outcome.execution_id, outcome.request_id, json.loads(stored))
+
+    def _is_active(self, execution_id: str) -> bool:
+        with self._active_lock:
+            return execution_id in self._active
 
     # -- the pipeline --------------------------------------------------------------------
     def process(
@@ -379,29 +412,72 @@ class IntentusRuntime:
             fp,
             execution_id_for(envelope.request_id),
         )
-        eid = req.eid
-        candidates = self.registry.find_by_capability(envelope.intent.name, envelope.intent.version)
-        running = self.inflight.claim(eid, sum(self.router.timeout_for(a) for a in candidates))
-        if running is not None:
-            # The same request is executing on another thread here: wait for its record.
-            running.done.wait(running.bound_s + _RECORD_GRACE_S)
-            return self._answer_from_store(req, running.bound_s)
+        claim = self.store.claim(req.eid, user_id=req.user, fingerprint=fp)
+        if claim.state is ClaimState.WON:
+            return self._execute_claimed(req, claim)
+        if claim.state is ClaimState.RECORDED:
+            assert claim.record is not None
+            return self._from_record(req, json.loads(claim.record))
+        holder = claim.holder
+        if holder is not None and (holder.user_id != req.user or holder.fingerprint != fp):
+            # Another caller's request holds this requestId: never wait for, or answer
+            # with, what it will record.
+            return self._conflict(req, {})
+        if claim.state is ClaimState.RUNNING:
+            if self._abandoned_here(claim):
+                # Ours, and no thread works on it: its record could not be written. We hold
+                # the claim already, so no take-over: record that it is in doubt.
+                with self._active_lock:
+                    self._active.add(req.eid)
+                return self._in_doubt(req, Claim(ClaimState.WON, req.eid, holder=holder))
+            return self._parked(req, claim)
+        # Orphaned: its owner died before recording. Take the claim over to record that.
+        claim = self.store.take_over(claim, user_id=req.user, fingerprint=fp)
+        if claim.state is ClaimState.WON:
+            with self._active_lock:
+                self._active.add(req.eid)
+            return self._in_doubt(req, claim)
+        if claim.state is ClaimState.RECORDED:
+            assert claim.record is not None
+            return self._from_record(req, json.loads(claim.record))
+        return self._parked(req, claim)
+
+    def _abandoned_here(self, claim: Claim) -> bool:
+        holder = claim.holder
+        return (
+            holder is not None
+            and holder.owner == self.store.owner
+            and not self._is_active(claim.execution_id)
+        )
+
+    def _execute_claimed(self, req: _Request, claim: Claim) -> Outcome:
+        with self._active_lock:
+            self._active.add(req.eid)
         try:
-            stored = self.store.get(eid)
-            if stored is not None:
-                self.inflight.release(eid, recorded=False)
-                return self._from_record(req, json.loads(stored))
-            foreign = self.inflight.foreign(eid, thorough=ctx.redelivered)
-            if foreign is not None:
-                state, foreign_bound = foreign
-                if state == "running":
-                    self.inflight.release(eid, recorded=False)
-                    return self._wait_foreign(req, foreign_bound)
-                return self._in_doubt(req, recorded=True)
+            candidates = self.registry.find_by_capability(req.intent, req.envelope.intent.version)
+            outcome = self._execute(req, candidates)
         except BaseException:
-            self.inflight.release(eid, recorded=False)
+            with self._active_lock:
+                self._active.discard(req.eid)
+            self.store.release(claim)
             raise
-        return self._execute(req, candidates)
+        outcome.claim = claim
+        return outcome
+
+    def _parked(self, req: _Request, claim: Claim) -> Outcome:
+        """A live owner is executing this request: the caller waits for its record."""
+        return Outcome(
+            "parked",
+            req.eid,
+            req.rid,
+            req.trace_id,
+            {},
+            b"",
+            None,
+            req.intent,
+            req.strategy,
+            claim=claim,
+        )
 
     def _execute(self, req: _Request, candidates: Sequence[AgentDefinition]) -> Outcome:
         envelope = req.envelope
@@ -424,15 +500,12 @@ class IntentusRuntime:
         for denied in decision.filtered:
             self.observer.policy_filtered(denied, decision.rules[denied])
         p: Plan = plan(envelope, names, decision)
-        journaled = False
+        agent_ran = False
         if p.error is not None:
             out = RouteOutcome(None, p.error, p.agent, 0, p.reason, p.try_order)
         else:
             agents = {a.name: a for a in candidates}
-            self.inflight.journal_start(
-                req.eid, sum(self.router.timeout_for(agents[n]) for n in p.try_order)
-            )
-            journaled = True
+            agent_ran = True
             # Each agent's private envelope is parsed from the routed one's JSON: a full deep
             # copy, several times cheaper than copying the model.
             env_json = dumps(req.env_dict)
@@ -489,8 +562,7 @@ class IntentusRuntime:
             strategy,
             None,
             seconds,
-            claimed=True,
-            journaled=journaled,
+            agent_ran=agent_ran,
         )
 
     # -- answers that run no agent -------------------------------------------------------
@@ -555,10 +627,54 @@ class IntentusRuntime:
         )
 
     def _from_record(self, req: _Request, record: dict[str, Any]) -> Outcome:
+        """The stored answer, for the same caller asking the same thing only."""
         header = record.get("header", {})
-        if header.get("fingerprint") != req.fp or not isinstance(record.get("finalResponse"), dict):
+        stored = record.get("finalResponse")
+        if (
+            (header.get("userId") or "") != req.user
+            or header.get("fingerprint") != req.fp
+            or not isinstance(stored, dict)
+        ):
             return self._conflict(req, header)
+        agent = (stored.get("metadata") or {}).get("agent")
+        if agent:
+            # The policy may have changed since: the stored answer is for those it allows now.
+            decision = self.policy.evaluate(
+                [agent], PolicySubject.of(req.envelope, req.ctx.user_id)
+            )
+            if agent in decision.filtered:
+                return self._denied(req, agent, decision.reasons[agent])
         return _replayed(req.eid, req.rid, record)
+
+    def _denied(self, req: _Request, agent: str, reason: str) -> Outcome:
+        response = response_dict(
+            payload=None,
+            error=error_dict(
+                ErrorCode.UNAUTHORIZED,
+                f"the recorded answer came from agent '{agent}', which policy no longer "
+                f"allows for this caller ({reason})",
+                {"execution_id": req.eid, "agent": agent},
+            ),
+            execution_id=req.eid,
+            request_id=req.rid,
+            trace_id=req.trace_id,
+            agent=None,
+            strategy=req.strategy,
+            attempts=0,
+            latency_ms=0.0,
+            replayable=False,
+        )
+        return Outcome(
+            "denied",
+            req.eid,
+            req.rid,
+            req.trace_id,
+            response,
+            response_body(response),
+            None,
+            req.intent,
+            req.strategy,
+        )
 
     def _conflict(self, req: _Request, header: dict[str, Any]) -> Outcome:
         response = response_dict(
@@ -581,39 +697,13 @@ class IntentusRuntime:
             "conflict", req.eid, req.rid, req.trace_id, response, response_body(response), None
         )
 
-    def _answer_from_store(self, req: _Request, waited_s: float) -> Outcome:
-        stored = self.store.get(req.eid)
-        if stored is not None:
-            return self._from_record(req, json.loads(stored))
-        return self._in_doubt(req, recorded=False, waited_s=waited_s)
-
-    def _wait_foreign(self, req: _Request, bound: float) -> Outcome:
-        deadline = time.monotonic() + bound + _RECORD_GRACE_S
-        next_check = time.monotonic() + _RECHECK_S
-        while time.monotonic() < deadline and not self.store.exists(req.eid):
-            time.sleep(_POLL_S)
-            if time.monotonic() >= next_check:
-                # The worker running it may die while we wait: then it is in doubt, now.
-                next_check = time.monotonic() + _RECHECK_S
-                state = self.inflight.foreign(req.eid, thorough=True)
-                if state is not None and state[0] == "dead" and not self.store.exists(req.eid):
-                    if self.inflight.claim(req.eid, 0.0) is None:
-                        return self._in_doubt(req, recorded=True)
-                    break
-        return self._answer_from_store(req, bound)
-
-    def _in_doubt(self, req: _Request, recorded: bool, waited_s: float = 0.0) -> Outcome:
+    def _in_doubt(self, req: _Request, claim: Claim) -> Outcome:
+        """Record and answer that an earlier execution's outcome is unknown (never re-run)."""
         rec = ExecutionRecorder(self.clock.monotonic, req.t0)
-        if recorded:
-            message = (
-                "an earlier delivery of this request started executing and its worker stopped "
-                "before recording the result; it is not run again"
-            )
-        else:
-            message = (
-                f"this request is still executing elsewhere (waited {waited_s:g} s for its record); "
-                "it is not run again"
-            )
+        message = (
+            "an earlier delivery of this request started executing and its worker stopped "
+            "before recording the result; it is not run again"
+        )
         response = response_dict(
             payload=None,
             error=error_dict(ErrorCode.EXECUTION_IN_DOUBT, message, {"execution_id": req.eid}),
@@ -626,18 +716,14 @@ class IntentusRuntime:
             latency_ms=rec.elapsed_ms(),
             replayable=False,
         )
-        record_bytes = None
-        if recorded:
-            rec.event("INTENT_RECEIVED", req.received_event())
-            rec.event(
-                "DUPLICATE_DELIVERY", {"kind": "in_doubt", "redelivered": req.ctx.redelivered}
-            )
-            header = self._header(
-                req.eid, req.rid, req, envelope_hash(req.env_dict), req.fp, "in_doubt", False
-            )
-            record_bytes = self._unrouted_record(
-                rec, header, req.env_dict, response, req.intent, req.strategy, "execution_in_doubt"
-            )
+        rec.event("INTENT_RECEIVED", req.received_event())
+        rec.event("DUPLICATE_DELIVERY", {"kind": "in_doubt", "redelivered": req.ctx.redelivered})
+        header = self._header(
+            req.eid, req.rid, req, envelope_hash(req.env_dict), req.fp, "in_doubt", False
+        )
+        record_bytes = self._unrouted_record(
+            rec, header, req.env_dict, response, req.intent, req.strategy, "execution_in_doubt"
+        )
         return Outcome(
             "in_doubt",
             req.eid,
@@ -648,7 +734,7 @@ class IntentusRuntime:
             record_bytes,
             req.intent,
             req.strategy,
-            claimed=recorded,
+            claim=claim,
         )
 
     def _rejected(
@@ -687,9 +773,12 @@ class IntentusRuntime:
             replayable=False,
         )
         record_bytes = None
-        claimed = False
-        if not self.store.exists(eid) and self.inflight.claim(eid, 0.0) is None:
-            claimed = True
+        # Recorded only under a claim we win: a malformed twin never writes over, or in
+        # place of, the record of the request whose requestId it carries.
+        claim: Claim | None = self.store.claim(eid, user_id=ctx.user_id or "", fingerprint=None)
+        if claim is not None and not claim.won:
+            claim = None
+        if claim is not None:
             rec.event(
                 "INTENT_RECEIVED",
                 {"intent": intent, "version": None, "requestId": rid, "strategy": None},
@@ -711,10 +800,9 @@ class IntentusRuntime:
             intent,
             None,
             f"{exc.code.value}: {exc.message}",
-            claimed=claimed,
+            claim=claim,
         )
 
     def close(self) -> None:
         self.invoker.close()
-        self.inflight.close()
         self.store.close()

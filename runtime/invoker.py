@@ -19,6 +19,7 @@ from typing import Any
 from runtime.canonical import dumps
 from runtime.errors import AgentError, ErrorCode
 from runtime.response import error_dict
+from runtime.tracebacks import request_ids, summarise
 
 log = logging.getLogger("intentus.runtime.invoker")
 
@@ -48,7 +49,7 @@ def _json_copy(value: Any, what: str) -> Any:
 
 
 def run_handler(
-    handler: Callable[[Any], Any], envelope: Any
+    handler: Callable[[Any], Any], envelope: Any, agent: str = ""
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """Call one handler; every failure becomes an error dict (agent failures are data)."""
     try:
@@ -64,9 +65,16 @@ def run_handler(
         return None, error_dict(exc.code, exc.message, details)
     except Exception as exc:  # the one place agent exceptions are caught
         message = str(exc) or type(exc).__name__
-        return None, error_dict(
-            ErrorCode.INTERNAL_AGENT_ERROR, message, {"exception": type(exc).__name__}
+        log.error(
+            "agent '%s' raised %s: %s",
+            agent,
+            type(exc).__name__,
+            message,
+            exc_info=exc,
+            extra={"agent": agent, **request_ids(envelope)},
         )
+        details = {"exception": type(exc).__name__, "traceback": summarise(exc, skip=1)}
+        return None, error_dict(ErrorCode.INTERNAL_AGENT_ERROR, message, details)
 
 
 class Attempt:
@@ -243,7 +251,7 @@ class AgentInvoker:
                     self._threads -= 1
                 return
             attempt, handler, envelope = job
-            attempt.payload, attempt.error = run_handler(handler, envelope)
+            attempt.payload, attempt.error = run_handler(handler, envelope, attempt.agent)
             attempt.seconds = self._mono() - attempt.started
             with self._lock:
                 attempt.finished = True

@@ -31,7 +31,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
+from runtime.claims import Claim, ClaimState, MemoryClaims, new_owner_token
 from runtime.errors import RecordExists, RecordStoreError
+from runtime.fileclaims import CLAIMS_DIR, FileClaims
 
 log = logging.getLogger("intentus.runtime.store")
 
@@ -39,7 +41,6 @@ EXECUTION_ID = re.compile(r"^exec-[0-9a-f]{24}$")
 FILE_MODE = 0o640
 DIR_MODE = 0o750
 TMP_DIR = ".tmp"
-INFLIGHT_DIR = ".inflight"
 
 Callback = Callable[[BaseException | None], None]
 SYNCFS_MIN_BATCH = 2  # from this many records on, two syncfs calls beat an fsync per file
@@ -86,6 +87,14 @@ def check_execution_id(execution_id: str) -> str:
 
 
 class RecordStore(Protocol):
+    """Write-once records plus the claims that decide who writes them (runtime/claims.py)."""
+
+    owner: str
+
+    def claim(self, execution_id: str, *, user_id: str, fingerprint: str | None) -> Claim: ...
+    def take_over(self, claim: Claim, *, user_id: str, fingerprint: str | None) -> Claim: ...
+    def release(self, claim: Claim) -> None: ...
+    def probe(self, execution_ids: list[str]) -> dict[str, ClaimState]: ...
     def get(self, execution_id: str) -> bytes | None: ...
     def exists(self, execution_id: str) -> bool: ...
     def put(self, execution_id: str, data: bytes) -> None: ...
@@ -99,9 +108,23 @@ class RecordStore(Protocol):
 class MemoryRecordStore:
     """Records in a dict: for embedding and tests (nothing survives the process)."""
 
-    def __init__(self) -> None:
+    def __init__(self, owner: str | None = None) -> None:
         self._data: dict[str, bytes] = {}
         self._lock = threading.Lock()
+        self.owner = owner or new_owner_token("memory")
+        self._claims = MemoryClaims(self.owner, self)
+
+    def claim(self, execution_id: str, *, user_id: str, fingerprint: str | None) -> Claim:
+        return self._claims.claim(execution_id, user_id=user_id, fingerprint=fingerprint)
+
+    def take_over(self, claim: Claim, *, user_id: str, fingerprint: str | None) -> Claim:
+        return self._claims.take_over(claim, user_id=user_id, fingerprint=fingerprint)
+
+    def release(self, claim: Claim) -> None:
+        self._claims.release(claim)
+
+    def probe(self, execution_ids: list[str]) -> dict[str, ClaimState]:
+        return self._claims.probe(execution_ids)
 
     def get(self, execution_id: str) -> bytes | None:
         return self._data.get(execution_id)
@@ -139,7 +162,17 @@ class MemoryRecordStore:
 
 
 class _Pending:
-    __slots__ = ("data", "done", "execution_id", "fd", "final", "folder", "new_folder", "tmp")
+    __slots__ = (
+        "data",
+        "done",
+        "execution_id",
+        "fd",
+        "final",
+        "folder",
+        "new_folder",
+        "reported",
+        "tmp",
+    )
 
     def __init__(self, execution_id: str, data: bytes, final: str, done: Callback) -> None:
         self.execution_id = execution_id
@@ -150,6 +183,7 @@ class _Pending:
         self.fd = -1
         self.tmp: str | None = None  # None: an unnamed (O_TMPFILE) file, linked via /proc
         self.new_folder = False  # its folder's own entry still needs a sync
+        self.reported = False
 
 
 def _fsync_dir(path: str) -> None:
@@ -168,7 +202,8 @@ class FileRecordStore:
     ) -> None:
         self.root = Path(root)
         self.durable = durable
-        self._owner = re.sub(r"[^A-Za-z0-9._-]", "_", owner or f"p{os.getpid()}")[:100]
+        self.owner = re.sub(r"[^A-Za-z0-9._-]", "_", owner or new_owner_token(f"p{os.getpid()}"))
+        self._unsynced_folders: set[str] = set()
         self._made: set[str] = set()
         self._lock = threading.Lock()
         self._queue: list[_Pending] = []
@@ -177,7 +212,7 @@ class FileRecordStore:
         self._seq = 0
         try:
             self._mkdir(str(self.root))
-            self._tmp = str(self.root / TMP_DIR / self._owner)
+            self._tmp = str(self.root / TMP_DIR / self.owner)
             self._mkdir(str(self.root / TMP_DIR))
             self._mkdir(self._tmp)
         except OSError as exc:
@@ -194,10 +229,31 @@ class FileRecordStore:
             self._syncfs = None
         self._chmod = _umask_strips(FILE_MODE)
         self._tmpfile = self._root_fd >= 0 and self._probe_tmpfile()
+        try:
+            self.claims = FileClaims(str(self.root), self.owner, self.get)
+        except RecordStoreError as exc:
+            raise RecordStoreError(f"records folder {self.root} is not usable: {exc}") from None
+        removed = self.remove_stale_temp(self.claims.live_owners())
+        if removed:
+            log.info("removed %d temp files left by stopped workers", removed)
         self._committer = threading.Thread(
             target=self._commit_loop, name="intentus-record-commit", daemon=True
         )
         self._committer.start()
+
+    # -- claims (runtime/fileclaims.py) --------------------------------------------------
+    def claim(self, execution_id: str, *, user_id: str, fingerprint: str | None) -> Claim:
+        check_execution_id(execution_id)
+        return self.claims.claim(execution_id, user_id=user_id, fingerprint=fingerprint)
+
+    def take_over(self, claim: Claim, *, user_id: str, fingerprint: str | None) -> Claim:
+        return self.claims.take_over(claim, user_id=user_id, fingerprint=fingerprint)
+
+    def release(self, claim: Claim) -> None:
+        self.claims.release(claim)
+
+    def probe(self, execution_ids: list[str]) -> dict[str, ClaimState]:
+        return self.claims.probe(execution_ids)
 
     def _probe_tmpfile(self) -> bool:
         """Whether unnamed files can be created here and linked into place."""
@@ -373,9 +429,12 @@ class FileRecordStore:
 
     @staticmethod
     def _release(item: _Pending) -> None:
-        os.close(item.fd)
+        fd, item.fd = item.fd, -1
+        if fd >= 0:
+            os.close(fd)
         if item.tmp is not None:
             _unlink(item.tmp)
+            item.tmp = None
 
     def _commit_loop(self) -> None:
         while True:
@@ -385,7 +444,21 @@ class FileRecordStore:
                 batch, self._queue = self._queue, []
                 if not batch and not self._linked and self._closed:
                     return
-            self._commit(batch)
+            try:
+                self._commit(batch)
+            except Exception as exc:
+                # A bug must not leave writers waiting forever: fail what was in hand (the
+                # worker then pauses as for any write error) and keep committing.
+                log.exception("record committer failed")
+                linked, self._linked = self._linked, []
+                items = [*batch, *(item for item, _ in linked)]
+                for item in items:
+                    try:
+                        self._release(item)
+                    except OSError:
+                        pass
+                error = RecordStoreError(f"record committer failed: {exc!r}")
+                self._report(items, [error] * len(items))
 
     def _commit(self, batch: list[_Pending]) -> None:
         batch = self._write(batch)
@@ -401,16 +474,21 @@ class FileRecordStore:
                 results[i] = RecordStoreError(
                     f"cannot sync record {item.execution_id}: {exc.strerror or exc}"
                 )
-        folders: set[str] = set()
+        # A new shard folder's entry is synced with the first batch that can, even if the
+        # record that created it failed: later records in it are not marked new.
+        for item in batch:
+            if item.new_folder:
+                self._unsynced_folders.add(os.path.dirname(item.folder))
+        folders: set[str] = set(self._unsynced_folders)
         for i, item in enumerate(batch):
             if results[i] is None:
                 try:
                     self._link(item)
                     folders.add(item.folder)
-                    if item.new_folder:
-                        folders.add(os.path.dirname(item.folder))
                 except FileExistsError:
-                    results[i] = RecordExists(item.execution_id)
+                    # Lost to a record written meanwhile: nobody may answer from it before it
+                    # is durable, and its writer may not have synced it yet.
+                    results[i] = self._sync_existing(item)
                 except OSError as exc:
                     results[i] = RecordStoreError(
                         f"cannot store record {item.execution_id}: {exc.strerror or exc}"
@@ -420,6 +498,7 @@ class FileRecordStore:
             for folder in folders:
                 try:
                     _fsync_dir(folder)
+                    self._unsynced_folders.discard(folder)
                 except OSError as exc:
                     for i, item in enumerate(batch):
                         if item.folder == folder and results[i] is None:
@@ -428,6 +507,21 @@ class FileRecordStore:
                             )
         self._report(batch, results)
 
+    def _sync_existing(self, item: _Pending) -> BaseException:
+        if self.durable:
+            try:
+                fd = os.open(item.final, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                _fsync_dir(item.folder)
+            except OSError as exc:
+                return RecordStoreError(
+                    f"cannot sync existing record {item.execution_id}: {exc.strerror or exc}"
+                )
+        return RecordExists(item.execution_id)
+
     def _commit_syncfs(self, batch: list[_Pending], syncfs: Callable[[int], None]) -> None:
         """One syncfs per round makes the previous round's links durable (they are reported
         now) and this round's data durable (so it can be linked, and reported next round)."""
@@ -435,6 +529,7 @@ class FileRecordStore:
         error: RecordStoreError | None = None
         try:
             syncfs(self._root_fd)
+            self._unsynced_folders.clear()
         except OSError as exc:
             error = RecordStoreError(f"cannot sync records: {exc.strerror or exc}")
         self._report(
@@ -467,6 +562,9 @@ class FileRecordStore:
     @staticmethod
     def _report(batch: list[_Pending], results: list[BaseException | None]) -> None:
         for item, result in zip(batch, results, strict=True):
+            if item.reported:
+                continue
+            item.reported = True
             try:
                 item.done(result)
             except Exception:
@@ -480,24 +578,28 @@ class FileRecordStore:
             return False
 
     def check_writable(self) -> None:
-        """Raise RecordStoreError unless a small file can be written and synced now."""
-        probe = os.path.join(self._tmp, f"probe.{os.getpid()}.{time.monotonic_ns()}")
+        """Raise RecordStoreError unless files can be written and synced now, where the write
+        path writes them: the temp folder and the claims folder."""
+        name = f"probe.{os.getpid()}.{time.monotonic_ns()}"
+        probes = [os.path.join(self._tmp, name), os.path.join(self.root, CLAIMS_DIR, "." + name)]
         try:
             self._made.discard(self._tmp)
             self._mkdir(str(self.root / TMP_DIR))
             self._mkdir(self._tmp)
-            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-            try:
-                os.write(fd, b"x" * 4096)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            for probe in probes:
+                fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+                try:
+                    os.write(fd, b"x" * 4096)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
         except OSError as exc:
             raise RecordStoreError(
                 f"records folder {self.root} is not writable: {exc.strerror or exc}"
             ) from None
         finally:
-            _unlink(probe)
+            for probe in probes:
+                _unlink(probe)
 
     def remove_stale_temp(self, live_owners: set[str]) -> int:
         """Delete temp files of owners that are no longer running (crashed writers)."""
@@ -508,20 +610,22 @@ class FileRecordStore:
         except FileNotFoundError:
             return 0
         for entry in owners:
-            if entry.name == self._owner or entry.name in live_owners or not entry.is_dir():
+            # Never follow a link: cleaning up must not reach outside the records folder.
+            if (
+                entry.name == self.owner
+                or entry.name in live_owners
+                or not entry.is_dir(follow_symlinks=False)
+            ):
                 continue
             for leftover in os.scandir(entry.path):
-                _unlink(leftover.path)
-                removed += 1
+                if leftover.is_file(follow_symlinks=False) or leftover.is_symlink():
+                    _unlink(leftover.path)
+                    removed += 1
             try:
                 os.rmdir(entry.path)
             except OSError:
                 pass
         return removed
-
-    @property
-    def owner(self) -> str:
-        return self._owner
 
     def close(self) -> None:
         with self._wake:
@@ -537,6 +641,8 @@ class FileRecordStore:
             os.rmdir(self._tmp)
         except OSError:
             pass
+        if hasattr(self, "claims"):
+            self.claims.close()
 
 
 def _unlink(path: str) -> None:

@@ -1,8 +1,24 @@
 """intentusnet worker: the AMQP shell around the runtime (consumer, publisher, client,
 metrics, health, CLI, lifecycle)."""
 
+from worker.async_client import AsyncIntentusClient
 from worker.client import IntentusClient
 from worker.config import Config
-from worker.errors import ClientError, PublishFailed, RequestTimeout
+from worker.errors import (
+    ClientClosed,
+    ClientError,
+    ConnectionLost,
+    PublishFailed,
+    RequestTimeout,
+)
 
-__all__ = ["ClientError", "Config", "IntentusClient", "PublishFailed", "RequestTimeout"]
+__all__ = [
+    "AsyncIntentusClient",
+    "ClientClosed",
+    "ClientError",
+    "Config",
+    "ConnectionLost",
+    "IntentusClient",
+    "PublishFailed",
+    "RequestTimeout",
+]

@@ -7,29 +7,41 @@
   acks are gathered per loop iteration and sent as one `multiple` ack for the settled run of
   tags at the front. Deliveries carry the connection *generation*, so tags from a lost
   channel are dropped, never acked on a new one.
-- `ClientConnection`: the caller's side (publish with confirms, consume replies), also
-  confined to one I/O thread.
+- Client side: `ClientLink`, one client connection's protocol (pipelined publishes with
+  confirms, an exclusive reply queue), run by `ClientConnection` (SelectConnection on an I/O
+  thread) for the blocking client and by `AsyncClientConnection` (pika's asyncio adapter)
+  for the asyncio one.
 
 pika errors are translated here, once, into the worker's own exceptions.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import ssl
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pika
 import pika.exceptions
-from pika.adapters.blocking_connection import BlockingChannel
+from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.channel import Channel
 
 from worker.config import Config, mask_url
-from worker.errors import BrokerUnavailable, PublishFailed, RequestTimeout, TopologyConflict
+from worker.errors import (
+    BrokerUnavailable,
+    ClientClosed,
+    ClientError,
+    ConnectionLost,
+    PublishFailed,
+    TopologyConflict,
+)
 from worker.pipeline import Delivery
 
 log = logging.getLogger("intentus.amqp")
@@ -57,6 +69,8 @@ def queue_arguments(cfg: Config) -> dict[str, Any]:
     args: dict[str, Any] = {"x-queue-type": cfg.queue_type, "x-dead-letter-exchange": cfg.dlx}
     if cfg.queue_type == "quorum":
         args["x-delivery-limit"] = cfg.delivery_limit
+    elif cfg.queue_max_priority:
+        args["x-max-priority"] = cfg.queue_max_priority
     return args
 
 
@@ -79,8 +93,15 @@ def _connect_blocking(
                 time.sleep(delay_s)
     detail = f"{type(last).__name__}: {last}" if str(last) else type(last).__name__
     raise BrokerUnavailable(
-        f"cannot reach the broker at {mask_url(url)} after {attempts} attempts ({detail})"
+        f"cannot reach the broker at {mask_url(url)} after {attempts} "
+        f"attempt{'' if attempts == 1 else 's'} ({detail})"
     )
+
+
+def _broker_version(conn: pika.BlockingConnection) -> str:
+    props = getattr(getattr(conn, "_impl", None), "server_properties", None) or {}
+    version = props.get("version", "unknown")
+    return version.decode() if isinstance(version, bytes) else str(version)
 
 
 def _exists(conn: pika.BlockingConnection, kind: str, name: str) -> bool:
@@ -103,6 +124,16 @@ def declare_topology(cfg: Config) -> None:
     """Request queue (strict: other arguments are a conflict), its dead-letter exchange and
     queue, and the default reply queue (each of those used as found if it already exists)."""
     conn = _connect_blocking(cfg.amqp_url, f"intentus-worker {cfg.worker_id} (topology)")
+    if cfg.queue_max_priority and cfg.queue_type == "quorum":
+        # RabbitMQ refuses x-max-priority on quorum queues (3.x and 4.x alike).
+        log.warning(
+            "INTENTUS_QUEUE_MAX_PRIORITY=%d ignored: quorum queues take no x-max-priority; "
+            "RabbitMQ before 4.0 (this broker: %s) delivers them in publish order whatever "
+            "the priority, 4.0 and later put AMQP priority 5 and above first. "
+            "Use INTENTUS_QUEUE_TYPE=classic for priorities.",
+            cfg.queue_max_priority,
+            _broker_version(conn),
+        )
     try:
         if not _exists(conn, "exchange", cfg.dlx):
             conn.channel().exchange_declare(cfg.dlx, exchange_type="fanout", durable=True)
@@ -521,103 +552,400 @@ class ConsumerConnection:
                 log.exception("publish confirm handler failed")
 
 
-class ClientConnection:
-    """The caller's connection: publishes requests with confirms and consumes replies from an
-    exclusive queue, all on one I/O thread."""
+# == Client side =============================================================================
+# Serves worker/client.py (threads) and worker/async_client.py (asyncio). One protocol class,
+# ClientLink, runs on whichever loop owns its connection; pika's failures become the client
+# exceptions (ClientError and below) here and nowhere else.
+
+
+@dataclass(frozen=True)
+class ClientRequest:
+    """One request as a client hands it to its link."""
+
+    queue: str
+    body: bytes
+    correlation_id: str
+    message_id: str
+    reply: bool
+    headers: dict[str, Any]
+    priority: int | None
+
+
+def _detail(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown reason"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _translated(error: ClientError, cause: BaseException | None) -> ClientError:
+    # What `raise error from cause` records, for errors handed to waiters instead of raised.
+    error.__cause__ = cause
+    return error
+
+
+class _Unconfirmed:
+    __slots__ = ("correlation_id", "done", "queue")
+
+    def __init__(
+        self, correlation_id: str, queue: str, done: Callable[[ClientError | None], None]
+    ) -> None:
+        self.correlation_id = correlation_id
+        self.queue = queue
+        self.done = done
+
+
+class ClientLink:
+    """(I/O loop) One client connection: a confirm-mode channel and an exclusive reply queue
+    with its consumer. Publishes are pipelined: each goes out at once and is settled by its
+    own confirm, so callers sharing the link never wait on each other's confirms."""
 
     def __init__(
         self,
         url: str,
-        on_reply: Callable[[str | None, bytes, dict[str, Any]], None],
-        name: str = "intentus-client",
+        *,
+        name: str,
+        on_ready: Callable[[], None],
+        on_reply: Callable[[str | None, bytes], None],
+        on_lost: Callable[[ClientError], None],
+        on_finished: Callable[[], None] = lambda: None,
     ) -> None:
-        self._conn = _connect_blocking(url, name, attempts=1)
-        self._ch: BlockingChannel = self._conn.channel()
-        self._ch.confirm_delivery()
-        result = self._ch.queue_declare("", exclusive=True, auto_delete=True)
-        self.reply_queue: str = result.method.queue
+        self.url = url
+        self.name = name
+        self.reply_queue = ""
+        self.alive = False
+        self.lost: ClientError | None = None
+        self.max_unconfirmed = 0  # the most publishes awaiting their confirms at once
+        self._on_ready = on_ready
         self._on_reply = on_reply
-        self._ch.basic_consume(self.reply_queue, self._on_message, auto_ack=True)
-        self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="intentus-client-io", daemon=True)
-        self._thread.start()
+        self._on_lost = on_lost
+        self._on_finished = on_finished
+        self._conn: Any = None
+        self._channel: Channel | None = None
+        self._seq = 0
+        self._pending: OrderedDict[int, _Unconfirmed] = OrderedDict()
+        self._returned: set[str] = set()
+        self._closing = False
 
-    def _on_message(
-        self, ch: BlockingChannel, method: Any, props: pika.BasicProperties, body: bytes
-    ) -> None:
-        self._on_reply(props.correlation_id, body, dict(props.headers or {}))
-
-    def _loop(self) -> None:
-        while not self._closed:
-            try:
-                self._conn.process_data_events(time_limit=0.2)
-            except Exception as exc:
-                if not self._closed:
-                    log.warning("client connection lost: %s", exc)
-                self._closed = True
-                return
-
-    def publish(
-        self,
-        queue: str,
-        body: bytes,
-        correlation_id: str,
-        message_id: str,
-        headers: dict[str, Any] | None,
-        wait_reply: bool,
-        timeout: float = 30.0,
-    ) -> None:
-        """Publish (persistent, mandatory) and return once the broker confirmed it."""
-        result: list[BaseException | None] = []
-        event = threading.Event()
-
-        def send() -> None:
-            try:
-                self._ch.basic_publish(
-                    "",
-                    queue,
-                    body,
-                    pika.BasicProperties(
-                        content_type="application/json",
-                        delivery_mode=PERSISTENT,
-                        correlation_id=correlation_id,
-                        message_id=message_id,
-                        reply_to=self.reply_queue if wait_reply else None,
-                        headers=headers or None,
-                    ),
-                    mandatory=True,
-                )
-                result.append(None)
-            except pika.exceptions.UnroutableError:
-                result.append(PublishFailed(f"queue {queue!r} does not exist (request unroutable)"))
-            except pika.exceptions.NackError:
-                result.append(PublishFailed("the broker refused the request (nack)"))
-            except Exception as exc:
-                result.append(PublishFailed(f"publish failed: {exc!r}"))
-            event.set()
-
-        if self._closed:
-            raise PublishFailed("client connection is closed")
-        self._conn.add_callback_threadsafe(send)
-        if not event.wait(timeout):
-            # Not a refusal: the request may still be published and executed.
-            raise RequestTimeout(
-                f"no publisher confirm from the broker within {timeout:g} s "
-                "(the request may still be executed)"
+    def open(self, factory: Callable[..., Any]) -> Any:
+        """Start connecting with `factory` (pika.SelectConnection or AsyncioConnection)."""
+        try:
+            params = parameters(self.url, self.name)
+        except (ValueError, TypeError, pika.exceptions.AMQPError) as exc:
+            raise ClientError(f"invalid broker URL {mask_url(self.url)}: {exc}") from exc
+        try:
+            self._conn = factory(
+                params,
+                on_open_callback=self._on_open,
+                on_open_error_callback=self._on_open_error,
+                on_close_callback=self._on_closed,
             )
-        if result[0] is not None:
-            raise result[0]
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            raise ConnectionLost(
+                f"cannot connect to the broker at {mask_url(self.url)}: {_detail(exc)}"
+            ) from exc
+        return self._conn
 
     def close(self) -> None:
-        if self._closed:
+        self._closing = True
+        conn = self._conn
+        if conn is not None and not (conn.is_closing or conn.is_closed):
+            try:
+                conn.close()
+            except pika.exceptions.AMQPError as exc:
+                log.debug("closing the client connection: %s", exc)
+
+    # -- opening: connection → channel → confirm mode → reply queue → consumer ---------------
+    def _on_open(self, conn: Any) -> None:
+        conn.channel(on_open_callback=self._on_channel_open)
+
+    def _on_channel_open(self, channel: Channel) -> None:
+        self._channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_return_callback(self._on_return)
+        channel.confirm_delivery(
+            ack_nack_callback=self._on_confirm, callback=lambda _frame: self._declare()
+        )
+
+    def _declare(self) -> None:
+        assert self._channel is not None
+        self._channel.queue_declare(
+            "", exclusive=True, auto_delete=True, callback=self._on_declared
+        )
+
+    def _on_declared(self, frame: Any) -> None:
+        assert self._channel is not None
+        self.reply_queue = frame.method.queue
+        self._channel.basic_consume(
+            self.reply_queue, self._on_message, auto_ack=True, callback=lambda _f: self._ready()
+        )
+
+    def _ready(self) -> None:
+        if self.lost is None:
+            self.alive = True
+            self._on_ready()
+
+    # -- losing it -------------------------------------------------------------------------
+    def _fail(self, error: ClientError) -> None:
+        """Every request awaiting a confirm fails now, and so does the link (once)."""
+        if self.lost is not None:
             return
-        self._closed = True
-        self._thread.join(timeout=2)
+        self.alive = False
+        self.lost = error
+        pending, self._pending = self._pending, OrderedDict()
+        for p in pending.values():
+            p.done(error)
+        self._on_lost(error)
+
+    def _on_open_error(self, conn: Any, exc: BaseException) -> None:
+        self._fail(
+            _translated(
+                ConnectionLost(
+                    f"cannot connect to the broker at {mask_url(self.url)}: {_detail(exc)}"
+                ),
+                exc,
+            )
+        )
+        self._on_finished()
+
+    def _on_closed(self, conn: Any, reason: BaseException) -> None:
+        if self._closing:
+            error: ClientError = ClientClosed("the client was closed")
+        else:
+            error = ConnectionLost(
+                f"connection to the broker at {mask_url(self.url)} lost: {_detail(reason)} "
+                "(a request in flight may still be executed)"
+            )
+        self._fail(_translated(error, reason))
+        self._on_finished()
+
+    def _on_channel_closed(self, channel: Channel, reason: BaseException) -> None:
+        if self._closing:
+            return
+        self._fail(
+            _translated(
+                ConnectionLost(
+                    f"the broker closed the client channel: {_detail(reason)} "
+                    "(a request in flight may still be executed)"
+                ),
+                reason,
+            )
+        )
+        conn = self._conn
+        if conn is not None and conn.is_open:
+            conn.close()
+
+    # -- requests and replies --------------------------------------------------------------
+    def publish(self, request: ClientRequest, done: Callable[[ClientError | None], None]) -> None:
+        """Send now; `done(None)` on the broker's confirm, `done(error)` otherwise."""
+        channel = self._channel
+        if not self.alive or channel is None:
+            done(self.lost or ConnectionLost("the client connection is not open"))
+            return
+        props = pika.BasicProperties(
+            content_type="application/json",
+            delivery_mode=PERSISTENT,
+            correlation_id=request.correlation_id,
+            message_id=request.message_id,
+            reply_to=self.reply_queue if request.reply else None,
+            headers=request.headers or None,
+            priority=request.priority,
+        )
+        self._seq += 1
+        seq = self._seq
+        self._pending[seq] = _Unconfirmed(request.correlation_id, request.queue, done)
+        self.max_unconfirmed = max(self.max_unconfirmed, len(self._pending))
         try:
-            self._conn.close()
+            channel.basic_publish("", request.queue, request.body, props, mandatory=True)
+        except Exception as exc:
+            # Nothing reached the broker, so its confirm numbering did not move either.
+            del self._pending[seq]
+            self._seq -= 1
+            error: ClientError
+            if isinstance(exc, pika.exceptions.AMQPError):
+                error = ConnectionLost(f"publish failed: {_detail(exc)}")
+            else:
+                error = PublishFailed(f"the request could not be encoded: {_detail(exc)}")
+            done(_translated(error, exc))
+
+    def _on_return(
+        self, channel: Channel, method: Any, props: pika.BasicProperties, body: bytes
+    ) -> None:
+        # A return precedes the confirm of the same message.
+        if props.correlation_id:
+            self._returned.add(props.correlation_id)
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        ok = isinstance(method, pika.spec.Basic.Ack)
+        tag = method.delivery_tag
+        settled: list[_Unconfirmed] = []
+        if method.multiple:
+            while self._pending:
+                seq, first = next(iter(self._pending.items()))
+                if seq > tag:
+                    break
+                del self._pending[seq]
+                settled.append(first)
+        elif tag in self._pending:
+            settled.append(self._pending.pop(tag))
+        for p in settled:
+            if p.correlation_id in self._returned:
+                self._returned.discard(p.correlation_id)
+                p.done(PublishFailed(f"queue {p.queue!r} does not exist (request unroutable)"))
+            elif ok:
+                p.done(None)
+            else:
+                p.done(PublishFailed("the broker refused the request (nack)"))
+
+    def _on_message(
+        self, channel: Channel, method: Any, props: pika.BasicProperties, body: bytes
+    ) -> None:
+        self._on_reply(props.correlation_id, body)
+
+
+class ClientConnection:
+    """A ClientLink on a SelectConnection run by its own I/O thread; usable from any thread."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        on_reply: Callable[[str | None, bytes], None],
+        on_lost: Callable[[ClientConnection, ClientError], None],
+        name: str = "intentus-client",
+        timeout: float = 10.0,
+    ) -> None:
+        self._ready = threading.Event()
+        self._user_on_lost = on_lost
+        self.link = ClientLink(
+            url,
+            name=name,
+            on_ready=self._ready.set,
+            on_reply=on_reply,
+            on_lost=self._lost,
+            on_finished=self._finished,
+        )
+        self._conn = self.link.open(pika.SelectConnection)
+        self._thread = threading.Thread(target=self._run, name="intentus-client-io", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            self.close()
+            raise ConnectionLost(
+                f"no connection to the broker at {mask_url(url)} within {timeout:g} s"
+            )
+        if self.link.lost is not None:
+            self.close()
+            raise fresh(self.link.lost)
+
+    @property
+    def alive(self) -> bool:
+        return self.link.alive
+
+    def _run(self) -> None:
+        try:
+            self._conn.ioloop.start()
         except Exception:
-            pass
+            log.exception("client I/O loop failed")
+            self.link._fail(ConnectionLost("the client I/O loop failed"))
+        finally:
+            self._ready.set()
+            self._conn.ioloop.close()  # its wake-up socket pair
+
+    def _lost(self, error: ClientError) -> None:
+        self._ready.set()
+        self._user_on_lost(self, error)
+
+    def _finished(self) -> None:
+        self._conn.ioloop.stop()
+
+    def publish(self, request: ClientRequest, done: Callable[[ClientError | None], None]) -> None:
+        """Hand the request to the I/O thread; `done` runs there when it is settled."""
+        try:
+            self._conn.ioloop.add_callback_threadsafe(lambda: self.link.publish(request, done))
+        except Exception as exc:
+            raise ConnectionLost(f"the client connection is gone: {_detail(exc)}") from exc
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            try:
+                self._conn.ioloop.add_callback_threadsafe(self.link.close)
+            except Exception as exc:
+                log.debug("client I/O loop already stopped: %s", exc)
+            self._thread.join(timeout=5)
+
+
+class AsyncClientConnection:
+    """A ClientLink on pika's asyncio adapter, in the running event loop."""
+
+    def __init__(self, link: ClientLink, finished: asyncio.Future[None]) -> None:
+        self.link = link
+        self._finished = finished
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        on_reply: Callable[[str | None, bytes], None],
+        on_lost: Callable[[AsyncClientConnection, ClientError], None],
+        name: str = "intentus-client",
+        timeout: float = 10.0,
+    ) -> AsyncClientConnection:
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        finished: asyncio.Future[None] = loop.create_future()
+        holder: list[AsyncClientConnection] = []
+
+        def settle(fut: asyncio.Future[None]) -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        def lost(error: ClientError) -> None:
+            settle(ready)
+            if holder:
+                on_lost(holder[0], error)
+
+        link = ClientLink(
+            url,
+            name=name,
+            on_ready=lambda: settle(ready),
+            on_reply=on_reply,
+            on_lost=lost,
+            on_finished=lambda: settle(finished),
+        )
+        connection = cls(link, finished)
+        holder.append(connection)
+        link.open(functools.partial(AsyncioConnection, custom_ioloop=loop))
+        try:
+            await asyncio.wait_for(ready, timeout)
+        except TimeoutError:
+            await connection.close()
+            raise ConnectionLost(
+                f"no connection to the broker at {mask_url(url)} within {timeout:g} s"
+            ) from None
+        if link.lost is not None:
+            await connection.close()
+            raise fresh(link.lost)
+        return connection
+
+    @property
+    def alive(self) -> bool:
+        return self.link.alive
+
+    def publish(self, request: ClientRequest, done: Callable[[ClientError | None], None]) -> None:
+        self.link.publish(request, done)
+
+    async def close(self) -> None:
+        self.link.close()
+        if self.link._conn is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._finished), 5)
+            except TimeoutError:
+                log.warning("client connection did not close within 5 s")
+
+
+def fresh(error: ClientError) -> ClientError:
+    """A copy of a shared error to raise in one caller, keeping its cause."""
+    copy = type(error)(*error.args)
+    copy.__cause__ = error.__cause__
+    return copy

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from runtime import replay as records
-from runtime.errors import IntentusError, RecordNotFound
-from runtime.store import FileRecordStore
+from runtime.errors import IntentusError, RecordNotFound, RecordStoreError
+from runtime.store import FileRecordStore, RecordStore
 from worker import config as configuration
 from worker.config import url_password
 from worker.errors import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, ConfigError, WorkerError
@@ -86,12 +86,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--request-id", help="metadata.requestId (default: a new unique id)")
     s.add_argument("--tag", action="append", default=[], help="a context tag (repeatable)")
-    s.add_argument("--priority", choices=["LOW", "NORMAL", "HIGH", "CRITICAL"], type=str.upper)
     s.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds to wait for the reply (default 30)"
+        "--priority",
+        choices=["LOW", "NORMAL", "HIGH", "CRITICAL"],
+        type=str.upper,
+        help="context.priority, also sent as the AMQP priority (default NORMAL)",
+    )
+    s.add_argument("--traceparent", help="W3C traceparent header (default: a new trace)")
+    s.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds for the broker's confirm and the reply together (default 30)",
     )
     s.add_argument(
-        "--no-wait", action="store_true", help="publish and exit without waiting for the reply"
+        "--no-wait",
+        action="store_true",
+        help="exit once the broker confirmed the request; print its requestId",
     )
     configuration.add_arguments(s, ["amqp_url", "queue"])
 
@@ -100,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def rp(name: str, help_text: str) -> argparse.ArgumentParser:
         p = rsub.add_parser(name, help=help_text, description=help_text)
-        configuration.add_arguments(p, ["records_dir"])
+        configuration.add_arguments(p, ["records_dir", "records_url"])
         return p
 
     ls = rp("list", "list records, newest first")
@@ -160,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def agents_source(spec: str) -> str:
+    """Where the agents come from, as said to the user."""
+    return spec or "the built-in demo agents (runtime.demo; set INTENTUS_AGENTS for yours)"
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker import logs
     from worker.loader import load_agents, load_policy_file
@@ -176,6 +192,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
         level=logging.getLevelName(cfg.log_level.upper()),
     )
     registry = load_agents(cfg.agents)
+    log.info("agents from %s: %s", agents_source(cfg.agents), ", ".join(registry.names()))
+    for agent in registry:
+        log.debug(
+            "agent %s: intents %s, node_id %s, node_priority %d, timeout_s %s",
+            agent.name,
+            ", ".join(str(c) for c in agent.capabilities),
+            agent.node_id,
+            agent.node_priority,
+            "default" if agent.timeout_s is None else f"{agent.timeout_s:g}",
+        )
     policy = load_policy_file(cfg.policy_file)
     try:
         worker = Worker(cfg, registry, policy)
@@ -215,31 +241,41 @@ def cmd_send(args: argparse.Namespace) -> int:
     payload = _payload(args.payload)
     name, _, version = args.intent.partition("@")
     with IntentusClient(cfg.amqp_url, queue=cfg.queue, source="intentus-cli") as client:
-        response = client.send_intent(
-            name,
-            payload,
-            intent_version=version or "1.0",
-            strategy=args.strategy,
-            target=args.target,
-            fallbacks=args.fallback,
-            tags=args.tag,
-            priority=args.priority,
-            request_id=args.request_id,
-            timeout=args.timeout,
-            wait=not args.no_wait,
-        )
-    if response is None:
-        print(json.dumps({"published": True, "queue": cfg.queue}))
-        return EXIT_OK
+        options: dict[str, Any] = {
+            "version": version or "1.0",
+            "strategy": args.strategy,
+            "target_agent": args.target,
+            "fallback_agents": args.fallback,
+            "tags": args.tag,
+            "priority": args.priority,
+            "request_id": args.request_id,
+            "traceparent": args.traceparent,
+            "timeout": args.timeout,
+        }
+        try:
+            if args.no_wait:
+                request_id = client.send_intent(name, payload, wait=False, **options)
+                print(json.dumps({"published": True, "queue": cfg.queue, "requestId": request_id}))
+                return EXIT_OK
+            response = client.send_intent(name, payload, **options)
+        except ValueError as exc:  # a malformed --traceparent
+            raise ConfigError(str(exc)) from None
     print(response.model_dump_json(indent=2))
     return EXIT_OK if response.ok else EXIT_ERROR
 
 
-def _store(args: argparse.Namespace) -> FileRecordStore:
+def _store(args: argparse.Namespace) -> RecordStore:
     cfg = configuration.load(args)
+    if cfg.records_url:
+        from runtime.pgstore import PostgresRecordStore
+
+        try:
+            return PostgresRecordStore(cfg.records_url, claims=False, pool_size=2)
+        except RecordStoreError as exc:
+            raise ConfigError(f"INTENTUS_RECORDS_URL (--records-url): {exc}") from None
     root = Path(cfg.records_dir)
     if not root.is_dir():
-        raise ConfigError(f"INTENTUS_RECORDS_DIR: no records folder at {root}")
+        raise configuration.option_error("records_dir", f"no records folder at {root}")
     return _ReadOnlyStore(root)
 
 
@@ -320,7 +356,10 @@ def cmd_records(args: argparse.Namespace) -> int:
     if command == "gc":
         cutoff = datetime.now(UTC) - timedelta(seconds=parse_duration(args.older_than))
         removed = kept = 0
-        for eid, record in records.iter_records(store):
+        prune = getattr(store, "prune", None)
+        if prune is not None:  # an indexed backend deletes in one statement
+            removed, kept = prune(cutoff, dry_run=args.dry_run)
+        for eid, record in records.iter_records(store) if prune is None else ():
             created = (record or {}).get("header", {}).get("createdAt")
             try:
                 old = created is not None and datetime.fromisoformat(created) < cutoff
@@ -342,7 +381,7 @@ def cmd_records(args: argparse.Namespace) -> int:
     raise ConfigError(f"unknown records command {command!r}")  # pragma: no cover
 
 
-def _verify(args: argparse.Namespace, store: FileRecordStore) -> int:
+def _verify(args: argparse.Namespace, store: RecordStore) -> int:
     from worker.loader import load_agents, load_policy_file
 
     cfg = configuration.load(args)
@@ -360,31 +399,39 @@ def _verify(args: argparse.Namespace, store: FileRecordStore) -> int:
     else:
         raise ConfigError("give an ID or --all")
     failed = [r for r in results if not r.ok]
+    unchecked = [r for r in results if r.ok and records.ROUTING_UNCHECKED in r.notes]
     if args.json:
         sys.stdout.write(
             json.dumps(
                 {
+                    "agents": cfg.agents or "runtime.demo:registry",
                     "checked": len(results),
                     "failed": len(failed),
                     "problems": {r.execution_id: r.problems for r in failed},
+                    "routingUnchecked": [r.execution_id for r in unchecked],
                 },
                 indent=2,
             )
             + "\n"
         )
-    else:
-        for r in results:
-            if r.ok:
-                if args.id:
-                    sys.stdout.write(f"{r.execution_id}: ok\n")
-            else:
-                for problem in r.problems:
-                    sys.stdout.write(f"{r.execution_id}: {problem}\n")
-        sys.stdout.write(
-            f"verified {len(results)} records: {len(results) - len(failed)} ok, {len(failed)} failed\n"
-        )
+        return EXIT_OK if not failed else EXIT_ERROR
+    sys.stdout.write(f"routing checked against {agents_source(cfg.agents)}\n")
+    for r in results:
+        if not r.ok:
+            for problem in r.problems:
+                sys.stdout.write(f"{r.execution_id}: {problem}\n")
+        elif args.id:
+            note = f" (integrity only: {_UNCHECKED_HINT})" if r in unchecked else ""
+            sys.stdout.write(f"{r.execution_id}: ok{note}\n")
+    sys.stdout.write(
+        f"verified {len(results)} records: {len(results) - len(failed)} ok, {len(failed)} failed\n"
+    )
+    if unchecked and args.all:
+        sys.stdout.write(f"{len(unchecked)} of them integrity only: {_UNCHECKED_HINT}\n")
     return EXIT_OK if not failed else EXIT_ERROR
 
+
+_UNCHECKED_HINT = f"{records.ROUTING_UNCHECKED} (use --agents or INTENTUS_AGENTS)"
 
 _TITLES = {
     "createdAt": "CREATED",

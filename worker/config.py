@@ -120,6 +120,13 @@ OPTIONS: dict[str, Option] = {
         int,
         20,
     ),
+    "queue_max_priority": Option(
+        "INTENTUS_QUEUE_MAX_PRIORITY",
+        "--queue-max-priority",
+        "classic queues: declare x-max-priority (0 = no priorities; 9 keeps all four apart)",
+        int,
+        0,
+    ),
 }
 
 
@@ -143,6 +150,7 @@ class Config:
     log_level: str = "info"
     worker_id: str = field(default_factory=_default_worker_id)
     delivery_limit: int = 20
+    queue_max_priority: int = 0
 
     @property
     def dlx(self) -> str:
@@ -179,6 +187,12 @@ def mask_url(url: str) -> str:
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
+def option_error(name: str, why: str) -> ConfigError:
+    """A configuration error in the one format used everywhere: `INTENTUS_X (--x): why`."""
+    opt = OPTIONS[name]
+    return ConfigError(f"{opt.env} ({opt.flag}): {why}")
+
+
 def add_arguments(parser: argparse.ArgumentParser, names: list[str] | None = None) -> None:
     for name in names or list(OPTIONS):
         opt = OPTIONS[name]
@@ -193,12 +207,12 @@ def _convert(name: str, raw: str) -> Any:
         try:
             return int(raw.strip())
         except ValueError:
-            raise ConfigError(f"{opt.env} ({opt.flag}): expected an integer, got {raw!r}") from None
+            raise option_error(name, f"expected an integer, got {raw!r}") from None
     if opt.kind is float:
         try:
             return float(raw.strip())
         except ValueError:
-            raise ConfigError(f"{opt.env} ({opt.flag}): expected a number, got {raw!r}") from None
+            raise option_error(name, f"expected a number, got {raw!r}") from None
     return raw
 
 
@@ -221,8 +235,7 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
 
 
 def validate(cfg: Config) -> None:
-    def bad(name: str, why: str) -> ConfigError:
-        return ConfigError(f"{OPTIONS[name].env} ({OPTIONS[name].flag}): {why}")
+    bad = option_error
 
     scheme = urlsplit(cfg.amqp_url).scheme
     if scheme not in ("amqp", "amqps"):
@@ -256,6 +269,8 @@ def validate(cfg: Config) -> None:
         )
     if cfg.delivery_limit < 1:
         raise bad("delivery_limit", "must be at least 1")
+    if not 0 <= cfg.queue_max_priority <= 255:
+        raise bad("queue_max_priority", "must be between 0 (off) and 255")
     _host, sep, port = cfg.metrics_addr.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise bad("metrics_addr", f"must be host:port, got {cfg.metrics_addr!r}")

@@ -5,9 +5,11 @@ WorkerError                   base; carries the process exit code
 +-- BrokerUnavailable         cannot reach or log in to the broker at start (exit 3)
 +-- TopologyConflict          a queue/exchange exists with other arguments (exit 3)
 +-- RecordsUnusable           the records folder cannot be used at start (exit 4)
-+-- ClientError               raised by IntentusClient
-    +-- RequestTimeout        no reply within the timeout
-    +-- PublishFailed         the broker did not accept the request
++-- ClientError               raised by IntentusClient and AsyncIntentusClient
+    +-- ConnectionLost        broker unreachable, or the connection died mid-request (exit 3)
+    +-- PublishFailed         the broker refused or could not route the request
+    +-- RequestTimeout        no confirm and reply within the timeout
+    +-- ClientClosed          the client was closed
 """
 
 from __future__ import annotations
@@ -42,12 +44,23 @@ class RecordsUnusable(WorkerError):
 
 
 class ClientError(WorkerError):
-    """Base of what IntentusClient raises."""
+    """Base of what the client libraries raise."""
+
+
+class ConnectionLost(ClientError):
+    """The broker cannot be reached, or the connection died while a request was in flight
+    (the request may still be executed)."""
+
+    exit_code = EXIT_BROKER
+
+
+class PublishFailed(ClientError):
+    """The broker refused or could not route the request."""
 
 
 class RequestTimeout(ClientError, TimeoutError):
     """No reply arrived within the timeout (the request may still be executed)."""
 
 
-class PublishFailed(ClientError):
-    """The broker refused or could not route the request."""
+class ClientClosed(ClientError):
+    """The client was closed before or while the request was sent."""

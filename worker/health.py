@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from worker.errors import ConfigError
+from worker.config import option_error
 
 log = logging.getLogger("intentus.health")
 
@@ -63,8 +63,8 @@ class HealthServer:
         try:
             self.httpd = ThreadingHTTPServer((host, port), Handler)
         except OSError as exc:
-            raise ConfigError(
-                f"INTENTUS_METRICS_ADDR: cannot listen on {host}:{port}: {exc.strerror or exc}"
+            raise option_error(
+                "metrics_addr", f"cannot listen on {host}:{port}: {exc.strerror or exc}"
             ) from None
         self.httpd.daemon_threads = True
         self._thread = threading.Thread(

@@ -11,6 +11,7 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
 )
 
 from runtime.observer import Observer
@@ -38,6 +39,10 @@ LATENCY_BUCKETS = (
 )
 WRITE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 UNKNOWN = "unknown"
+
+# `*_created` series double what every scrape carries and nothing here reads them (rates need
+# no creation time); prometheus_client only offers switching them off process-wide.
+disable_created_metrics()
 
 
 class Metrics(Observer):

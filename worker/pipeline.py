@@ -99,5 +99,7 @@ def decide(runtime: IntentusRuntime, delivery: Delivery, default_reply_queue: st
 
 
 def redecide(outcome: Outcome, delivery: Delivery, default_reply_queue: str) -> Decision:
+    if outcome.parked:
+        return Decision(outcome, None, None)  # nothing to answer yet: it waits for a record
     reason = outcome.reject_reason if outcome.kind == "rejected" else None
     return Decision(outcome, reply_for(outcome, delivery, default_reply_queue), reason)

@@ -17,29 +17,41 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from runtime.claims import new_owner_token
 from runtime.engine import IntentusRuntime
 from runtime.errors import IntentusError, RecordExists, RecordStoreError
-from runtime.inflight import DuplicateWorkerId
 from runtime.middleware import Middleware
 from runtime.policy import Policy
 from runtime.registry import AgentRegistry
+from runtime.store import RecordStore
 from worker.amqp import ConsumerConnection, declare_topology
-from worker.config import Config, describe
+from worker.config import Config, describe, mask_url, option_error
 from worker.errors import (
     EXIT_GRACE_EXPIRED,
     EXIT_OK,
     EXIT_SECOND_SIGNAL,
-    ConfigError,
     RecordsUnusable,
 )
 from worker.health import HealthServer
 from worker.metrics import Metrics
+from worker.parking import ParkingLot
 from worker.pipeline import Decision, Delivery, decide, redecide
 
 log = logging.getLogger("intentus.worker")
 
 _TICK_S = 0.5
 MEMORY_RECORDS = ":memory:"
+
+
+def open_postgres_store(cfg: Config) -> RecordStore:
+    """The PostgreSQL execution store for this worker (the `postgres` extra)."""
+    from runtime.pgstore import PostgresRecordStore
+
+    return PostgresRecordStore(
+        cfg.records_url,
+        owner=new_owner_token(cfg.worker_id),
+        pool_size=cfg.concurrency + 2,
+    )
 
 
 class Worker:
@@ -61,11 +73,17 @@ class Worker:
         self._received = self.metrics.messages_received.labels(cfg.queue)
         # ":memory:" keeps records in process memory: for benchmarks only (nothing is durable).
         records_dir = None if cfg.records_dir == MEMORY_RECORDS else cfg.records_dir
+        option = "records_url" if cfg.records_url else "records_dir"
+        where = mask_url(cfg.records_url) if cfg.records_url else cfg.records_dir
         try:
-            if records_dir is not None:
+            store = None
+            if cfg.records_url:
+                store = open_postgres_store(cfg)
+            elif records_dir is not None:
                 os.makedirs(records_dir, mode=0o750, exist_ok=True)
             self.runtime = IntentusRuntime(
                 registry,
+                store=store,
                 records_dir=records_dir,
                 policy=policy,
                 middleware=middleware,
@@ -75,14 +93,11 @@ class Worker:
                 observer=self.metrics,
             )
             self.runtime.store.check_writable()
-        except DuplicateWorkerId as exc:
-            raise ConfigError(f"INTENTUS_WORKER_ID: {exc}") from None
         except (OSError, RecordStoreError) as exc:
-            raise RecordsUnusable(
-                f"INTENTUS_RECORDS_DIR {cfg.records_dir!r} is not usable: {exc}"
-            ) from None
+            why = f"{where!r} is not usable: {exc}"
+            raise RecordsUnusable(str(option_error(option, why))) from None
         except IntentusError as exc:
-            raise RecordsUnusable(f"INTENTUS_RECORDS_DIR {cfg.records_dir!r}: {exc}") from None
+            raise RecordsUnusable(str(option_error(option, f"{where!r}: {exc}"))) from None
         self._jobs: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
         self._inflight = 0
         self._inflight_lock = threading.Lock()
@@ -90,8 +105,9 @@ class Worker:
         self._stopping = False
         self._signals = 0
         self._store_ok = True
-        self._held: list[tuple[Delivery, Decision]] = []
+        self._held: list[tuple[Delivery, Decision | None]] = []
         self._held_lock = threading.Lock()
+        self.parking = ParkingLot(self.runtime, self._unpark)
         self._threads: list[threading.Thread] = []
         self.conn = ConsumerConnection(
             cfg, self._on_delivery, self._on_consuming, self._on_reconnect
@@ -107,7 +123,7 @@ class Worker:
         if not self.conn.consuming and not self._stopping:
             reasons.append("not consuming (broker disconnected or paused)")
         if not self._store_ok:
-            reasons.append("records folder not writable")
+            reasons.append("execution store not writable")
         abandoned = self.runtime.invoker.abandoned()
         if abandoned >= self.cfg.concurrency:
             reasons.append(f"{abandoned} agent threads stuck past their deadline")
@@ -123,6 +139,7 @@ class Worker:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
         self.http.start()
+        self.parking.start()
         for i in range(self.cfg.concurrency):
             t = threading.Thread(
                 target=self._pipeline_loop, name=f"intentus-pipeline-{i}", daemon=True
@@ -167,12 +184,15 @@ class Worker:
         self._stopping = True
         self.conn.call(lambda: self.conn.set_consuming(False))
         self._hand_back_queued()
+        for delivery in self.parking.drain():
+            self._hand_back(delivery)
         deadline = time.monotonic() + self.cfg.shutdown_grace_s
         while time.monotonic() < deadline:
             if self._inflight == 0:
                 break
             time.sleep(0.05)
         unfinished = self._inflight
+        self.parking.stop()
         for _ in self._threads:
             self._jobs.put(None)
         self.conn.stop()
@@ -263,8 +283,19 @@ class Worker:
             self._done()
 
     def _handle(self, delivery: Delivery) -> None:
-        decision = decide(self.runtime, delivery, self.cfg.reply_queue)
+        try:
+            decision = decide(self.runtime, delivery, self.cfg.reply_queue)
+        except RecordStoreError as exc:
+            # The claim could not be taken: nothing ran. Keep the delivery (no requeue, so no
+            # delivery attempt is spent) and pause until the store works again.
+            self.metrics.record_write_errors.inc()
+            log.error("cannot claim a delivery: %s; pausing until the store is usable", exc)
+            self._hold(delivery, None)
+            return
         outcome = decision.outcome
+        if outcome.parked:
+            self.parking.park(delivery, outcome)
+            return
         self._count(decision)
         extra = {"request_id": outcome.request_id, "trace_id": outcome.trace_id}
         if outcome.kind == "rejected":
@@ -309,13 +340,20 @@ class Worker:
         o = decision.outcome
         m = self.metrics
         m.intents.labels(m.intent_label(o.intent), o.status, o.error_code or "").inc()
-        if o.kind in ("replayed", "conflict", "in_doubt"):
+        if o.kind in ("replayed", "conflict", "denied", "in_doubt"):
             m.duplicates.labels(o.kind).inc()
         elif o.kind == "rejected":
             m.rejected.labels(o.error_code or "unknown").inc()
 
     # -- store unwritable: hold, pause, resume -------------------------------------------
-    def _hold(self, delivery: Delivery, decision: Decision) -> None:
+    def _unpark(self, delivery: Delivery) -> None:
+        """(parking thread) Its owner recorded it or died: process it again."""
+        if delivery.generation != self.conn.generation:
+            self._done()  # its channel is gone; the broker redelivers it
+            return
+        self._jobs.put(delivery)
+
+    def _hold(self, delivery: Delivery, decision: Decision | None) -> None:
         with self._held_lock:
             self._held.append((delivery, decision))
             first = self._store_ok
@@ -333,7 +371,10 @@ class Worker:
             self._store_ok = True
         log.info("records folder writable again: writing %d held records and resuming", len(held))
         for delivery, decision in held:
-            self._write(delivery, decision)
+            if decision is None:
+                self._jobs.put(delivery)  # its claim failed: process it from the start
+            else:
+                self._write(delivery, decision)
         if not self._stopping:
             self.conn.call(lambda: self.conn.set_consuming(True))
 

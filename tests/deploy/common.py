@@ -25,10 +25,9 @@ K8S_DIR = DEPLOY / "k8s"
 COMPOSE_FILE = DEPLOY / "compose.yaml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 OPERATIONS_DOC = ROOT / "docs" / "operations.md"
-# The product contract sits beside the repository (shared/DESIGN.md) on developer machines and CI.
-DESIGN_FILE = ROOT.parent / "shared" / "DESIGN.md"
+CONTRACT_DOC = ROOT / "docs" / "contract.md"
 
-# DESIGN §7 "Config": the only INTENTUS_* variables the product knows.
+# docs/contract.md "Configuration": the only INTENTUS_* variables the product knows.
 CONTRACT_ENV = (
     "INTENTUS_AMQP_URL",
     "INTENTUS_QUEUE",
@@ -47,10 +46,24 @@ CONTRACT_ENV = (
     "INTENTUS_LOG_FORMAT",
     "INTENTUS_LOG_LEVEL",
     "INTENTUS_WORKER_ID",
+    "INTENTUS_DELIVERY_LIMIT",
 )
 
 # What Grafana substitutes in the dashboard's queries, for evaluating them directly.
 GRAFANA_VARIABLES = {"$__rate_interval": "2m", "$__interval": "15s", "$__range": "1h"}
+
+
+def contract_section(title: str) -> str:
+    """The text of one `## title` section of docs/contract.md."""
+    text = CONTRACT_DOC.read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
+
+
+def contract_table_names(title: str) -> list[str]:
+    """The first column (a `code` name) of every table row in a section of docs/contract.md."""
+    return re.findall(r"^\| `([A-Za-z_]+)` \|", contract_section(title), flags=re.MULTILINE)
 
 
 def require_tool(name: str) -> str:

@@ -254,7 +254,7 @@ class TestWorkerDeployment:
         assert not mount.get("readOnly", False)
 
     def test_env_names_are_the_contract(self) -> None:
-        """Only DESIGN §7 variables are set (ConfigMap and container env)."""
+        """Only documented INTENTUS_* variables are set (ConfigMap and container env)."""
         names = set(config()) | {e["name"] for e in container()["env"]}
         assert names <= set(CONTRACT_ENV)
         assert "INTENTUS_AMQP_URL" not in config()  # the password lives in the Secret

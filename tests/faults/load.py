@@ -351,7 +351,9 @@ def record_files(records_dir: Path) -> list[Path]:
     return [
         p
         for p in records_dir.rglob("exec-*.json")
-        if not any(part in (".tmp", ".inflight") for part in p.relative_to(records_dir).parts)
+        if not any(
+            part in (".tmp", ".claims", ".owners") for part in p.relative_to(records_dir).parts
+        )
     ]
 
 

@@ -178,10 +178,34 @@ class TestSend:
         assert env["context"]["priority"] == "HIGH"
 
     def test_no_wait(self, session: Session) -> None:
-        """--no-wait publishes and returns at once; the worker still records it."""
+        """--no-wait exits once the broker confirmed, printing the requestId; the worker records it."""
         r = session.run("send", "ProcessIntent", "--no-wait", "--request-id", "req-cli-nowait")
         assert r.code == 0, r.err
+        assert json.loads(r.out)["requestId"] == "req-cli-nowait"
         assert record_path(session.records_dir, execution_id("req-cli-nowait"), timeout=10)
+
+    def test_priority_and_traceparent_on_the_wire(self, session: Session) -> None:
+        """--priority becomes the AMQP priority and --traceparent the header."""
+        queue = unique("plain")
+        tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        wire = Wire()
+        try:
+            wire.ch.queue_declare(queue, arguments={"x-max-priority": 9})
+            r = session.run(
+                "send", "ProcessIntent", "--queue", queue, "--no-wait",
+                "--priority", "critical", "--traceparent", tp,
+            )  # fmt: skip
+            assert r.code == 0, r.err
+            _method, props, body = wire.ch.basic_get(queue, auto_ack=True)
+            assert props.priority == 9
+            assert props.headers["traceparent"] == tp
+            assert json.loads(body)["context"]["priority"] == "CRITICAL"
+            bad = session.run("send", "ProcessIntent", "--queue", queue, "--traceparent", "x")
+            assert bad.code == 2, (bad.out, bad.err)
+            assert "traceparent" in bad.err
+        finally:
+            wire.ch.queue_delete(queue)
+            wire.close()
 
     def test_timeout(self, session: Session) -> None:
         """No reply within --timeout: a clear message and exit 1."""
@@ -208,6 +232,7 @@ class TestSend:
         r = session.run("send", "ProcessIntent", env={"INTENTUS_AMQP_URL": url})
         assert r.code == 3, (r.out, r.err)
         assert "127.0.0.1" in r.err
+        assert "after 1 attempt (" in r.err
         assert "Traceback" not in r.err
 
 
@@ -333,14 +358,53 @@ class TestRecordsVerify:
         assert r.code == 1
         assert execution_id("req-cli-1") in r.out
 
-    def test_routing_determinism_against_other_agents(self, session: Session) -> None:
-        """With the demo agents instead, the recorded try order is not reproduced."""
+    def test_routing_determinism_against_reordered_agents(
+        self, session: Session, tmp_path: Path
+    ) -> None:
+        """The same agents with other priorities do not reproduce the recorded try order."""
+        (tmp_path / "reordered.py").write_text(
+            AGENTS_SOURCE.replace("node_priority=10)", "node_priority=30)")
+        )
+        env = {
+            "INTENTUS_AGENTS": "reordered:registry",
+            "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+        }
+        r = session.run("records", "verify", "req-cli-1", env=env)
+        assert r.code == 1, r.out
+        assert "not reproducible" in r.out and "alpha" in r.out
+        assert "routing checked against reordered:registry" in r.out
+
+    def test_without_the_recording_agents_routing_is_not_checked(self, session: Session) -> None:
+        """With the demo agents, verify says it cannot check routing instead of failing."""
         env = {k: v for k, v in session.env.items() if k != "INTENTUS_AGENTS"}
         r = cli([INTENTUS, "records", "verify", "req-cli-1"], env)
-        assert r.code == 1, r.out
-        assert "alpha" in r.out
+        assert r.code == 0, r.out
+        assert "routing checked against the built-in demo agents" in r.out
+        assert (
+            "cannot check routing without the agents that recorded it "
+            "(use --agents or INTENTUS_AGENTS)" in r.out
+        )
+        assert "not reproducible" not in r.out
+        r = cli([INTENTUS, "records", "verify", "--all"], env)
+        assert r.code == 0, r.out
+        assert "integrity only: cannot check routing" in r.out
+        r = cli([INTENTUS, "records", "verify", "--all", "--json"], env)
+        report = json.loads(r.out)
+        assert report["agents"] == "runtime.demo:registry"
+        assert report["failed"] == 0
+        assert execution_id("req-cli-1") in report["routingUnchecked"]
+        assert execution_id("req-cli-2") not in report["routingUnchecked"]  # no agents to know
+
+    def test_with_the_recording_agents_routing_is_checked(self, session: Session) -> None:
+        """Given the agents that recorded them, every record's routing is checked."""
+        r = session.run("records", "verify", "--all", "--json")
+        assert r.code == 0, r.out
+        report = json.loads(r.out)
+        assert report["agents"] == "it_agents:registry"
+        assert report["routingUnchecked"] == []
 
     def test_verify_needs_an_id_or_all(self, session: Session) -> None:
+        """Neither an ID nor --all is a usage error."""
         r = session.run("records", "verify")
         assert r.code == 2
 

@@ -12,7 +12,7 @@ from tests.support.workerproc import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
-DESIGN_METRICS = (
+CONTRACT_METRICS = (
     "messages_received_total",
     "intents_total",
     "route_duration_seconds",
@@ -109,7 +109,8 @@ def test_metrics_after_known_messages(
     build = [line for line in text.splitlines() if line.startswith("intentus_build_info{")]
     assert len(build) == 1 and 'version="' in build[0] and build[0].endswith(" 1.0"), build
     assert "process_cpu_seconds_total" in text
-    for name in DESIGN_METRICS:
+    assert "_created" not in text  # no creation-time series beside every counter and histogram
+    for name in CONTRACT_METRICS:
         assert f"# HELP intentus_{name} " in text, name
     # no ids in labels
     assert "req-m-" not in text and "exec-" not in text and "m-garbage" not in text

@@ -66,7 +66,7 @@ def envelope(
     version: str = "1.0",
     tags: list[str] | None = None,
 ) -> dict[str, Any]:
-    """A complete IntentEnvelope as in DESIGN §3."""
+    """A complete IntentEnvelope as in docs/contract.md."""
     return {
         "version": "1.0",
         "intent": {"name": intent, "version": version},
@@ -243,7 +243,7 @@ def check_events_well_formed(record: dict[str, Any]) -> None:
 
 
 def check_reply_shape(reply: dict[str, Any]) -> None:
-    """The AgentResponse of DESIGN §3, exactly these keys."""
+    """The AgentResponse of docs/contract.md, exactly these keys."""
     assert set(reply) == REPLY_KEYS, reply
     assert reply["version"] == "1.0"
     assert set(reply["metadata"]) == METADATA_KEYS, reply["metadata"]
@@ -295,3 +295,19 @@ def queue_type(queue: str) -> str | None:
         if len(parts) == 2 and parts[0] == queue:
             return parts[1]
     return None
+
+
+def connection_pids(name: str) -> list[str]:
+    """The broker's ids of the connections named `name`."""
+    pids = []
+    for line in rabbitmqctl()("list_connections", "-q", "pid", "client_properties").splitlines():
+        pid, _, props = line.partition("\t")
+        if f'{{"connection_name","{name}"}}' in props:
+            pids.append(pid)
+    return pids
+
+
+def close_connections(pids: list[str]) -> None:
+    """Have the broker force-close these connections, as on a node shutdown."""
+    for pid in pids:
+        rabbitmqctl()("close_connection", pid, "closed by the test")

@@ -59,7 +59,7 @@ class TestIdsAndHashes:
         assert record["envelope"]["metadata"]["traceId"] is not None
 
     def test_response_metadata_keys(self, make_runtime, calls) -> None:
-        """The response carries exactly the metadata keys of DESIGN §3, in wire order."""
+        """The response carries exactly the documented metadata keys, in wire order."""
         rt = make_runtime(one_agent(calls))
         out = rt.process(body(envelope()))
         rt.commit_sync(out)
@@ -235,7 +235,7 @@ class TestDuplicates:
         assert rt.store.get(execution_id_for("same")) == before
 
     def test_concurrent_duplicate_waits_for_the_first(self, make_runtime, release) -> None:
-        """A duplicate arriving while the first runs waits for its record and replays it."""
+        """A duplicate arriving while the first runs is parked, then replays its record."""
         runs: list[int] = []
         started = threading.Event()
 
@@ -256,18 +256,48 @@ class TestDuplicates:
         t = threading.Thread(target=first)
         t.start()
         assert started.wait(5)
-        out: dict[str, Any] = {}
-        t2 = threading.Thread(
-            target=lambda: out.update(o=rt.process(body(envelope(request_id="c"))))
-        )
-        t2.start()
-        time.sleep(0.1)
+        parked = rt.process(body(envelope(request_id="c")))
+        assert parked.kind == "parked"
+        assert not rt.settled(parked)
         release.set()
         t.join(5)
-        t2.join(5)
+        assert rt.settled(parked)
+        out = rt.process(body(envelope(request_id="c")))
         assert runs == [1]
-        assert out["o"].kind == "replayed"
-        assert json.loads(out["o"].body) == results["first"].model_dump(mode="json")
+        assert out.kind == "replayed"
+        assert json.loads(out.body) == results["first"].model_dump(mode="json")
+
+    def test_route_intent_waits_for_a_running_duplicate(self, make_runtime, release) -> None:
+        """route_intent of a request running on another thread returns that run's answer."""
+        runs: list[int] = []
+        started = threading.Event()
+
+        def slow(env: Any) -> dict[str, Any]:
+            runs.append(1)
+            started.set()
+            release.wait(5)
+            return {"n": len(runs)}
+
+        reg = AgentRegistry()
+        reg.register("a", slow, intents=["ProcessIntent"])
+        rt = make_runtime(reg)
+        answers: list[Any] = []
+        threads = [
+            threading.Thread(
+                target=lambda: answers.append(rt.route_intent(body(envelope(request_id="w"))))
+            )
+            for _ in range(3)
+        ]
+        for t in threads:
+            t.start()
+        assert started.wait(5)
+        time.sleep(0.1)
+        release.set()
+        for t in threads:
+            t.join(5)
+        assert runs == [1]
+        assert len(answers) == 3
+        assert {a.model_dump_json() for a in answers} == {answers[0].model_dump_json()}
 
 
 DEAD_WORKER = textwrap.dedent(
@@ -314,29 +344,30 @@ class TestInDoubt:
         assert again.kind == "replayed"
         assert again.body == out.body
         assert calls.names == []
-        # The dead worker's journal has served its purpose once everything is recorded.
-        rt.inflight.live_owners()
-        assert not (tmp_path / ".inflight" / "doomed.journal").exists()
+        # The claim has served its purpose once the in-doubt answer is recorded.
+        assert not (tmp_path / ".claims" / eid).exists()
 
     def test_unrelated_requests_still_run(self, tmp_path: Path, make_runtime, calls) -> None:
-        """A dead journal makes only its own unrecorded ids in doubt."""
-        journal = tmp_path / ".inflight"
-        journal.mkdir(parents=True)
-        (journal / "ghost.journal").write_text(f"S {execution_id_for('x')} 1000\n")
+        """A dead owner's claim makes only its own request in doubt."""
+        claims = tmp_path / ".claims"
+        claims.mkdir(parents=True)
+        ghost = {"owner": "ghost.1.abc", "userId": "", "fingerprint": None}
+        (claims / execution_id_for("x")).write_text(json.dumps(ghost))
         rt = make_runtime(one_agent(calls), tmp_path)
         assert rt.route_intent(body(envelope(request_id="y"))).ok
         assert rt.route_intent(body(envelope(request_id="x"))).error is not None
         assert calls.names == ["a"]
 
-    def test_journal_is_cleaned_on_clean_close(self, tmp_path: Path, calls) -> None:
-        """A cleanly closed runtime leaves no journal behind."""
+    def test_owner_lock_is_removed_on_clean_close(self, tmp_path: Path, calls) -> None:
+        """A cleanly closed runtime leaves no claim and no owner lock behind."""
         from runtime import IntentusRuntime
 
         rt = IntentusRuntime(one_agent(calls), tmp_path, worker_id="tidy")
         rt.route_intent(body(envelope()))
-        assert (tmp_path / ".inflight" / "tidy.journal").exists()
+        assert [p.name for p in (tmp_path / ".owners").iterdir()] == [f"{rt.store.owner}.lock"]
         rt.close()
-        assert not (tmp_path / ".inflight" / "tidy.journal").exists()
+        assert list((tmp_path / ".owners").iterdir()) == []
+        assert list((tmp_path / ".claims").iterdir()) == []
 
 
 class Recording(Middleware):

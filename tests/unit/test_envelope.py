@@ -39,7 +39,7 @@ def nested(depth: int) -> dict[str, Any]:
 
 class TestDefaults:
     def test_minimal_envelope_gets_every_default(self) -> None:
-        """Only version and intent.name are required; everything else has its DESIGN §3 default."""
+        """Only version and intent.name are required; everything else has its documented default."""
         env = parse(b'{"version": "1.0", "intent": {"name": "ProcessIntent"}}')
         data = env.to_dict()
         assert data["intent"] == {"name": "ProcessIntent", "version": "1.0"}

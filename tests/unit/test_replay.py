@@ -9,7 +9,7 @@ import pytest
 
 from runtime import AgentRegistry, RecordNotFound, load_policy
 from runtime.canonical import execution_id_for
-from runtime.replay import diff, find, replay, stats, summary, verify
+from runtime.replay import ROUTING_UNCHECKED, diff, find, replay, stats, summary, verify
 
 from .conftest import Calls, body, envelope, fail, ok, stored
 
@@ -99,6 +99,35 @@ class TestVerify:
         changed.register("b", lambda e: {}, intents=["ProcessIntent"])
         problems = verify(out.execution_id, record, changed).problems
         assert any("not reproducible" in p for p in problems)
+
+    def test_unknown_agents_leave_routing_unchecked(self, setup) -> None:
+        """A registry that knows none of the recorded agents cannot judge routing: a note, no failure."""
+        rt, _ = setup
+        out, record = routed(rt, request_id="r1", strategy="FALLBACK")
+        other = AgentRegistry()
+        other.register("echo", lambda e: {}, intents=["ProcessIntent"])
+        result = verify(out.execution_id, record, other)
+        assert result.ok, result.problems
+        assert result.notes == [ROUTING_UNCHECKED]
+
+    def test_one_known_agent_is_enough_to_check(self, setup) -> None:
+        """A registry that lost one of the recorded agents fails the check."""
+        rt, _ = setup
+        out, record = routed(rt, request_id="r1", strategy="FALLBACK")
+        shrunk = AgentRegistry()
+        shrunk.register("b", lambda e: {}, intents=["ProcessIntent"])
+        result = verify(out.execution_id, record, shrunk)
+        assert any("not reproducible" in p for p in result.problems)
+        assert result.notes == []
+
+    def test_records_without_agents_are_checked(self, setup) -> None:
+        """A no-candidates record is checked against any registry (no agents to miss)."""
+        rt, _ = setup
+        out, record = routed(rt, request_id="r1", intent="NoSuchIntent")
+        other = AgentRegistry()
+        other.register("x", lambda e: {}, intents=["NoSuchIntent"])
+        result = verify(out.execution_id, record, other)
+        assert any("not reproducible" in p for p in result.problems)
 
     def test_policy_change_breaks_determinism(self, setup) -> None:
         """A policy that now filters an agent changes the try order."""

@@ -104,7 +104,7 @@ class TestDirect:
         response, _ = route(make_runtime(registry_of(("a", boom))), envelope())
         assert response["error"]["code"] == "INTERNAL_AGENT_ERROR"
         assert "document_id missing" in response["error"]["message"]
-        assert response["error"]["details"] == {"exception": "KeyError"}
+        assert response["error"]["details"]["exception"] == "KeyError"
 
     def test_non_dict_result_is_an_internal_error(self, make_runtime) -> None:
         """A handler must return a dict."""
@@ -179,7 +179,7 @@ class TestDirect:
 
 class TestFallback:
     def test_moves_on_after_failure(self, make_runtime, calls: Calls) -> None:
-        """FALLBACK tries in order, stops at the first success, events as DESIGN §4."""
+        """FALLBACK tries in order, stops at the first success, events as documented."""
         reg = registry_of(("a", fail(calls, "a")), ("b", ok(calls, "b")), ("c", ok(calls, "c")))
         response, record = route(make_runtime(reg), envelope(strategy="FALLBACK"))
         assert calls.names == ["a", "b"]

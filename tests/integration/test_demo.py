@@ -1,0 +1,52 @@
+"""`bash deploy/local/demo --once` against the real broker, on a queue and port of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support.broker import delete_topology, require_broker, unique
+from tests.support.workerproc import ROOT, free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_commands_can_be_pasted(tmp_path: Path) -> None:
+    """Every command the demo echoes parses back, through a shell, to the arguments it ran."""
+    require_broker()
+    queue = unique("it-demo")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INTENTUS_")}
+    env.update(
+        {
+            "INTENTUS_QUEUE": queue,
+            "INTENTUS_REPLY_QUEUE": f"{queue}.replies",
+            "INTENTUS_RECORDS_DIR": str(tmp_path / "records"),
+            "INTENTUS_METRICS_ADDR": f"127.0.0.1:{free_port()}",
+        }
+    )
+    try:
+        done = subprocess.run(
+            ["bash", "deploy/local/demo", "--once"],
+            cwd=str(ROOT),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+    finally:
+        delete_topology(queue, f"{queue}.replies")
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    sends = [line[2:] for line in done.stdout.splitlines() if line.startswith("$ intentus send ")]
+    assert len(sends) == 5, done.stdout
+    for line in sends:
+        argv = shlex.split(line)
+        payload = argv[argv.index("--payload") + 1]
+        assert isinstance(json.loads(payload), dict), line
+    assert '\'{"text": "A long text' in done.stdout
+    assert ". .venv/bin/activate" in done.stdout
+    assert (tmp_path / "worker.log").is_file()
