@@ -1,7 +1,8 @@
 """Listing records: filter, count by status, page through them newest first.
 
-A store with its own `search` and `counts_by_status` (an indexed backend, see
-`IndexedRecordStore`) answers itself; any other store is scanned record by record with
+A store with its own `search` (an indexed backend such as the PostgreSQL store, see
+`IndexedRecordStore`) filters, orders, pages and counts in its indexes; it may also count by
+status itself (`counts_by_status`). Any other store is scanned record by record with
 `replay.iter_records`, which reads every record on each call: fine for thousands, slow for
 hundreds of thousands.
 """
@@ -9,6 +10,7 @@ hundreds of thousands.
 from __future__ import annotations
 
 import heapq
+import json
 from collections import Counter
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
@@ -37,8 +39,9 @@ ROW_FIELDS = (
 class RecordFilter:
     """What a listing keeps; empty fields match everything.
 
-    `since` is inclusive, `until` exclusive. `text` matches a case-insensitive substring of
-    the executionId, requestId or correlationId.
+    `since` is inclusive, `until` exclusive. `text` finds an executionId, requestId or
+    correlationId: a scan matches any part of one (case-insensitive), an indexed store the
+    whole id (an index lookup).
     """
 
     intent: str | None = None
@@ -84,19 +87,30 @@ class RecordFilter:
         return True
 
 
+#: The statuses a record can have (its finalResponse's); counted one by one on indexed stores.
+STATUSES = ("success", "error")
+
+
 @runtime_checkable
 class IndexedRecordStore(Protocol):
-    """A store that filters, counts and pages itself (e.g. with database indexes).
+    """A store that filters, orders and pages records itself (e.g. with database indexes).
 
-    Rows carry the keys of `ROW_FIELDS`, newest first (createdAt descending, then
-    executionId descending); `counts_by_status` applies every field of the filter but status.
+    `where` maps indexed columns (`intent`, `status`, `error_code`, `agent`) to the value
+    they must equal. It returns `(executionId, record bytes)` newest first (createdAt
+    descending, then executionId descending) and how many match in all. A store may also
+    offer `counts_by_status(flt)`, with every field of the filter applied but status.
     """
 
     def search(
-        self, flt: RecordFilter, *, limit: int, offset: int
-    ) -> tuple[list[dict[str, Any]], int]: ...
-
-    def counts_by_status(self, flt: RecordFilter) -> dict[str, int]: ...
+        self,
+        *,
+        where: dict[str, Any],
+        since: datetime | None = None,
+        until: datetime | None = None,
+        text: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[tuple[str, bytes]], int]: ...
 
 
 @dataclass(slots=True)
@@ -150,13 +164,67 @@ def _window(rows: list[dict[str, Any]], limit: int, offset: int) -> list[dict[st
     return heapq.nlargest(offset + limit, rows, key=_newest_first)[offset:]
 
 
+def _where(flt: RecordFilter) -> dict[str, Any]:
+    columns = {
+        "intent": flt.intent,
+        "status": flt.status,
+        "error_code": flt.error_code,
+        "agent": flt.agent,
+    }
+    return {column: value for column, value in columns.items() if value}
+
+
+def _indexed_search(
+    store: IndexedRecordStore, flt: RecordFilter, limit: int, offset: int
+) -> tuple[list[dict[str, Any]], int]:
+    found, total = store.search(
+        where=_where(flt),
+        since=flt.since,
+        until=flt.until,
+        text=flt.text or None,
+        limit=limit,
+        offset=offset,
+    )
+    return [_row_of_bytes(eid, data) for eid, data in found], total
+
+
+def _row_of_bytes(execution_id: str, data: bytes) -> dict[str, Any]:
+    try:
+        record = json.loads(data)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        return {**dict.fromkeys(ROW_FIELDS), "executionId": execution_id}
+    return row(record)
+
+
+def _indexed_counts(store: IndexedRecordStore, flt: RecordFilter) -> dict[str, int]:
+    own = getattr(store, "counts_by_status", None)
+    if own is not None:
+        return dict(own(flt))
+    counts = {}
+    for status in STATUSES:
+        # limit 0: only the count, which the store takes from its indexes.
+        _rows, n = store.search(
+            where={**_where(flt), "status": status},
+            since=flt.since,
+            until=flt.until,
+            text=flt.text or None,
+            limit=0,
+            offset=0,
+        )
+        if n:
+            counts[status] = n
+    return counts
+
+
 def search(
     store: RecordStore | IndexedRecordStore, flt: RecordFilter, *, limit: int, offset: int = 0
 ) -> tuple[list[dict[str, Any]], int]:
     """Rows matching `flt`, newest first, `limit` from `offset`; and how many match in all."""
     _check_window(limit, offset)
     if isinstance(store, IndexedRecordStore):
-        return store.search(flt, limit=limit, offset=offset)
+        return _indexed_search(store, flt, limit, offset)
     matched = [r for r in _scan(store) if flt.matches(r)]
     return _window(matched, limit, offset), len(matched)
 
@@ -164,7 +232,7 @@ def search(
 def counts_by_status(store: RecordStore | IndexedRecordStore, flt: RecordFilter) -> dict[str, int]:
     """How many records match each status, with every field of `flt` applied but status."""
     if isinstance(store, IndexedRecordStore):
-        return store.counts_by_status(flt)
+        return _indexed_counts(store, flt.without_status())
     others = flt.without_status()
     return _count([r for r in _scan(store) if others.matches(r)])
 
@@ -179,8 +247,13 @@ def page(
     """`search` and `counts_by_status` together; a scanned store is read only once."""
     _check_window(limit, offset)
     if isinstance(store, IndexedRecordStore):
-        rows, total = store.search(flt, limit=limit, offset=offset)
-        return Page(rows=rows, total=total, counts=store.counts_by_status(flt), indexed=True)
+        rows, total = _indexed_search(store, flt, limit, offset)
+        return Page(
+            rows=rows,
+            total=total,
+            counts=_indexed_counts(store, flt.without_status()),
+            indexed=True,
+        )
     others = [r for r in _scan(store) if flt.without_status().matches(r)]
     matched = [r for r in others if flt.matches(r)]
     return Page(
@@ -193,6 +266,7 @@ def page(
 
 __all__ = [
     "ROW_FIELDS",
+    "STATUSES",
     "IndexedRecordStore",
     "Page",
     "RecordFilter",

@@ -41,6 +41,7 @@ from urllib.parse import parse_qs, urlsplit
 from runtime import query
 from runtime import replay as records
 from runtime.errors import IntentusError, RecordNotFound
+from runtime.pgstore import PostgresRecordStore
 from runtime.policy import Policy
 from runtime.registry import AgentRegistry
 from runtime.store import FileRecordStore, MemoryRecordStore, RecordStore
@@ -236,8 +237,9 @@ class RecordBrowser:
 
     def stats(self, params: dict[str, str]) -> dict[str, Any]:
         out = records.stats(self.store)
-        out["indexed"] = False
-        out["note"] = "counted by reading every record"
+        own = hasattr(self.store, "stats")
+        out["indexed"] = own
+        out["note"] = "counted in the store's indexes" if own else "counted by reading every record"
         return out
 
     def _time(self, params: dict[str, str], name: str) -> datetime | None:
@@ -256,6 +258,8 @@ def store_kind(store: RecordStore) -> str:
         return "files"
     if isinstance(store, MemoryRecordStore):
         return "memory"
+    if isinstance(store, PostgresRecordStore):
+        return "postgresql"
     return str(getattr(store, "kind", type(store).__name__))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,6 +14,7 @@ from runtime.query import (
     IndexedRecordStore,
     RecordFilter,
     counts_by_status,
+    is_indexed,
     page,
     row,
     search,
@@ -158,37 +160,63 @@ class TestScan:
 
 
 class _Indexed(MemoryRecordStore):
-    """A store answering listings itself, as a database backend does."""
+    """A store answering listings itself, as a database backend does (with canned answers)."""
 
-    def __init__(self) -> None:
+    def __init__(self, record: bytes) -> None:
         super().__init__()
-        self.asked: list[tuple[str, RecordFilter]] = []
+        self.record = record
+        self.asked: list[dict[str, Any]] = []
 
-    def search(
-        self, flt: RecordFilter, *, limit: int, offset: int
-    ) -> tuple[list[dict[str, Any]], int]:
-        self.asked.append(("search", flt))
-        return [{"executionId": f"exec-{offset}-{limit}"}], 1234
-
-    def counts_by_status(self, flt: RecordFilter) -> dict[str, int]:
-        self.asked.append(("counts", flt))
-        return {"success": 1234}
+    def search(self, **query: Any) -> tuple[list[tuple[str, bytes]], int]:
+        self.asked.append(query)
+        status = query["where"].get("status")
+        total = {None: 1234, "success": 1000, "error": 234}[status]
+        found = [("exec-" + "1" * 24, self.record), ("exec-" + "2" * 24, b"{broken")]
+        return found[: query["limit"]], total
 
 
 class TestIndexed:
-    def test_delegates(self) -> None:
-        """A store with search and counts_by_status answers itself; nothing is scanned."""
-        store = _Indexed()
+    def test_delegates_search(self, rt) -> None:
+        """A store with its own search gets the filter as columns, and its rows are parsed."""
+        record = rt.store.get(next(iter(rt.store.ids())))
+        store = _Indexed(record)
         store.put("exec-" + "0" * 24, b"{broken")  # a scan would skip it and find 0
-        flt = RecordFilter(intent="X")
-        assert isinstance(store, IndexedRecordStore)
-        assert search(store, flt, limit=5, offset=10) == ([{"executionId": "exec-10-5"}], 1234)
-        assert counts_by_status(store, flt) == {"success": 1234}
-        result = page(store, flt, limit=5, offset=0)
-        assert (result.total, result.counts, result.indexed) == (1234, {"success": 1234}, True)
-        assert [kind for kind, _ in store.asked] == ["search", "counts", "search", "counts"]
-        assert all(f is flt for _, f in store.asked)
+        since = datetime(2024, 1, 1, tzinfo=UTC)
+        flt = RecordFilter(intent="X", agent="a", since=since, text="req-1")
+        rows, total = search(store, flt, limit=2, offset=10)
+        assert total == 1234
+        assert rows[0] == row(json.loads(record))
+        assert rows[1] == {**dict.fromkeys(ROW_FIELDS), "executionId": "exec-" + "2" * 24}
+        assert store.asked == [
+            {
+                "where": {"intent": "X", "agent": "a"},
+                "since": since,
+                "until": None,
+                "text": "req-1",
+                "limit": 2,
+                "offset": 10,
+            }
+        ]
+
+    def test_counts_from_the_index(self, rt) -> None:
+        """Without counts_by_status of its own, an indexed store counts each status by search."""
+        store = _Indexed(b"{}")
+        flt = RecordFilter(status="error", intent="X")
+        assert counts_by_status(store, flt) == {"success": 1000, "error": 234}
+        assert [q["where"] for q in store.asked] == [
+            {"intent": "X", "status": "success"},
+            {"intent": "X", "status": "error"},
+        ]
+        assert all(q["limit"] == 0 for q in store.asked)
+        result = page(store, flt, limit=1, offset=0)
+        assert (result.total, result.counts, result.indexed) == (
+            234,
+            {"success": 1000, "error": 234},
+            True,
+        )
+        assert len(result.rows) == 1
 
     def test_plain_stores_are_not_indexed(self) -> None:
-        """The memory store has no index of its own."""
+        """The memory and file stores have no index of their own."""
         assert not isinstance(MemoryRecordStore(), IndexedRecordStore)
+        assert not is_indexed(MemoryRecordStore())
