@@ -118,12 +118,15 @@ class RecordBrowser:
         token: str | None = None,
         registry: AgentRegistry | None = None,
         policy: Policy | None = None,
+        agents: str = "",
         parse_time: Callable[[str], datetime] | None = None,
     ) -> None:
         self.store = store
         self.token = check_token(host, token)
         self.registry = registry
         self.policy = policy
+        #: Where `registry` came from, as said to the user.
+        self.agents = agents if registry is not None else ""
         self.parse_time = parse_time or _iso_time
         self.assets = {
             path: (resources.files("worker").joinpath("static", name).read_bytes(), ctype)
@@ -175,6 +178,7 @@ class RecordBrowser:
             "indexed": indexed,
             "note": None if indexed else _SCAN_NOTE,
             "verifiesRouting": self.registry is not None,
+            "agents": self.agents or None,
         }
 
     def records(self, params: dict[str, str]) -> dict[str, Any]:
@@ -215,7 +219,10 @@ class RecordBrowser:
             "executionId": eid,
             "ok": result.ok,
             "problems": result.problems,
-            "routingChecked": self.registry is not None,
+            "notes": result.notes,
+            "routingChecked": self.registry is not None
+            and records.ROUTING_UNCHECKED not in result.notes,
+            "agents": self.agents or None,
         }
 
     def diff(self, params: dict[str, str]) -> dict[str, Any]:
@@ -458,13 +465,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, store: RecordStore, parse_time: Callable[[str], datetime]) -> int:
     """Serve until interrupted; exit code 0."""
     from worker import config as configuration
+    from worker.cli import agents_source
     from worker.loader import load_agents, load_policy_file
 
     cfg = configuration.load(args)
-    # Routing is only checked against agents the operator named: checking against the demo
-    # agents would report every other record as not reproducible.
-    registry = load_agents(cfg.agents) if cfg.agents else None
-    policy = load_policy_file(cfg.policy_file) if registry is not None else None
+    # As `records verify`: the demo agents when none are named; records of agents the
+    # registry does not know are then checked for integrity only (a note, not a failure).
+    registry = load_agents(cfg.agents)
+    policy = load_policy_file(cfg.policy_file)
     browser = RecordBrowser(
         store,
         host=args.host,
@@ -472,6 +480,7 @@ def run(args: argparse.Namespace, store: RecordStore, parse_time: Callable[[str]
         token=token_from(args.token),
         registry=registry,
         policy=policy,
+        agents=agents_source(cfg.agents),
         parse_time=parse_time,
     )
     access = "open it with ?token=<the token>" if browser.token else "no token"

@@ -202,6 +202,19 @@ class TestVerifyDiffStats:
             browser.close()
             other.close()
 
+    def test_verify_with_foreign_agents(self, recorded: Recorded) -> None:
+        """Agents that know none of a record's (the demo ones) check integrity only, and say so."""
+        from runtime.demo import registry as demo
+
+        browser = RecordBrowser(recorded.store, port=0, registry=demo, agents="demo").start()
+        try:
+            result = fetch(browser.port, "/api/verify", {"id": recorded.corpus.ids["fallback"]})
+            data = result.json()
+            assert data["ok"] and not data["routingChecked"]
+            assert records.ROUTING_UNCHECKED in data["notes"]
+        finally:
+            browser.close()
+
     def test_diff(self, server, recorded: Recorded) -> None:
         """diff gives each differing path with both values, as `records diff` finds them."""
         a, b = recorded.corpus.ids["direct"], recorded.corpus.ids["bulk-0"]

@@ -252,8 +252,12 @@ async function showRecord(params) {
       verdict.className = result.ok ? "ok-text" : "bad-text";
       verdict.textContent = result.ok ? "ok" : "failed";
       verdict.append(
-        el("span", { class: "muted", text: result.routingChecked ? " (integrity and routing)" : " (integrity only: start the browser with --agents to check routing)" }),
+        el("span", { class: "muted", text: result.routingChecked ? ` (integrity, and routing against ${result.agents})` : " (integrity only)" }),
       );
+      for (const note of result.notes || []) verdict.append(el("div", { class: "muted note-line", text: note }));
+      if (!result.routingChecked && !result.agents) {
+        verdict.append(el("div", { class: "muted", text: "start the browser with --agents to check routing too" }));
+      }
       if (!result.ok) verdict.append(el("ul", { id: "problems" }, result.problems.map((p) => el("li", { text: p }))));
     } catch (error) {
       verdict.className = "bad-text";
