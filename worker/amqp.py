@@ -572,9 +572,26 @@ class ClientRequest:
 
 
 def _detail(exc: BaseException | None) -> str:
+    """What went wrong, in words: pika wraps the cause (a refused or reset socket, a failed
+    login) in layers of workflow exceptions whose own text says little."""
     if exc is None:
         return "unknown reason"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    root: BaseException = exc
+    for _ in range(8):
+        inner = getattr(root, "exceptions", None)
+        if inner:
+            root = inner[-1]
+            continue
+        single = getattr(root, "exception", None)
+        if isinstance(single, BaseException):
+            root = single
+            continue
+        nested = [a for a in root.args if isinstance(a, BaseException)]
+        if not nested:
+            break
+        root = nested[-1]
+    text = str(root)
+    return f"{type(root).__name__}: {text}" if text else type(root).__name__
 
 
 def _translated(error: ClientError, cause: BaseException | None) -> ClientError:

@@ -81,7 +81,7 @@ class AsyncIntentusClient:
 
     def _on_lost(self, conn: AsyncClientConnection, error: ClientError) -> None:
         if not isinstance(error, ClientClosed):
-            log.warning("%s", error)
+            log.info("%s", error)  # every waiter gets it raised; no need to shout twice
         self._calls.fail(error, conn)
 
     async def _connection(self, deadline: float) -> AsyncClientConnection:

@@ -305,7 +305,7 @@ class IntentusClient:
 
     def _on_lost(self, conn: ClientConnection, error: ClientError) -> None:
         if not isinstance(error, ClientClosed):
-            log.warning("%s", error)
+            log.info("%s", error)  # every waiter gets it raised; no need to shout twice
         self._calls.fail(error, conn)
 
     def _connection(self, deadline: float) -> ClientConnection:
