@@ -216,31 +216,49 @@ def _determinism(
     return []
 
 
-def diff(a: Any, b: Any, path: str = "") -> list[str]:
-    """Paths where two records differ (`events[3].payload.agent: 'x' != 'y'`)."""
+class _Missing:
+    """Where one side of a diff has no value at a path."""
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Any = _Missing()
+
+
+def differences(a: Any, b: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    """`(path, value in A, value in B)` wherever two records differ; `MISSING` on one side."""
     if isinstance(a, dict) and isinstance(b, dict):
-        out: list[str] = []
+        out: list[tuple[str, Any, Any]] = []
         for key in list(a) + [k for k in b if k not in a]:
             sub = f"{path}.{key}" if path else str(key)
-            if key not in a:
-                out.append(f"{sub}: only in B")
-            elif key not in b:
-                out.append(f"{sub}: only in A")
-            else:
-                out.extend(diff(a[key], b[key], sub))
+            out.extend(differences(a.get(key, MISSING), b.get(key, MISSING), sub))
         return out
     if isinstance(a, list) and isinstance(b, list):
         out = []
         for i in range(max(len(a), len(b))):
-            sub = f"{path}[{i}]"
-            if i >= len(a):
-                out.append(f"{sub}: only in B")
-            elif i >= len(b):
-                out.append(f"{sub}: only in A")
-            else:
-                out.extend(diff(a[i], b[i], sub))
+            out.extend(
+                differences(
+                    a[i] if i < len(a) else MISSING, b[i] if i < len(b) else MISSING, f"{path}[{i}]"
+                )
+            )
         return out
-    return [] if a == b else [f"{path}: {json.dumps(a)} != {json.dumps(b)}"]
+    if a is MISSING or b is MISSING:
+        return [(path, a, b)]
+    return [] if a == b else [(path, a, b)]
+
+
+def diff(a: Any, b: Any, path: str = "") -> list[str]:
+    """Paths where two records differ (`events[3].payload.agent: 'x' != 'y'`)."""
+    lines = []
+    for sub, va, vb in differences(a, b, path):
+        if va is MISSING:
+            lines.append(f"{sub}: only in B")
+        elif vb is MISSING:
+            lines.append(f"{sub}: only in A")
+        else:
+            lines.append(f"{sub}: {json.dumps(va)} != {json.dumps(vb)}")
+    return lines
 
 
 def summary(record: dict[str, Any]) -> dict[str, Any]:
@@ -299,10 +317,12 @@ def stats(store: RecordStore) -> dict[str, Any]:
 
 
 __all__ = [
+    "MISSING",
     "ROUTING_UNCHECKED",
     "RequestContext",
     "Verification",
     "diff",
+    "differences",
     "find",
     "iter_records",
     "load",

@@ -148,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     from worker import contract
 
     contract.add_parser(sub)
+    from worker import browser
+
+    serve = rp("serve", browser.HELP)
+    configuration.add_arguments(serve, ["agents", "policy_file"])
+    browser.add_arguments(serve)
     return parser
 
 
@@ -387,6 +392,10 @@ def cmd_records(args: argparse.Namespace) -> int:
         verb = "would delete" if args.dry_run else "deleted"
         out.write(f"{verb} {removed} records older than {args.older_than}; kept {kept}\n")
         return EXIT_OK
+    if command == "serve":
+        from worker import browser
+
+        return browser.run(args, store, parse_time=parse_since)
     raise ConfigError(f"unknown records command {command!r}")  # pragma: no cover
 
 

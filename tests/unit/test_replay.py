@@ -9,7 +9,17 @@ import pytest
 
 from runtime import AgentRegistry, RecordNotFound, load_policy
 from runtime.canonical import execution_id_for
-from runtime.replay import ROUTING_UNCHECKED, diff, find, replay, stats, summary, verify
+from runtime.replay import (
+    MISSING,
+    ROUTING_UNCHECKED,
+    diff,
+    differences,
+    find,
+    replay,
+    stats,
+    summary,
+    verify,
+)
 
 from .conftest import Calls, body, envelope, fail, ok, stored
 
@@ -153,6 +163,23 @@ class TestDiffAndStats:
         paths = diff(a, b)
         assert any(p.startswith("header.requestId") for p in paths)
         assert diff({"x": [1]}, {"x": [1, 2], "y": 0}) == ["x[1]: only in B", "y: only in B"]
+
+    def test_differences_carry_both_values(self) -> None:
+        """differences gives each path with A's and B's value, MISSING where a side has none."""
+        a = {"h": {"id": "a", "same": 1}, "ev": [{"t": 1}], "only_a": {"k": [1]}}
+        b = {"h": {"id": "b", "same": 1}, "ev": [{"t": 1}, {"t": 2}], "only_b": None}
+        assert differences(a, b) == [
+            ("h.id", "a", "b"),
+            ("ev[1]", MISSING, {"t": 2}),
+            ("only_a", {"k": [1]}, MISSING),
+            ("only_b", MISSING, None),
+        ]
+        assert diff(a, b) == [
+            'h.id: "a" != "b"',
+            "ev[1]: only in B",
+            "only_a: only in A",
+            "only_b: only in B",
+        ]
 
     def test_summary_and_stats(self, setup) -> None:
         """stats counts records by status, kind, intent, agent and error code."""
