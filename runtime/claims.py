@@ -44,6 +44,7 @@ class Holder:
     owner: str
     user_id: str
     fingerprint: str | None
+    known: bool = True  # False: the backend keeps no caller with the claim (files)
 
 
 @dataclass(slots=True)

@@ -419,7 +419,11 @@ class IntentusRuntime:
             assert claim.record is not None
             return self._from_record(req, json.loads(claim.record))
         holder = claim.holder
-        if holder is not None and (holder.user_id != req.user or holder.fingerprint != fp):
+        if (
+            holder is not None
+            and holder.known
+            and (holder.user_id != req.user or holder.fingerprint != fp)
+        ):
             # Another caller's request holds this requestId: never wait for, or answer
             # with, what it will record.
             return self._conflict(req, {})

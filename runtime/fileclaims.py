@@ -1,24 +1,29 @@
 """Claims on a local file system, for any number of worker processes on one host.
 
-A claim is a small file `<records>/.claims/<executionId>` naming its owner, created complete
-and atomically (written unnamed, then linked into place: `link` fails if the name exists, so
-exactly one creator wins and nobody ever reads a half-written claim). Owner liveness is an
-exclusive `flock` on `<records>/.owners/<owner>.lock`, held for the owner's lifetime and
-released by the kernel when the process dies, however it dies: no heartbeats, no clocks.
+Each owner (one per process) has a lock file `<records>/.owners/<owner>.lock` holding its
+token, under an exclusive `flock` for the owner's whole life; the kernel releases it when the
+process dies, however it dies: no heartbeats, no clocks. A claim is a hard link of that lock
+file at `<records>/.claims/<executionId>`: `link` fails if the name exists, so exactly one
+claimant wins, and a link adds a name, not a file (creating a file costs several times more
+here). Whoever finds the name taken opens it and tries a shared `flock`: refused means the
+owner is alive (same inode, same lock); granted means it is dead and the claim is orphaned.
 
 The order of operations carries the guarantee. An owner writes its record before it removes
 its claim; a claimant creates its claim before it looks for a record. So whoever wins a claim
 after an earlier execution finished sees that execution's record, and nobody runs it twice.
 
-Not for folders shared between hosts: `link` exclusivity, `flock` and attribute caching are
-not dependable over NFS or similar; use the PostgreSQL store there.
+A claim names its owner, not the caller: while an owner runs, a duplicate waits for its record,
+which is then checked against the duplicate's user and fingerprint. An orphan is taken over by
+the first claimant after the owner's death (normally the broker's redelivery of the very
+message), which records the request as in doubt under its own user and fingerprint.
+
+Not for folders shared between hosts: `link` exclusivity and `flock` are not dependable over
+NFS or similar; use the PostgreSQL store there.
 """
 
 from __future__ import annotations
 
-import errno
 import fcntl
-import json
 import logging
 import os
 import re
@@ -32,12 +37,11 @@ log = logging.getLogger("intentus.runtime.claims")
 CLAIMS_DIR = ".claims"
 OWNERS_DIR = ".owners"
 _TOKEN = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
-_O_TMPFILE = os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC if hasattr(os, "O_TMPFILE") else 0
 _RETRIES = 20
 
 
 class FileClaims:
-    """Claim files plus owner locks under one records folder."""
+    """Claim links plus owner locks under one records folder."""
 
     def __init__(self, root: str, owner: str, get_record: Callable[[str], bytes | None]) -> None:
         if not _TOKEN.match(owner):
@@ -46,6 +50,7 @@ class FileClaims:
         self._get_record = get_record
         self._claims = os.path.join(root, CLAIMS_DIR)
         self._owners = os.path.join(root, OWNERS_DIR)
+        self._lock_file = os.path.join(self._owners, owner + ".lock")
         self._seq = 0
         self._seq_lock = threading.Lock()
         try:
@@ -55,52 +60,27 @@ class FileClaims:
             # file unlocked and tidy it away as a dead owner's.
             tmp = os.path.join(self._owners, f".{owner}.tmp")
             self._lock_fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+            os.write(self._lock_fd, owner.encode())
             # Held until the process ends: the kernel releases it however the process dies.
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.rename(tmp, self._lock_path(owner))
+            os.rename(tmp, self._lock_file)
         except OSError as exc:
             raise ClaimError(f"cannot set up claims in {root}: {exc.strerror or exc}") from None
-        self._claims_fd = os.open(self._claims, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self._tmpfile = bool(_O_TMPFILE)
         self._remove_dead_owners()
 
     # -- owners --------------------------------------------------------------------------
-    def _lock_path(self, owner: str) -> str:
-        return os.path.join(self._owners, owner + ".lock")
-
-    def alive(self, owner: str) -> bool:
-        """Whether the owner's process still holds its lock (a missing lock file: dead)."""
-        if owner == self.owner:
-            return True
-        if not _TOKEN.match(owner):
-            return False
-        try:
-            fd = os.open(self._lock_path(owner), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return False
-        except OSError as exc:
-            raise ClaimError(f"cannot check owner {owner}: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)  # also drops the shared lock, if it was granted
-        return False
-
     def _remove_dead_owners(self) -> None:
-        """Tidy lock files of owners that are gone (their claims then read as dead too)."""
+        """Tidy lock files of owners that are gone (their claims keep the inode, still dead)."""
         try:
             entries = list(os.scandir(self._owners))
         except OSError:
             return
         for entry in entries:
-            name = entry.name.removesuffix(".lock")
             if (
                 entry.name.endswith(".lock")
                 and not entry.name.startswith(".")
-                and name != self.owner
-                and not self.alive(name)
+                and entry.path != self._lock_file
+                and _holder_alive(entry.path) is False
             ):
                 try:
                     os.unlink(entry.path)
@@ -109,109 +89,79 @@ class FileClaims:
 
     def live_owners(self) -> set[str]:
         try:
-            names = [e.name.removesuffix(".lock") for e in os.scandir(self._owners)]
+            entries = list(os.scandir(self._owners))
         except OSError:
             return {self.owner}
-        return {n for n in names if self.alive(n)}
+        live = {self.owner}
+        for entry in entries:
+            if entry.name.endswith(".lock") and _holder_alive(entry.path):
+                live.add(entry.name.removesuffix(".lock"))
+        return live
 
     # -- claims --------------------------------------------------------------------------
     def _path(self, execution_id: str) -> str:
         return os.path.join(self._claims, execution_id)
 
-    def _content(self, holder: Holder) -> bytes:
-        return json.dumps(
-            {"owner": holder.owner, "userId": holder.user_id, "fingerprint": holder.fingerprint},
-            sort_keys=True,
-        ).encode()
-
-    def _create(self, path: str, data: bytes) -> bool:
-        """Create `path` holding `data`, complete or not at all; False if it exists."""
-        if self._tmpfile:
-            try:
-                fd = os.open(self._claims, _O_TMPFILE, 0o640)
-            except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-                    raise
-                self._tmpfile = False
-            else:
-                try:
-                    os.write(fd, data)
-                    # linkat(AT_SYMLINK_FOLLOW) of the open unnamed file (a dir fd forces linkat)
-                    os.link(
-                        f"/proc/self/fd/{fd}",
-                        path,
-                        src_dir_fd=self._claims_fd,
-                        follow_symlinks=True,
-                    )
-                    return True
-                except FileExistsError:
-                    return False
-                finally:
-                    os.close(fd)
-        tmp = self._tmp_path()
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-        try:
-            os.link(tmp, path)
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            os.unlink(tmp)
-
-    def _tmp_path(self) -> str:
-        with self._seq_lock:
-            self._seq += 1
-            return os.path.join(self._claims, f".{self.owner}.{self._seq}.tmp")
-
-    def _read(self, execution_id: str) -> Holder | None:
-        try:
-            with open(self._path(execution_id), "rb") as fh:
-                data = json.loads(fh.read())
-            return Holder(str(data["owner"]), str(data["userId"]), data["fingerprint"])
-        except FileNotFoundError:
-            return None
-        except (ValueError, KeyError, TypeError):
-            # Claim files are created complete; an unreadable one was damaged outside us.
-            return Holder("", "", None)
-
     def claim(self, execution_id: str, *, user_id: str, fingerprint: str | None) -> Claim:
         mine = Holder(self.owner, user_id, fingerprint)
         path = self._path(execution_id)
-        data = self._content(mine)
         try:
             for _ in range(_RETRIES):
-                if self._create(path, data):
-                    # Look for a record only now: one written before we created the claim is
-                    # visible, since its owner wrote it before removing its own claim.
-                    record = self._get_record(execution_id)
-                    if record is not None:
-                        _unlink(path)
-                        return Claim(ClaimState.RECORDED, execution_id, record=record)
-                    return Claim(ClaimState.WON, execution_id, holder=mine)
-                state = self._state_of(execution_id)
-                if state is not None:
-                    return state
-                # The claim was released between our attempt and our read: try again.
+                try:
+                    os.link(self._lock_file, path)
+                except FileExistsError:
+                    state = self._state_of(execution_id)
+                    if state is not None:
+                        return state
+                    continue  # released between our attempt and our look: try again
+                # Look for a record only now: one written before we created the claim is
+                # visible, since its owner wrote it before removing its own claim.
+                record = self._get_record(execution_id)
+                if record is not None:
+                    _unlink(path)
+                    return Claim(ClaimState.RECORDED, execution_id, record=record)
+                return Claim(ClaimState.WON, execution_id, holder=mine)
         except OSError as exc:
             raise ClaimError(f"cannot claim {execution_id}: {exc.strerror or exc}") from None
         raise ClaimError(f"cannot claim {execution_id}: it keeps changing hands")
 
     def _state_of(self, execution_id: str) -> Claim | None:
         """The claim as it stands, or None if nobody holds it (and there is no record)."""
-        holder = self._read(execution_id)
         record = self._get_record(execution_id)
         if record is not None:
             return Claim(ClaimState.RECORDED, execution_id, record=record)
-        if holder is None:
+        owner, alive = self._inspect(self._path(execution_id))
+        if owner is None:
+            record = self._get_record(execution_id)
+            if record is not None:
+                return Claim(ClaimState.RECORDED, execution_id, record=record)
             return None
-        if self.alive(holder.owner):
+        holder = _unknown_caller(owner)
+        if alive:
             return Claim(ClaimState.RUNNING, execution_id, holder=holder)
         # Its owner is dead: one more look, it may have recorded just before it died.
         record = self._get_record(execution_id)
         if record is not None:
             return Claim(ClaimState.RECORDED, execution_id, record=record)
         return Claim(ClaimState.ORPHANED, execution_id, holder=holder)
+
+    def _inspect(self, path: str) -> tuple[str | None, bool]:
+        """(owner token, alive) of a claim; (None, False) if there is none."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None, False
+        try:
+            owner = os.read(fd, 256).decode("ascii", "replace")
+            if owner == self.owner:
+                return owner, True
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return owner, True
+            return owner, False
+        finally:
+            os.close(fd)  # also drops the shared lock, if it was granted
 
     def take_over(self, claim: Claim, *, user_id: str, fingerprint: str | None) -> Claim:
         """Replace a dead owner's claim with ours (to record that the request is in doubt).
@@ -225,9 +175,10 @@ class FileClaims:
                 return current or self.claim(
                     claim.execution_id, user_id=user_id, fingerprint=fingerprint
                 )
-            tmp = self._tmp_path()
-            with open(tmp, "xb") as fh:
-                fh.write(self._content(mine))
+            with self._seq_lock:
+                self._seq += 1
+                tmp = os.path.join(self._claims, f".{self.owner}.{self._seq}")
+            os.link(self._lock_file, tmp)
             os.rename(tmp, self._path(claim.execution_id))
         except OSError as exc:
             raise ClaimError(
@@ -260,14 +211,31 @@ class FileClaims:
     def close(self) -> None:
         if self._lock_fd >= 0:
             try:
-                os.unlink(self._lock_path(self.owner))
+                os.unlink(self._lock_file)
             except OSError:
                 pass
             os.close(self._lock_fd)
             self._lock_fd = -1
-        if self._claims_fd >= 0:
-            os.close(self._claims_fd)
-            self._claims_fd = -1
+
+
+def _unknown_caller(owner: str) -> Holder:
+    """A running claim's holder: the owner is known, its caller is checked on its record."""
+    return Holder(owner, "", None, known=False)
+
+
+def _holder_alive(path: str) -> bool | None:
+    """Whether a lock file is held (None: it is gone)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _unlink(path: str) -> None:

@@ -305,6 +305,9 @@ class _ReadOnlyStore(FileRecordStore):
         self.durable = True
         self._made = set()
 
+    def close(self) -> None:
+        return None  # nothing was opened: no committer, no claims
+
 
 def cmd_records(args: argparse.Namespace) -> int:
     store = _store(args)

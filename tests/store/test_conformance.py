@@ -141,11 +141,9 @@ class TestClaims:
         seen = two.claim(eid, user_id="bob", fingerprint="f2")
         assert seen.state is ClaimState.RUNNING
         assert seen.holder is not None
-        assert (seen.holder.owner, seen.holder.user_id, seen.holder.fingerprint) == (
-            one.owner,
-            "alice",
-            "f1",
-        )
+        assert seen.holder.owner == one.owner
+        if seen.holder.known:  # PostgreSQL keeps the caller with the claim; files do not
+            assert (seen.holder.user_id, seen.holder.fingerprint) == ("alice", "f1")
         assert two.probe([eid]) == {eid: ClaimState.RUNNING}
 
     def test_dead_owner_without_record_is_orphaned(self, shared: Backend) -> None:
