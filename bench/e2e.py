@@ -62,7 +62,7 @@ CASES = {
     "600B-w1": Case("600 B, window 1", 600, 1, 2_000, 200, ("baseline", "file", "postgres")),
 }
 PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-DURABLE = ("file", "postgres")  # contenders whose throughput is compared with memory's
+DURABLE = ("file", "postgres", "before")  # contenders compared with memory's throughput
 SWEEP = (1, 4, 16, 64, 256, 1024)
 BEFORE: Path | None = None  # --before: an older source tree, measured as contender "before"
 PG_SERVER = PG_URL  # --pg-url: where the postgres contender's temporary databases go
@@ -320,15 +320,16 @@ def print_table(data: dict[str, Any]) -> None:
     print()
     print("Medians over rounds:")
     print(
-        "| case | worker | msgs/s | vs baseline | vs memory | worker CPU µs/req | p50 ms | p99 ms |"
+        "| case | worker | msgs/s | vs baseline | vs memory | worker CPU µs/req | "
+        "database CPU µs/req | p50 ms | p99 ms |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     keys = dict.fromkeys((r["case"], r["contender"]) for r in data["rows"])
     for case, kind in keys:
         sel = [r for r in data["rows"] if r["case"] == case and r["contender"] == kind]
 
         def med(f: str, sel: list[dict[str, Any]] = sel) -> float | None:
-            vals = [r[f] for r in sel if r[f] is not None]
+            vals = [r[f] for r in sel if r.get(f) is not None]
             return statistics.median(vals) if vals else None
 
         vs_b, vs_m = med("vs_baseline"), med("vs_memory")
@@ -336,7 +337,8 @@ def print_table(data: dict[str, Any]) -> None:
             f"| {CASES[case].name} | {kind} | {med('msgs_per_s'):.0f} | "
             f"{'' if vs_b is None else f'{vs_b:.2f}'} | "
             f"{'' if vs_m is None or kind not in DURABLE else f'{vs_m:.2f}'} | "
-            f"{med('worker_us_per_req'):.0f} | {med('p50_ms'):.2f} | {med('p99_ms'):.2f} |"
+            f"{med('worker_us_per_req'):.0f} | {_us(med('database_us_per_req'))} | "
+            f"{med('p50_ms'):.2f} | {med('p99_ms'):.2f} |"
         )
 
 
