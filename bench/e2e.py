@@ -332,11 +332,11 @@ def print_table(data: dict[str, Any]) -> None:
             vals = [r[f] for r in sel if r.get(f) is not None]
             return statistics.median(vals) if vals else None
 
-        vs_b, vs_m = med("vs_baseline"), med("vs_memory")
+        med_b, med_m = med("vs_baseline"), med("vs_memory")
         print(
             f"| {CASES[case].name} | {kind} | {med('msgs_per_s'):.0f} | "
-            f"{'' if vs_b is None else f'{vs_b:.2f}'} | "
-            f"{'' if vs_m is None or kind not in DURABLE else f'{vs_m:.2f}'} | "
+            f"{'' if med_b is None else f'{med_b:.2f}'} | "
+            f"{'' if med_m is None or kind not in DURABLE else f'{med_m:.2f}'} | "
             f"{med('worker_us_per_req'):.0f} | {_us(med('database_us_per_req'))} | "
             f"{med('p50_ms'):.2f} | {med('p99_ms'):.2f} |"
         )
