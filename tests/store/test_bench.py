@@ -1,11 +1,13 @@
-"""Smoke test of bench/store.py: a handful of records per backend, so the script cannot rot.
+"""Smoke tests of the benchmark scripts with tiny counts, so they cannot rot.
 
-No timing is asserted (the figures depend on the machine); only that the script runs, prints
-a figure for every backend it was asked for, writes what it claims to, and cleans up.
+No timing is asserted (the figures depend on the machine); only that a script runs, prints a
+figure for every backend or contender it was asked for, writes what it claims to, and cleans
+up after itself.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -83,4 +85,31 @@ class TestStoreBench:
         before = set(pg.execute(pg.PG_URL, query))
         out = run_bench("--rounds", "1", "--backends", "postgres", "--pg-url", pg.PG_URL)
         assert float(medians(out)["postgres"]["records/s"]) > 0
+        assert set(pg.execute(pg.PG_URL, query)) <= before
+
+
+class TestEndToEndBench:
+    def test_postgres_contender_answers_every_request(self, broker: None, tmp_path: Path) -> None:
+        """A worker on PostgreSQL records answers all requests; its database is dropped after."""
+        with pg.temporary_database():  # skips (or fails under CI) without a server
+            pass
+        query = "SELECT datname FROM pg_database WHERE starts_with(datname, 'intentus_bench_')"
+        before = set(pg.execute(pg.PG_URL, query))
+        results = tmp_path / "e2e.json"
+        args = ["--cases", "600B-w1", "--scale", "0.01", "--rounds", "1"]
+        args += ["--contenders", "baseline,postgres", "--pg-url", pg.PG_URL, "--json", str(results)]
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.e2e", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        rows = {r["contender"]: r for r in json.loads(results.read_text())["rows"]}
+        assert set(rows) == {"baseline", "postgres"}
+        for row in rows.values():
+            assert row["msgs_per_s"] > 0
+            assert (row["lost"], row["mismatched"]) == (0, 0)
+        assert rows["postgres"]["database_us_per_req"] > 0
         assert set(pg.execute(pg.PG_URL, query)) <= before
