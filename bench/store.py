@@ -25,6 +25,7 @@ many records each commit transaction carried.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import secrets
@@ -123,8 +124,7 @@ class Template:
             self.data = data
         finally:
             rt.close()
-        header = self.data.split(b'"fingerprint":"', 1)[1]
-        self.fingerprint = header.split(b'"', 1)[0].decode()
+        self.fingerprint = str(json.loads(self.data)["header"]["fingerprint"])
 
     def make(self, n: int) -> list[tuple[str, bytes]]:
         old = self.execution_id.encode()
