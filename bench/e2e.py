@@ -11,7 +11,9 @@ and queue; file records go to a temporary folder under .intentusnet/ that is rem
 
 Our worker runs as `python -m worker` in its default configuration (durable file records,
 publisher confirms, quorum queue) with the no-op agent in bench/noop_agent.py; the memory
-store contender sets INTENTUS_RECORDS_DIR=:memory: (benchmark-only, not for production).
+store contender sets INTENTUS_RECORDS_DIR=:memory: (benchmark-only, not for production); the
+postgres contender sets INTENTUS_RECORDS_URL to a temporary database created on the --pg-url
+server (the `postgres` extra) and dropped afterwards.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -52,12 +55,18 @@ class Case:
 
 
 CASES = {
-    "600B-w256": Case("600 B, window 256", 600, 256, 10_000, 1_000, ("baseline", "file", "memory")),
+    "600B-w256": Case(
+        "600 B, window 256", 600, 256, 10_000, 1_000, ("baseline", "file", "memory", "postgres")
+    ),
     "64KiB-w64": Case("64 KiB, window 64", 64 * 1024 + 600, 64, 2_000, 200, ("baseline", "file")),
-    "600B-w1": Case("600 B, window 1", 600, 1, 2_000, 200, ("baseline", "file")),
+    "600B-w1": Case("600 B, window 1", 600, 1, 2_000, 200, ("baseline", "file", "postgres")),
 }
+PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DURABLE = ("file", "postgres", "before")  # contenders compared with memory's throughput
 SWEEP = (1, 4, 16, 64, 256, 1024)
 BEFORE: Path | None = None  # --before: an older source tree, measured as contender "before"
+PG_SERVER = PG_URL  # --pg-url: where the postgres contender's temporary databases go
+CONTENDERS: set[str] | None = None  # --contenders: run only these (default: all of each case)
 
 
 def _free_port() -> int:
@@ -116,6 +125,8 @@ class Contender:
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.records: Path | None = None
+        self.database = ExitStack()  # the postgres contender's temporary database
+        self.records_url: str | None = None
         self.log = ROOT / ".intentusnet" / "bench" / f"{self.queue}.log"
 
     def start(self) -> int:
@@ -149,6 +160,11 @@ class Contender:
         )
         if self.kind == "memory":
             env["INTENTUS_RECORDS_DIR"] = ":memory:"
+        elif self.kind == "postgres":
+            from bench.store import temporary_database
+
+            self.records_url = self.database.enter_context(temporary_database(PG_SERVER))
+            env["INTENTUS_RECORDS_URL"] = self.records_url
         else:
             self.records = ROOT / ".intentusnet" / "bench" / self.queue
             env["INTENTUS_RECORDS_DIR"] = str(self.records)
@@ -177,6 +193,7 @@ class Contender:
                 self.proc.kill()
                 self.proc.wait()
         _cleanup(self.queue)
+        self.database.close()
         if self.records is not None:
             shutil.rmtree(self.records, ignore_errors=True)
         self.log.unlink(missing_ok=True)
@@ -209,7 +226,22 @@ def measure(
             rss_pid=pid if rss_every else None,
             rss_every=rss_every or 10_000,
         )
-        return gen.run()
+        if c.records_url is None:
+            return gen.run()
+        from bench.store import ServerCpu
+
+        server = ServerCpu(c.records_url)
+        try:
+            before = server.sample()
+            r = gen.run()
+            spent = ServerCpu.spent(before, server.sample())
+        finally:
+            server.close()
+        if spent is not None:
+            # The database's sessions over the whole run (their pool grows during the warm-up),
+            # prorated to the measured replies.
+            r.cpu_s["database"] = spent * r.measured / max(1, r.replies)
+        return r
     finally:
         c.stop()
 
@@ -226,6 +258,7 @@ def run_table(cases: list[str], rounds: int, scale: float) -> dict[str, Any]:
             n = max(100, int(case.n * scale))
             got: dict[str, Result] = {}
             kinds = case.contenders + (("before",) if BEFORE is not None else ())
+            kinds = tuple(k for k in kinds if CONTENDERS is None or k in CONTENDERS)
             for kind in kinds:
                 r = measure(kind, case.size, case.window, n, int(case.warmup * scale), key)
                 got[kind] = r
@@ -244,6 +277,11 @@ def run_table(cases: list[str], rounds: int, scale: float) -> dict[str, Any]:
                         ),
                         "worker_us_per_req": per_request_us(r),
                         "broker_us_per_req": r.cpu_s.get("broker", 0.0) / max(1, r.measured) * 1e6,
+                        "database_us_per_req": (
+                            r.cpu_s["database"] / max(1, r.measured) * 1e6
+                            if "database" in r.cpu_s
+                            else None
+                        ),
                         "p50_ms": r.p50_ms,
                         "p99_ms": r.p99_ms,
                         "lost": r.lost,
@@ -253,46 +291,54 @@ def run_table(cases: list[str], rounds: int, scale: float) -> dict[str, Any]:
     return {"rows": rows}
 
 
+def _us(value: float | None) -> str:
+    return "" if value is None else f"{value:.0f}"
+
+
 def print_table(data: dict[str, Any]) -> None:
     print()
     print(
-        "| round | case | worker | msgs/s | vs baseline | file vs memory | "
-        "worker CPU µs/req | broker CPU µs/req | p50 ms | p99 ms | lost | mismatched |"
+        "| round | case | worker | msgs/s | vs baseline | vs memory | "
+        "worker CPU µs/req | broker CPU µs/req | database CPU µs/req | p50 ms | p99 ms | lost | "
+        "mismatched |"
     )
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in data["rows"]:
         vs_b = f"{r['vs_baseline']:.2f}" if r["vs_baseline"] is not None else ""
         vs_m = (
             f"{r['vs_memory']:.2f}"
-            if r["vs_memory"] is not None and r["contender"] == "file"
+            if r["vs_memory"] is not None and r["contender"] in DURABLE
             else ""
         )
         print(
             f"| {r['round']} | {CASES[r['case']].name} | {r['contender']} | "
             f"{r['msgs_per_s']:.0f} | {vs_b} | {vs_m} | {r['worker_us_per_req']:.0f} | "
-            f"{r['broker_us_per_req']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+            f"{r['broker_us_per_req']:.0f} | {_us(r.get('database_us_per_req'))} | "
+            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
             f"{r['lost']} | {r['mismatched']} |"
         )
     print()
     print("Medians over rounds:")
     print(
-        "| case | worker | msgs/s | vs baseline | file vs memory | worker CPU µs/req | p50 ms | p99 ms |"
+        "| case | worker | msgs/s | vs baseline | vs memory | worker CPU µs/req | "
+        "database CPU µs/req | p50 ms | p99 ms |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     keys = dict.fromkeys((r["case"], r["contender"]) for r in data["rows"])
     for case, kind in keys:
         sel = [r for r in data["rows"] if r["case"] == case and r["contender"] == kind]
 
         def med(f: str, sel: list[dict[str, Any]] = sel) -> float | None:
-            vals = [r[f] for r in sel if r[f] is not None]
+            vals = [r[f] for r in sel if r.get(f) is not None]
             return statistics.median(vals) if vals else None
 
-        vs_b, vs_m = med("vs_baseline"), med("vs_memory")
+        med_b, med_m = med("vs_baseline"), med("vs_memory")
         print(
             f"| {CASES[case].name} | {kind} | {med('msgs_per_s'):.0f} | "
-            f"{'' if vs_b is None else f'{vs_b:.2f}'} | "
-            f"{'' if vs_m is None or kind != 'file' else f'{vs_m:.2f}'} | "
-            f"{med('worker_us_per_req'):.0f} | {med('p50_ms'):.2f} | {med('p99_ms'):.2f} |"
+            f"{'' if med_b is None else f'{med_b:.2f}'} | "
+            f"{'' if med_m is None or kind not in DURABLE else f'{med_m:.2f}'} | "
+            f"{med('worker_us_per_req'):.0f} | {_us(med('database_us_per_req'))} | "
+            f"{med('p50_ms'):.2f} | {med('p99_ms'):.2f} |"
         )
 
 
@@ -347,9 +393,21 @@ def main() -> None:
         help="source tree of an earlier version (e.g. a git worktree), run as contender "
         "'before' with durable file records after ours in every case",
     )
+    ap.add_argument(
+        "--contenders",
+        help="run only these contenders, comma-separated (baseline, file, memory, postgres, before)",
+    )
+    ap.add_argument(
+        "--pg-url",
+        default=PG_URL,
+        help="PostgreSQL server for the postgres contender's temporary databases "
+        "(default: %(default)s)",
+    )
     a = ap.parse_args()
-    global BEFORE
+    global BEFORE, CONTENDERS, PG_SERVER
     BEFORE = Path(a.before).resolve() if a.before else None
+    CONTENDERS = {c.strip() for c in a.contenders.split(",")} if a.contenders else None
+    PG_SERVER = a.pg_url
     print("command: python -m bench.e2e " + " ".join(sys.argv[1:]), flush=True)
     if a.soak:
         data = run_soak(a.soak_n, 10_000)
