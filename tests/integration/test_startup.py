@@ -190,3 +190,21 @@ def test_missing_policy_file(start_worker: Callable[..., WorkerProcess], tmp_pat
     )
     assert code == 2, log
     assert "absent.json" in log
+
+
+def test_database_unreachable(start_worker: Callable[..., WorkerProcess]) -> None:
+    """A PostgreSQL records URL to a closed port → exit 4, the password never shown."""
+    url = f"postgresql://intentus:s3cret-db@127.0.0.1:{free_port()}/records"
+    code, log = failed_start(start_worker, env={"INTENTUS_RECORDS_URL": url})
+    assert code == 4, log
+    assert "INTENTUS_RECORDS_URL (--records-url)" in log
+    assert "s3cret-db" not in log
+    assert "Traceback" not in log
+
+
+def test_database_url_with_another_scheme(start_worker: Callable[..., WorkerProcess]) -> None:
+    """A records URL that is not postgresql:// → exit 2, masked."""
+    code, log = failed_start(start_worker, env={"INTENTUS_RECORDS_URL": "mysql://u:pw-x@h/db"})
+    assert code == 2, log
+    assert "INTENTUS_RECORDS_URL (--records-url)" in log
+    assert "pw-x" not in log
