@@ -47,7 +47,10 @@ CONTRACT_ENV = (
     "INTENTUS_LOG_LEVEL",
     "INTENTUS_WORKER_ID",
     "INTENTUS_DELIVERY_LIMIT",
+    "INTENTUS_QUEUE_MAX_PRIORITY",
 )
+# Variables of single commands (docs/contract.md "Command line"), not of the worker.
+COMMAND_ENV = ("INTENTUS_BROWSER_TOKEN",)
 
 # What Grafana substitutes in the dashboard's queries, for evaluating them directly.
 GRAFANA_VARIABLES = {"$__rate_interval": "2m", "$__interval": "15s", "$__range": "1h"}

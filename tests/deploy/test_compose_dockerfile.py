@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from tests.deploy.common import (
+    COMMAND_ENV,
     COMPOSE_FILE,
     CONTRACT_ENV,
     DASHBOARD_FILE,
@@ -30,6 +31,7 @@ from tests.deploy.common import (
     OPERATIONS_DOC,
     PROM_DIR,
     ROOT,
+    contract_section,
     contract_table_names,
     deploy_text_files,
     intentus_env_names,
@@ -59,7 +61,7 @@ CONTRACT_METRICS = {
     "intentus_broker_reconnects_total",
     "intentus_build_info",
 }
-BEYOND_CONTRACT_METRICS = {"intentus_ready"}
+BEYOND_CONTRACT_METRICS = {"intentus_ready", "intentus_consumer_cancels_total"}
 # Documented too, but nothing in deploy/ reads it.
 UNUSED_IN_DEPLOY_METRICS = {"intentus_middleware_errors_total"}
 
@@ -110,6 +112,11 @@ def compose_binary() -> Path | None:
 class TestContractNames:
     """Names used in deploy/ and the operations guide are the product's."""
 
+    def test_command_env_names_are_documented(self) -> None:
+        """Variables of single commands are named in docs/contract.md's command table."""
+        text = contract_section("Command line")
+        assert all(name in text for name in COMMAND_ENV)
+
     def test_contract_env_list_matches_the_doc(self) -> None:
         """The list these tests hold is docs/contract.md's configuration table."""
         names = contract_table_names("Configuration")
@@ -128,7 +135,8 @@ class TestContractNames:
         for path in deploy_text_files():
             for name in intentus_env_names(path.read_text(errors="replace")):
                 used.setdefault(name, set()).add(str(path.relative_to(ROOT)))
-        unknown = {name: files for name, files in used.items() if name not in CONTRACT_ENV}
+        known = set(CONTRACT_ENV) | set(COMMAND_ENV)
+        unknown = {name: files for name, files in used.items() if name not in known}
         assert not unknown
         assert len(used) >= 10  # the files really were read
 
