@@ -235,10 +235,14 @@ class PostgresRecordStore:
         """Create or upgrade the schema, once, whoever starts first."""
         with self.pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS intentus_schema_version ("
-                " version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-            )
+            # Only when missing: CREATE ... IF NOT EXISTS needs the CREATE privilege even when
+            # the table exists, and a role that only reads and writes must be able to start.
+            exists = _row(conn.execute("SELECT to_regclass('intentus_schema_version')"))[0]
+            if exists is None:
+                conn.execute(
+                    "CREATE TABLE intentus_schema_version ("
+                    " version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+                )
             row = _row(conn.execute("SELECT max(version) FROM intentus_schema_version"))
             current = row[0] or 0
             if current > SCHEMA_VERSION:
@@ -576,7 +580,7 @@ class PostgresRecordStore:
                 )
                 results = [error] * len(batch)
             for item, result in zip(batch, results, strict=True):
-                if result is None:
+                if result is None and item.owner is not None:
                     with self._mine_lock:
                         if self._mine.get(item.execution_id) == item.owner:
                             del self._mine[item.execution_id]

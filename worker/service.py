@@ -357,7 +357,7 @@ class Worker:
             else:
                 self.metrics.record_write_errors.inc()
                 log.error(
-                    "cannot write record %s: %s; pausing until the records folder is writable",
+                    "cannot write record %s: %s; pausing until the execution store is writable",
                     outcome.execution_id,
                     exc,
                     extra={"request_id": outcome.request_id, "trace_id": outcome.trace_id},

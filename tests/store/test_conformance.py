@@ -133,6 +133,18 @@ class TestClaims:
         assert again.state is ClaimState.RECORDED
         assert again.record == b'{"x": 1}'
 
+    def test_record_without_claim_is_written_once(self, backend: Backend) -> None:
+        """A record put without a claim (an import) is stored once; a second put is refused."""
+        from runtime.errors import RecordExists
+
+        store = backend.open()
+        eid = execution_id_for("unclaimed")
+        store.put(eid, b'{"a": 1}')
+        with pytest.raises(RecordExists):
+            store.put(eid, b'{"a": 2}')
+        store.put(execution_id_for("unclaimed-2"), b'{"b": 1}')  # the committer still runs
+        assert store.get(eid) == b'{"a": 1}'
+
     def test_second_claimant_sees_running_with_its_holder(self, shared: Backend) -> None:
         """A live owner's claim: RUNNING, naming the owner, user and fingerprint."""
         one, two = shared.open(), shared.open()
