@@ -52,6 +52,10 @@ CONTRACT_ENV = (
 # Variables of single commands (docs/contract.md "Command line"), not of the worker.
 COMMAND_ENV = ("INTENTUS_BROWSER_TOKEN",)
 
+# The PostgreSQL store's tables, named in the operations guide: intentus_* names that are not
+# metrics (tests/deploy/test_postgres_role.py checks that they are the store's).
+DATABASE_TABLES = frozenset({"intentus_executions", "intentus_schema_version"})
+
 # What Grafana substitutes in the dashboard's queries, for evaluating them directly.
 GRAFANA_VARIABLES = {"$__rate_interval": "2m", "$__interval": "15s", "$__range": "1h"}
 

