@@ -33,7 +33,7 @@ from typing import Any
 
 from runtime.claims import Claim, ClaimError, ClaimState, Holder, new_owner_token
 from runtime.errors import RecordExists, RecordStoreError
-from runtime.store import check_execution_id
+from runtime.store import check_execution_id, put_and_wait
 
 log = logging.getLogger("intentus.runtime.pgstore")
 
@@ -529,17 +529,7 @@ class PostgresRecordStore:
 
     # -- records: writes -----------------------------------------------------------------
     def put(self, execution_id: str, data: bytes) -> None:
-        box: list[BaseException | None] = []
-        event = threading.Event()
-
-        def done(exc: BaseException | None) -> None:
-            box.append(exc)
-            event.set()
-
-        self.put_async(execution_id, data, done)
-        event.wait()
-        if box[0] is not None:
-            raise box[0]
+        put_and_wait(self.put_async, execution_id, data)
 
     def put_async(self, execution_id: str, data: bytes, done: Callback) -> None:
         """Queue the record; `done(None)` once its transaction committed (or `done(exc)`)."""

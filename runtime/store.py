@@ -79,6 +79,23 @@ def _umask_strips(mode: int) -> bool:
     return True
 
 
+def put_and_wait(
+    put_async: Callable[[str, bytes, Callback], None], execution_id: str, data: bytes
+) -> None:
+    """A group-committed write made synchronous: return once durable, or raise its error."""
+    box: list[BaseException | None] = []
+    event = threading.Event()
+
+    def done(exc: BaseException | None) -> None:
+        box.append(exc)
+        event.set()
+
+    put_async(execution_id, data, done)
+    event.wait()
+    if box[0] is not None:
+        raise box[0]
+
+
 def check_execution_id(execution_id: str) -> str:
     """Only well-formed ids ever become paths; anything else is rejected."""
     if not isinstance(execution_id, str) or not EXECUTION_ID.match(execution_id):
@@ -333,17 +350,7 @@ class FileRecordStore:
     # -- writes --------------------------------------------------------------------------
     def put(self, execution_id: str, data: bytes) -> None:
         """Write and return once durable; RecordExists if it is already stored."""
-        box: list[BaseException | None] = []
-        event = threading.Event()
-
-        def done(exc: BaseException | None) -> None:
-            box.append(exc)
-            event.set()
-
-        self.put_async(execution_id, data, done)
-        event.wait()
-        if box[0] is not None:
-            raise box[0]
+        put_and_wait(self.put_async, execution_id, data)
 
     def put_async(self, execution_id: str, data: bytes, done: Callback) -> None:
         """Queue the bytes; `done(None)` runs once they are durable (or `done(exc)`).
