@@ -217,3 +217,29 @@ def test_crash_mid_agent_is_execution_in_doubt(
     assert again.props.correlation_id == "doubt-2"
     assert again.body == reply.body
     assert agents.calls() == [f"sleeper {rid}"]
+
+
+def test_waiting_duplicates_do_not_hold_routing_threads(
+    wire: Wire, start_worker: Callable[..., WorkerProcess], agents: Agents
+) -> None:
+    """Duplicates of a running request are parked: with 2 routing threads, 6 duplicates of a
+    3 s request still leave a thread for new requests, answered before the slow one ends."""
+    w = start_worker(env={**agents.env, "INTENTUS_CONCURRENCY": "2"})
+    slow = body_of(envelope("SleepIntent", {"seconds": 3}, request_id="req-park-slow"))
+    wire.publish(w.queue, slow, correlation_id="slow-0")
+    assert w.wait_until(lambda: agents.calls() == ["sleeper req-park-slow"], timeout=10)
+    for i in range(1, 7):
+        wire.publish(w.queue, slow, correlation_id=f"slow-{i}")
+    for i in range(3):
+        fast = body_of(envelope("ProcessIntent", {"document_id": f"d{i}"}, request_id=f"p-{i}"))
+        wire.publish(w.queue, fast, correlation_id=f"fast-{i}")
+    order = []
+    replies = {}
+    while len(replies) < 10:
+        r = wire.reply(timeout=20)
+        order.append(r.props.correlation_id)
+        replies[r.props.correlation_id] = r
+    assert set(order[:3]) == {"fast-0", "fast-1", "fast-2"}, order
+    assert len({replies[f"slow-{i}"].body for i in range(7)}) == 1
+    assert agents.calls().count("sleeper req-park-slow") == 1
+    assert w.metric("intentus_duplicates_total", kind="replayed") == 6
