@@ -7,6 +7,7 @@ another thread, and `abandoned()` counts the stuck ones until they return.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.canonical import dumps
+from runtime.canonical import dumps_text
 from runtime.errors import AgentError, ErrorCode
 from runtime.response import error_dict
 from runtime.tracebacks import request_ids, summarise
@@ -39,11 +40,12 @@ class AttemptResult:
         return None if self.error is None else self.error["code"]
 
 
-def _json_copy(value: Any, what: str) -> Any:
-    import json
+_decode = json.JSONDecoder().decode
 
+
+def _json_copy(value: Any, what: str) -> Any:
     try:
-        return json.loads(dumps(value))
+        return _decode(dumps_text(value))
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{what} is not JSON-serialisable: {exc}") from None
 
