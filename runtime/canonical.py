@@ -67,11 +67,6 @@ def dumps(value: Any) -> bytes:
     return _compact(value).encode("utf-8")
 
 
-def dumps_text(value: Any) -> str:
-    """`dumps` before its UTF-8 encoding, for what is parsed again at once."""
-    return _compact(value)
-
-
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

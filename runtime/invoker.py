@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.canonical import dumps_text
+from runtime.canonical import dumps
 from runtime.errors import AgentError, ErrorCode
 from runtime.response import error_dict
 from runtime.tracebacks import request_ids, summarise
@@ -45,7 +45,8 @@ _decode = json.JSONDecoder().decode
 
 def _json_copy(value: Any, what: str) -> Any:
     try:
-        return _decode(dumps_text(value))
+        # Through bytes: text that is not valid UTF-8 (a lone surrogate) must fail here.
+        return _decode(dumps(value).decode("utf-8"))
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{what} is not JSON-serialisable: {exc}") from None
 

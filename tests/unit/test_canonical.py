@@ -12,7 +12,6 @@ from runtime import AgentRegistry, FixedClock, IntentusRuntime
 from runtime.canonical import (
     canonical_json,
     dumps,
-    dumps_text,
     envelope_hash,
     envelope_hash_and_fingerprint,
 )
@@ -64,7 +63,6 @@ class TestEncoders:
     def test_same_bytes_as_stdlib(self, value: Any) -> None:
         """dumps and canonical_json give the stdlib's bytes (or error) for the same settings."""
         assert dumps(value) == stdlib(value)
-        assert dumps_text(value) == stdlib(value).decode("utf-8")
         canonical = outcome(canonical_json, value)
         assert canonical == outcome(lambda v: stdlib(v, sort_keys=True), value)
 
@@ -137,3 +135,18 @@ class TestRecordEncoding:
         assert dumps(parsed) == record
         assert dumps(parsed["finalResponse"]) == reply
         assert parsed["finalResponse"]["payload"] == {"by": "a", "f": 0.1, "s": "ü"}
+
+
+class TestAgentResultCopy:
+    def test_result_that_is_not_utf8_is_an_agent_error(self) -> None:
+        """An agent result with a lone surrogate fails in the agent's attempt, not later."""
+        registry = AgentRegistry()
+        registry.register("a", lambda env: {"text": "\ud800"}, intents=["I"])
+        rt = IntentusRuntime(registry, clock=FixedClock(), worker_id="w")
+        try:
+            response = rt.route_intent(body(envelope("I")))
+        finally:
+            rt.close()
+        assert response.error is not None
+        assert response.error.code == "INTERNAL_AGENT_ERROR"
+        assert "not JSON-serialisable" in response.error.message
