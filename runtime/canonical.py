@@ -8,12 +8,53 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
-_canonical = json.JSONEncoder(
+# The C accelerator the stdlib's JSONEncoder uses (None without it); not in the type stubs.
+c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+
+_py_canonical = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-).encode
-_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+)
+_py_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _make_c(py: json.JSONEncoder) -> Callable[[], Callable[[Any, int], Any]] | None:
+    """A factory of C encoders with `py`'s settings, bypassing `JSONEncoder.encode`.
+
+    The Python wrapper costs more than encoding a small object with the C encoder. Each
+    encoding gets a fresh encoder (cheap) because its circular-reference table must not be
+    shared between threads or kept after an error, as `JSONEncoder.iterencode` ensures too."""
+    if c_make_encoder is None:  # pragma: no cover - CPython always has it
+        return None
+    encode_str = json.encoder.encode_basestring  # ensure_ascii=False
+    default = py.default
+
+    def make() -> Callable[[Any, int], Any]:
+        return c_make_encoder({}, default, encode_str, None, ":", ",", py.sort_keys, False, False)
+
+    return make
+
+
+_c_canonical = _make_c(_py_canonical)
+_c_compact = _make_c(_py_compact)
+
+
+def _encoder(py: json.JSONEncoder, make: Callable[[], Any] | None) -> Callable[[Any], str]:
+    if make is None:  # pragma: no cover
+        return py.encode
+
+    def encode(value: Any) -> str:
+        if isinstance(value, str):
+            return py.encode(value)
+        return "".join(make()(value, 0))
+
+    return encode
+
+
+_canonical = _encoder(_py_canonical, _c_canonical)
+_compact = _encoder(_py_compact, _c_compact)
 
 
 def canonical_json(value: Any) -> bytes:
@@ -51,7 +92,11 @@ def trace_id_for(request_id: str) -> str:
 def envelope_hash_and_fingerprint(normalised_envelope: dict[str, Any]) -> tuple[str, str]:
     """Both hashes from one canonical encoding of each part (the same bytes as encoding the
     whole: a canonical object is its sorted members joined)."""
-    parts = {k: _canonical(v) for k, v in normalised_envelope.items()}
+    encode = _c_canonical() if _c_canonical is not None else None
+    if encode is None:  # pragma: no cover
+        parts = {k: _canonical(v) for k, v in normalised_envelope.items()}
+    else:
+        parts = {k: "".join(encode(v, 0)) for k, v in normalised_envelope.items()}
     whole = "{" + ",".join(f'"{k}":{parts[k]}' for k in sorted(parts)) + "}"
     fp = '{{"intent":{},"payload":{},"routing":{}}}'.format(
         parts["intent"],

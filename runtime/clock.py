@@ -5,11 +5,17 @@ from __future__ import annotations
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Protocol
 
 
+@lru_cache(maxsize=64)
 def format_timestamp(moment: datetime) -> str:
     """UTC, ISO 8601, milliseconds, `Z` suffix."""
+    # Cached: a request's receipt time is formatted for its envelope and again for its record.
+    if moment.tzinfo is UTC:
+        # isoformat truncates to milliseconds as below, at a third of the cost.
+        return moment.isoformat(timespec="milliseconds")[:-6] + "Z"
     m = moment.astimezone(UTC)
     return (
         f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}"

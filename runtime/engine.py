@@ -48,7 +48,7 @@ from runtime.invoker import AgentInvoker
 from runtime.middleware import Middleware, run_after, run_before
 from runtime.observer import Observer
 from runtime.policy import Policy, PolicySubject, load_policy
-from runtime.recorder import ExecutionRecorder, build_record, raw_body_fields
+from runtime.recorder import ExecutionRecorder, build_record, encode_record, raw_body_fields
 from runtime.registry import AgentDefinition, AgentRegistry
 from runtime.response import AgentResponse, error_dict, response_body, response_dict
 from runtime.router import Plan, RouteOutcome, Router, plan
@@ -505,6 +505,9 @@ class IntentusRuntime:
             self.observer.policy_filtered(denied, decision.rules[denied])
         p: Plan = plan(envelope, names, decision)
         agent_ran = False
+        # One compact encoding of the routed envelope: the agents' private copies are parsed
+        # from it and the record embeds it as it is.
+        env_json = dumps(req.env_dict)
         if p.error is not None:
             out = RouteOutcome(None, p.error, p.agent, 0, p.reason, p.try_order)
         else:
@@ -512,7 +515,6 @@ class IntentusRuntime:
             agent_ran = True
             # Each agent's private envelope is parsed from the routed one's JSON: a full deep
             # copy, several times cheaper than copying the model.
-            env_json = dumps(req.env_dict)
             out = self.router.execute(
                 envelope, agents, p, rec, partial(IntentEnvelope.model_validate_json, env_json)
             )
@@ -545,13 +547,14 @@ class IntentusRuntime:
         seconds = latency_ms / 1000.0
         error_code = None if out.error is None else out.error["code"]
         self.observer.routed(intent, strategy, response["status"], error_code, seconds)
-        record = build_record(
+        body = response_body(response)
+        record = encode_record(
             header=self._header(req.eid, req.rid, req, req.env_hash, req.fp, "execution", True),
-            envelope=req.env_dict,
+            envelope_json=env_json,
             policy=decision.to_dict(),
             events=rec.events,
             decision=router_decision,
-            response=response,
+            response_body=body,
             trace=_trace(req.trace_id, out.agent, intent, response, latency_ms),
         )
         return Outcome(
@@ -560,8 +563,8 @@ class IntentusRuntime:
             req.rid,
             req.trace_id,
             response,
-            response_body(response),
-            dumps(record),
+            body,
+            record,
             intent,
             strategy,
             None,

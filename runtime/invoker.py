@@ -7,6 +7,7 @@ another thread, and `abandoned()` counts the stuck ones until they return.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -39,11 +40,13 @@ class AttemptResult:
         return None if self.error is None else self.error["code"]
 
 
-def _json_copy(value: Any, what: str) -> Any:
-    import json
+_decode = json.JSONDecoder().decode
 
+
+def _json_copy(value: Any, what: str) -> Any:
     try:
-        return json.loads(dumps(value))
+        # Through bytes: text that is not valid UTF-8 (a lone surrogate) must fail here.
+        return _decode(dumps(value).decode("utf-8"))
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{what} is not JSON-serialisable: {exc}") from None
 

@@ -6,7 +6,7 @@ import base64
 from collections.abc import Callable
 from typing import Any
 
-from runtime.canonical import sha256_hex
+from runtime.canonical import dumps, sha256_hex
 
 EVENT_TYPES = (
     "INTENT_RECEIVED",
@@ -89,3 +89,36 @@ def build_record(
     record["finalResponse"] = response
     record["trace"] = trace
     return record
+
+
+def encode_record(
+    *,
+    header: dict[str, Any],
+    envelope_json: bytes,
+    policy: dict[str, Any],
+    events: list[dict[str, Any]],
+    decision: dict[str, Any],
+    response_body: bytes,
+    trace: dict[str, Any],
+) -> bytes:
+    """`dumps(build_record(...))` of a routed request, joining the envelope and the response
+    as already encoded (compact JSON is its members joined, so the bytes are the same)."""
+    return b"".join(
+        (
+            b'{"header":',
+            dumps(header),
+            b',"envelope":',
+            envelope_json,
+            b',"policy":',
+            dumps(policy),
+            b',"events":',
+            dumps(events),
+            b',"routerDecision":',
+            dumps(decision),
+            b',"finalResponse":',
+            response_body,
+            b',"trace":',
+            dumps(trace),
+            b"}",
+        )
+    )
