@@ -180,7 +180,7 @@ def main() -> None:
         (
             "route_intent, memory store, 1 thread",
             best(r, lambda: runtime_single(n, registry, None, tag())),
-            25.0,
+            40.0,
         ),
         (
             "route_intent, durable file store, 1 thread",
