@@ -28,7 +28,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import pika
 import pika.exceptions
@@ -48,6 +48,7 @@ from worker.errors import (
 from worker.pipeline import Delivery
 
 log = logging.getLogger("intentus.amqp")
+_T = TypeVar("_T")
 
 PERSISTENT = 2
 RECONNECT_BACKOFF_S = (0.2, 0.5, 1.0, 2.0)
@@ -180,6 +181,22 @@ def declare_topology(cfg: Config) -> None:
             conn.close()
         except Exception:
             pass
+
+
+def settle_confirmed(pending: OrderedDict[int, _T], tag: int, multiple: bool) -> list[_T]:
+    """Take out the publishes a broker confirm (ack or nack) settles: `tag` alone, or with
+    `multiple` every publish up to it (publish sequence numbers are in order)."""
+    settled: list[_T] = []
+    if multiple:
+        while pending:
+            seq, first = next(iter(pending.items()))
+            if seq > tag:
+                break
+            del pending[seq]
+            settled.append(first)
+    elif tag in pending:
+        settled.append(pending.pop(tag))
+    return settled
 
 
 class _Pending:
@@ -630,18 +647,7 @@ class ConsumerConnection:
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
         ok = isinstance(method, pika.spec.Basic.Ack)
-        tag = method.delivery_tag
-        done: list[_Pending] = []
-        if method.multiple:
-            while self._pending:
-                seq, first = next(iter(self._pending.items()))
-                if seq > tag:
-                    break
-                del self._pending[seq]
-                done.append(first)
-        elif tag in self._pending:
-            done.append(self._pending.pop(tag))
-        for pending in done:
+        for pending in settle_confirmed(self._pending, method.delivery_tag, method.multiple):
             outcome = "unroutable" if pending.returned else ("confirmed" if ok else "failed")
             try:
                 pending.done(outcome)
@@ -891,18 +897,7 @@ class ClientLink:
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
         ok = isinstance(method, pika.spec.Basic.Ack)
-        tag = method.delivery_tag
-        settled: list[_Unconfirmed] = []
-        if method.multiple:
-            while self._pending:
-                seq, first = next(iter(self._pending.items()))
-                if seq > tag:
-                    break
-                del self._pending[seq]
-                settled.append(first)
-        elif tag in self._pending:
-            settled.append(self._pending.pop(tag))
-        for p in settled:
+        for p in settle_confirmed(self._pending, method.delivery_tag, method.multiple):
             if p.correlation_id in self._returned:
                 self._returned.discard(p.correlation_id)
                 p.done(PublishFailed(f"queue {p.queue!r} does not exist (request unroutable)"))
