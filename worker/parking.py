@@ -44,6 +44,18 @@ class ParkingLot:
             self._parked.append((delivery, outcome))
             self._cond.notify()
 
+    def deliveries(self) -> list[Delivery]:
+        with self._cond:
+            return [d for d, _ in self._parked]
+
+    def drop_stale(self, generation: int) -> list[Delivery]:
+        """Take out the deliveries of a lost channel: the broker redelivers them, and their
+        tags may never be acked on the new one."""
+        with self._cond:
+            stale = [d for d, _ in self._parked if d.generation != generation]
+            self._parked = [p for p in self._parked if p[0].generation == generation]
+        return stale
+
     def drain(self) -> list[Delivery]:
         """Take every parked delivery out (shutdown: they go back to the queue)."""
         with self._cond:

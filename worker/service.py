@@ -236,6 +236,8 @@ class Worker:
 
     def _on_reconnect(self) -> None:
         self.metrics.broker_reconnects.inc()
+        for _stale in self.parking.drop_stale(self.conn.generation):
+            self._done()  # redelivered on the new channel; nothing to settle on the old one
         if not self._store_ok or self._stopping:
             self.conn.set_consuming(False)
 

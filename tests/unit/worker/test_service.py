@@ -127,6 +127,25 @@ class TestGenerations:
         assert t.generation == 1
         assert running.worker.metrics.broker_reconnects._value.get() == 1
 
+    def test_parked_deliveries_of_a_lost_channel_are_dropped(self, start: Start) -> None:
+        """A duplicate parked behind a running request is let go when its channel is lost
+        (the broker redelivers it), instead of waiting for the owner with a stale tag."""
+        running = start(concurrency=2)
+        t = running.transport
+        slow = request("gen-park", intent="SleepIntent", seconds=1.5)
+        t.publish(slow, reply_to="rq")
+        t.publish(slow, reply_to="rq")
+        parking = running.worker.parking
+        assert t.wait_for(lambda: len(parking) == 1)
+        t.lose_connection()
+        assert t.wait_for(lambda: t.generation == 1)
+        # both redelivered copies wait for the running one, and nothing of the lost channel
+        assert t.wait_for(
+            lambda: [d.generation for d in parking.deliveries()] == [1, 1], timeout=1.0
+        ), [d.generation for d in parking.deliveries()]
+        assert t.wait_for(lambda: len(t.replies) >= 2, timeout=10)
+        assert len({r.body for r in t.replies}) == 1
+
 
 class TestConsumerCancel:
     def test_cancel_counted_and_not_ready_until_consuming_again(self, start: Start) -> None:
