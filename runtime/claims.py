@@ -14,7 +14,8 @@ system (files) or the database server (PostgreSQL) releases when the owner's pro
 session ends. Records are write-once, which fences a worker whose liveness lapsed: it cannot
 write over the record that another worker wrote meanwhile.
 
-This module holds the shared types and the in-memory claims; the file claims live beside the
+The claim methods are part of the `RecordStore` protocol (runtime/store.py). This module
+holds the shared types and the in-memory claims; the file claims live beside the
 file store (`runtime/store.py`), the PostgreSQL ones in `runtime/pgstore.py`.
 """
 
@@ -65,17 +66,6 @@ def new_owner_token(worker_id: str) -> str:
     """A token unique to this process's lifetime: a restarted worker keeping its worker id
     (same hostname, pid 1) is still a different owner, so its predecessor's claims read dead."""
     return f"{worker_id}.{os.getpid()}.{secrets.token_hex(6)}"
-
-
-class ExecutionStore(Protocol):
-    """Claims plus write-once records: what the runtime needs from a backend."""
-
-    owner: str
-
-    def claim(self, execution_id: str, *, user_id: str, fingerprint: str | None) -> Claim: ...
-    def take_over(self, claim: Claim, *, user_id: str, fingerprint: str | None) -> Claim: ...
-    def release(self, claim: Claim) -> None: ...
-    def probe(self, execution_ids: list[str]) -> dict[str, ClaimState]: ...
 
 
 class MemoryClaims:
@@ -142,7 +132,6 @@ __all__ = [
     "Claim",
     "ClaimError",
     "ClaimState",
-    "ExecutionStore",
     "Holder",
     "MemoryClaims",
     "new_owner_token",

@@ -24,15 +24,12 @@ NFS or similar; use the PostgreSQL store there.
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import re
 import threading
 from collections.abc import Callable
 
 from runtime.claims import Claim, ClaimError, ClaimState, Holder
-
-log = logging.getLogger("intentus.runtime.claims")
 
 CLAIMS_DIR = ".claims"
 OWNERS_DIR = ".owners"
