@@ -18,7 +18,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -37,6 +37,7 @@ from runtime.clock import Clock, SystemClock, format_timestamp
 from runtime.envelope import (
     IntentEnvelope,
     RequestContext,
+    RoutingStrategy,
     _trace_from_traceparent,
     decode_json,
     normalise,
@@ -44,7 +45,7 @@ from runtime.envelope import (
     validate_envelope,
 )
 from runtime.errors import EnvelopeError, ErrorCode, RecordExists, RecordStoreError
-from runtime.invoker import AgentInvoker
+from runtime.invoker import Abandoned, AgentInvoker
 from runtime.middleware import Middleware, run_after, run_before
 from runtime.observer import Observer
 from runtime.policy import Policy, PolicySubject, load_policy
@@ -326,6 +327,39 @@ class IntentusRuntime:
         content_type: str | None = None,
         correlation_id: str | None = None,
     ) -> Outcome:
+        """Route one request, each handler on a pool thread: returns at its deadline even if
+        the handler never does."""
+        outcome = self._process(request, context, content_type, correlation_id, deliver=None)
+        assert outcome is not None
+        return outcome
+
+    def process_inline(
+        self,
+        request: bytes,
+        context: RequestContext | None = None,
+        *,
+        content_type: str | None = None,
+        correlation_id: str | None = None,
+        deliver: Callable[[Outcome], None],
+    ) -> None:
+        """Route one request with DIRECT, FALLBACK and BROADCAST handlers called on this
+        thread, and `deliver(outcome)` exactly once.
+
+        A handler past its deadline is abandoned by the watchdog, which carries the request on
+        (`invoker.carry_on`) and delivers from there; this thread then gets `Abandoned` once
+        the handler returns, and must let it unwind."""
+        outcome = self._process(request, context, content_type, correlation_id, deliver=deliver)
+        if outcome is not None:
+            deliver(outcome)
+
+    def _process(
+        self,
+        request: IntentEnvelope | dict[str, Any] | bytes | str,
+        context: RequestContext | None,
+        content_type: str | None,
+        correlation_id: str | None,
+        deliver: Callable[[Outcome], None] | None,
+    ) -> Outcome | None:
         ctx = context or RequestContext()
         t0 = self.clock.monotonic()
         received = self.clock.now()
@@ -368,7 +402,7 @@ class IntentusRuntime:
                 except EnvelopeError:
                     data = None
             return self._rejected(exc, body, data, ctx, t0, received, correlation_id)
-        return self._route(envelope, ctx, t0, received, correlation_id)
+        return self._route(envelope, ctx, t0, received, correlation_id, deliver)
 
     def _body(self, request: Any) -> bytes:
         """The request as JSON bytes: every form is then decoded and checked the same way."""
@@ -398,7 +432,8 @@ class IntentusRuntime:
         t0: float,
         received: datetime,
         correlation_id: str | None,
-    ) -> Outcome:
+        deliver: Callable[[Outcome], None] | None = None,
+    ) -> Outcome | None:
         env_dict = envelope.to_dict()
         env_hash, fp = envelope_hash_and_fingerprint(env_dict)
         req = _Request(
@@ -414,7 +449,7 @@ class IntentusRuntime:
         )
         claim = self.store.claim(req.eid, user_id=req.user, fingerprint=fp)
         if claim.state is ClaimState.WON:
-            return self._execute_claimed(req, claim)
+            return self._execute_claimed(req, claim, deliver)
         if claim.state is ClaimState.RECORDED:
             assert claim.record is not None
             return self._from_record(req, json.loads(claim.record))
@@ -454,19 +489,30 @@ class IntentusRuntime:
             and not self._is_active(claim.execution_id)
         )
 
-    def _execute_claimed(self, req: _Request, claim: Claim) -> Outcome:
+    def _execute_claimed(
+        self, req: _Request, claim: Claim, deliver: Callable[[Outcome], None] | None
+    ) -> Outcome | None:
         with self._active_lock:
             self._active.add(req.eid)
+        handed_over = False
+
+        def claimed(outcome: Outcome) -> Outcome:
+            nonlocal handed_over
+            handed_over = True
+            outcome.claim = claim
+            return outcome
+
         try:
             candidates = self.registry.find_by_capability(req.intent, req.envelope.intent.version)
-            outcome = self._execute(req, candidates)
+            return self._execute(req, candidates, claimed, deliver)
+        except Abandoned:
+            raise  # the request goes on elsewhere, with its claim
         except BaseException:
-            with self._active_lock:
-                self._active.discard(req.eid)
-            self.store.release(claim)
+            if not handed_over:  # an error of the caller's `deliver` is not ours to undo
+                with self._active_lock:
+                    self._active.discard(req.eid)
+                self.store.release(claim)
             raise
-        outcome.claim = claim
-        return outcome
 
     def _parked(self, req: _Request, claim: Claim) -> Outcome:
         """A live owner is executing this request: the caller waits for its record."""
@@ -483,7 +529,13 @@ class IntentusRuntime:
             claim=claim,
         )
 
-    def _execute(self, req: _Request, candidates: Sequence[AgentDefinition]) -> Outcome:
+    def _execute(
+        self,
+        req: _Request,
+        candidates: Sequence[AgentDefinition],
+        claimed: Callable[[Outcome], Outcome],
+        deliver: Callable[[Outcome], None] | None,
+    ) -> Outcome | None:
         envelope = req.envelope
         rec = ExecutionRecorder(self.clock.monotonic, req.t0)
         if self.middleware:
@@ -497,27 +549,46 @@ class IntentusRuntime:
             candidates = self.registry.find_by_capability(
                 envelope.intent.name, envelope.intent.version
             )
-        intent, strategy = req.intent, req.strategy
         rec.event("INTENT_RECEIVED", req.received_event())
         names = [a.name for a in candidates]
         decision = self.policy.evaluate(names, PolicySubject.of(envelope, req.ctx.user_id))
         for denied in decision.filtered:
             self.observer.policy_filtered(denied, decision.rules[denied])
         p: Plan = plan(envelope, names, decision)
-        agent_ran = False
         # One compact encoding of the routed envelope: the agents' private copies are parsed
         # from it and the record embeds it as it is.
         env_json = dumps(req.env_dict)
+        policy = decision.to_dict()
         if p.error is not None:
             out = RouteOutcome(None, p.error, p.agent, 0, p.reason, p.try_order)
-        else:
-            agents = {a.name: a for a in candidates}
-            agent_ran = True
-            # Each agent's private envelope is parsed from the routed one's JSON: a full deep
-            # copy, several times cheaper than copying the model.
-            out = self.router.execute(
-                envelope, agents, p, rec, partial(IntentEnvelope.model_validate_json, env_json)
-            )
+            return claimed(self._executed(req, rec, out, env_json, policy, agent_ran=False))
+        agents = {a.name: a for a in candidates}
+        # Each agent's private envelope is parsed from the routed one's JSON: a full deep
+        # copy, several times cheaper than copying the model.
+        fresh = partial(IntentEnvelope.model_validate_json, env_json)
+        if deliver is None or req.envelope.routing.strategy is RoutingStrategy.PARALLEL:
+            out = self.router.execute(envelope, agents, p, rec, fresh)
+            return claimed(self._executed(req, rec, out, env_json, policy, agent_ran=True))
+
+        def finish(out: RouteOutcome) -> None:
+            deliver(claimed(self._executed(req, rec, out, env_json, policy, agent_ran=True)))
+
+        self.router.execute_inline(self.router.steps(envelope, agents, p, rec, fresh), finish)
+        return None
+
+    def _executed(
+        self,
+        req: _Request,
+        rec: ExecutionRecorder,
+        out: RouteOutcome,
+        env_json: bytes,
+        policy: dict[str, Any],
+        *,
+        agent_ran: bool,
+    ) -> Outcome:
+        """The answer and record of a request that was routed (whether an agent ran or not)."""
+        envelope = req.envelope
+        intent, strategy = req.intent, req.strategy
         router_decision = {
             "agent": out.agent,
             "intent": intent,
@@ -551,7 +622,7 @@ class IntentusRuntime:
         record = encode_record(
             header=self._header(req.eid, req.rid, req, req.env_hash, req.fp, "execution", True),
             envelope_json=env_json,
-            policy=decision.to_dict(),
+            policy=policy,
             events=rec.events,
             decision=router_decision,
             response_body=body,

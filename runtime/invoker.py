@@ -21,11 +21,19 @@ from runtime.canonical import dumps
 from runtime.errors import AgentError, ErrorCode
 from runtime.response import error_dict
 from runtime.tracebacks import request_ids, summarise
+from runtime.watchdog import Watchdog
 
 log = logging.getLogger("intentus.runtime.invoker")
 
 _IDLE_EXIT_S = 60.0
 _monotonic = time.monotonic
+
+
+class Abandoned(BaseException):
+    """Raised on a thread whose inline handler returned after its deadline: the request went
+    on without it, on another thread, so this one must unwind without touching it.
+
+    A BaseException so that the `except Exception` clauses on the way up let it through."""
 
 
 @dataclass(slots=True)
@@ -164,6 +172,38 @@ class AgentInvoker:
         self._detached: set[Attempt] = set()
         self._closed = False
         self._seq = 0
+        self.watchdog = Watchdog()
+        #: Starts the thread that carries a request on after an inline handler's deadline
+        #: (the embedder replaces it to make that thread join its own pool afterwards).
+        self.carry_on: Callable[[Callable[[], None]], None] = _new_thread
+
+    def call_inline(
+        self,
+        agent: str,
+        handler: Callable[[Any], Any],
+        envelope: Any,
+        timeout_s: float,
+        *,
+        on_timeout: Callable[[AttemptResult], None],
+    ) -> AttemptResult | None:
+        """Run the handler on this thread; None if it overstayed its deadline, in which case
+        `on_timeout(AGENT_TIMEOUT result)` was called from the watchdog at the deadline."""
+        started = self._mono()
+
+        def expired() -> None:
+            on_timeout(
+                _timeout_result(agent, timeout_s, self._mono() - started),
+            )
+
+        watched = self.watchdog.watch(agent, timeout_s, expired)
+        payload, error = run_handler(handler, envelope, agent)
+        seconds = self._mono() - started
+        if not self.watchdog.finish(watched):
+            log.warning("abandoned agent '%s' returned after %.3f s", agent, seconds)
+            return None
+        if error is not None:
+            return AttemptResult("error", None, error, seconds)
+        return AttemptResult("success", payload, None, seconds)
 
     def start(
         self,
@@ -201,29 +241,21 @@ class AgentInvoker:
         return self.timeout_result(attempt), True
 
     def timeout_result(self, attempt: Attempt) -> AttemptResult:
-        elapsed = self._mono() - attempt.started
-        return AttemptResult(
-            "error",
-            None,
-            error_dict(
-                ErrorCode.AGENT_TIMEOUT,
-                f"agent '{attempt.agent}' did not answer within {attempt.timeout_s:g} s",
-                {"timeout_s": round(attempt.timeout_s, 3)},
-            ),
-            elapsed,
-        )
+        return _timeout_result(attempt.agent, attempt.timeout_s, self._mono() - attempt.started)
 
     def abandoned(self) -> int:
         """Handlers still running past their deadline after the request moved on."""
         now = _monotonic()
         with self._lock:
-            return sum(1 for a in self._detached if now >= a.deadline)
+            pooled = sum(1 for a in self._detached if now >= a.deadline)
+        return pooled + self.watchdog.stuck()
 
     def threads(self) -> int:
         with self._lock:
             return self._threads
 
     def close(self) -> None:
+        self.watchdog.close()
         with self._lock:
             self._closed = True
             idle = self._idle
@@ -269,3 +301,20 @@ class AgentInvoker:
                     return
                 self._idle += 1
             attempt._complete()
+
+
+def _timeout_result(agent: str, timeout_s: float, elapsed: float) -> AttemptResult:
+    return AttemptResult(
+        "error",
+        None,
+        error_dict(
+            ErrorCode.AGENT_TIMEOUT,
+            f"agent '{agent}' did not answer within {timeout_s:g} s",
+            {"timeout_s": round(timeout_s, 3)},
+        ),
+        elapsed,
+    )
+
+
+def _new_thread(fn: Callable[[], None]) -> None:
+    threading.Thread(target=fn, name="intentus-carry-on", daemon=True).start()

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import queue
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 from runtime.envelope import IntentEnvelope, RoutingStrategy
 from runtime.errors import ErrorCode
-from runtime.invoker import AgentInvoker, Attempt, AttemptResult
+from runtime.invoker import Abandoned, AgentInvoker, Attempt, AttemptResult
 from runtime.observer import Observer
 from runtime.policy import PolicyDecision
 from runtime.recorder import ExecutionRecorder
@@ -33,6 +33,18 @@ class Plan:
     error: dict[str, Any] | None = None
     agent: str | None = None
     skipped: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class AttemptCall:
+    """One handler call a route asks for."""
+
+    agent: AgentDefinition
+    envelope: IntentEnvelope
+    timeout_s: float
+
+
+Steps = Generator[AttemptCall, tuple[AttemptResult, bool], "RouteOutcome"]
 
 
 @dataclass(slots=True)
@@ -127,12 +139,67 @@ class Router:
         rec: ExecutionRecorder,
         fresh: Callable[[], IntentEnvelope] | None = None,
     ) -> RouteOutcome:
-        """Run the plan; `fresh()` makes each agent's private envelope (default: a deep copy)."""
+        """Run the plan, each handler on a pool thread; `fresh()` makes each agent's private
+        envelope (default: a deep copy)."""
         if fresh is None:
             fresh = partial(envelope.model_copy, deep=True)
-        strategy = envelope.routing.strategy
-        if strategy is RoutingStrategy.PARALLEL:
+        if envelope.routing.strategy is RoutingStrategy.PARALLEL:
             return self._parallel(envelope, agents, p, rec, fresh)
+        steps = self.steps(envelope, agents, p, rec, fresh)
+        try:
+            call = next(steps)
+            while True:
+                result, timed_out = self.invoker.call(
+                    call.agent.name, call.agent.handler, call.envelope, call.timeout_s
+                )
+                call = steps.send((result, timed_out))
+        except StopIteration as stop:
+            outcome: RouteOutcome = stop.value
+            return outcome
+
+    def execute_inline(
+        self,
+        steps: Steps,
+        finish: Callable[[RouteOutcome], None],
+        resume: tuple[AttemptResult, bool] | None = None,
+    ) -> None:
+        """Run a sequential plan's handlers on this thread; `finish(outcome)` once, here or,
+        if a handler overstays its deadline, on the thread that carries the request on.
+
+        Raises `Abandoned` on the thread whose handler was abandoned, when it returns."""
+        try:
+            call = next(steps) if resume is None else steps.send(resume)
+            while True:
+
+                def timed_out(result: AttemptResult) -> None:
+                    self.invoker.carry_on(
+                        partial(self.execute_inline, steps, finish, (result, True))
+                    )
+
+                result = self.invoker.call_inline(
+                    call.agent.name,
+                    call.agent.handler,
+                    call.envelope,
+                    call.timeout_s,
+                    on_timeout=timed_out,
+                )
+                if result is None:
+                    raise Abandoned(call.agent.name)
+                call = steps.send((result, False))
+        except StopIteration as stop:
+            finish(stop.value)
+
+    def steps(
+        self,
+        envelope: IntentEnvelope,
+        agents: dict[str, AgentDefinition],
+        p: Plan,
+        rec: ExecutionRecorder,
+        fresh: Callable[[], IntentEnvelope],
+    ) -> Steps:
+        """DIRECT, FALLBACK and BROADCAST as a generator: it yields each attempt to make and
+        is sent its (result, timed_out), so that whichever thread holds it can go on."""
+        strategy = envelope.routing.strategy
         stop_on_success = strategy is not RoutingStrategy.BROADCAST
         fallback = strategy is RoutingStrategy.FALLBACK
         last_success: tuple[str, AttemptResult] | None = None
@@ -146,7 +213,11 @@ class Router:
                 )
                 self.observer.fallback(envelope.intent.name)
             attempts += 1
-            result = self._attempt(fresh(), agents[name], attempts, rec)
+            agent = agents[name]
+            rec.event("AGENT_ATTEMPT_START", {"agent": name, "attempt": attempts})
+            self.observer.attempt_started(name, attempts)
+            result, timed_out = yield AttemptCall(agent, fresh(), self.timeout_for(agent))
+            self._end(rec, name, attempts, result, timed_out)
             last = (name, result)
             if result.status == "success":
                 last_success = last
@@ -165,17 +236,6 @@ class Router:
             )
         reason = p.reason if strategy is RoutingStrategy.DIRECT else "all_failed"
         return RouteOutcome(None, last[1].error, last[0], attempts, reason, p.try_order)
-
-    def _attempt(
-        self, private: IntentEnvelope, agent: AgentDefinition, number: int, rec: ExecutionRecorder
-    ) -> AttemptResult:
-        rec.event("AGENT_ATTEMPT_START", {"agent": agent.name, "attempt": number})
-        self.observer.attempt_started(agent.name, number)
-        result, timed_out = self.invoker.call(
-            agent.name, agent.handler, private, self.timeout_for(agent)
-        )
-        self._end(rec, agent.name, number, result, timed_out)
-        return result
 
     def _end(
         self, rec: ExecutionRecorder, name: str, number: int, result: AttemptResult, timed_out: bool

@@ -18,8 +18,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from runtime.claims import new_owner_token
-from runtime.engine import IntentusRuntime
+from runtime.engine import IntentusRuntime, Outcome
 from runtime.errors import IntentusError, RecordExists, RecordStoreError
+from runtime.invoker import Abandoned
 from runtime.middleware import Middleware
 from runtime.policy import Policy
 from runtime.registry import AgentRegistry
@@ -36,7 +37,7 @@ from worker.errors import (
 from worker.health import HealthServer
 from worker.metrics import Metrics
 from worker.parking import ParkingLot
-from worker.pipeline import Decision, Delivery, decide, redecide
+from worker.pipeline import Decision, Delivery, context_of, redecide
 from worker.transport import Transport
 
 log = logging.getLogger("intentus.worker")
@@ -97,6 +98,7 @@ class Worker:
                 observer=tracing.observer(self.metrics),
             )
             self.runtime.store.check_writable()
+            self.runtime.invoker.carry_on = self._carry_on
         except (OSError, RecordStoreError) as exc:
             why = f"{where!r} is not usable: {exc}"
             raise RecordsUnusable(str(option_error(option, why))) from None
@@ -262,19 +264,39 @@ class Worker:
             try:
                 with tracing.receive(delivery, self.cfg.queue):
                     self._handle(delivery)
+            except Abandoned:
+                # Its handler overstayed the deadline: the request went on, on the thread that
+                # now takes this one's place in the pool.
+                return
             except Exception:
-                # A bug of ours, not bad input. On a quorum queue the delivery goes back and the
-                # delivery limit dead-letters it if the bug persists; a classic queue has no such
-                # limit, so there it is dead-lettered at once rather than looped forever.
-                requeue = self.cfg.queue_type == "quorum"
-                log.exception(
-                    "internal error while handling a delivery; %s",
-                    "returning it to the queue" if requeue else "dead-lettering it",
-                )
-                self._io(
-                    delivery,
-                    lambda d=delivery, r=requeue: self.conn.nack(d.generation, d.tag, requeue=r),
-                )
+                self._internal_error(delivery)
+
+    def _carry_on(self, rest: Callable[[], None]) -> None:
+        """(watchdog) Finish a timed-out request on a new thread, which then joins the pool in
+        place of the one stuck in the handler."""
+
+        def run() -> None:
+            try:
+                rest()
+            except Abandoned:
+                return  # a later handler of the same request overstayed too
+            self._pipeline_loop()
+
+        threading.Thread(target=run, name="intentus-pipeline-carry-on", daemon=True).start()
+
+    def _internal_error(self, delivery: Delivery) -> None:
+        # A bug of ours, not bad input. On a quorum queue the delivery goes back and the
+        # delivery limit dead-letters it if the bug persists; a classic queue has no such
+        # limit, so there it is dead-lettered at once rather than looped forever.
+        requeue = self.cfg.queue_type == "quorum"
+        log.exception(
+            "internal error while handling a delivery; %s",
+            "returning it to the queue" if requeue else "dead-lettering it",
+        )
+        self._io(
+            delivery,
+            lambda d=delivery, r=requeue: self.conn.nack(d.generation, d.tag, requeue=r),
+        )
 
     def _hand_back_queued(self) -> None:
         """Return every delivery that no pipeline thread has started (shutdown, pause)."""
@@ -303,8 +325,20 @@ class Worker:
             self._done()
 
     def _handle(self, delivery: Delivery) -> None:
+        def decided(outcome: Outcome) -> None:
+            try:
+                self._decided(delivery, redecide(outcome, delivery, self.cfg.reply_queue))
+            except Exception:
+                self._internal_error(delivery)
+
         try:
-            decision = decide(self.runtime, delivery, self.cfg.reply_queue)
+            self.runtime.process_inline(
+                delivery.body,
+                context_of(delivery),
+                content_type=delivery.content_type,
+                correlation_id=delivery.correlation_id,
+                deliver=decided,
+            )
         except RecordStoreError as exc:
             # The claim could not be taken: nothing ran. Keep the delivery (no requeue, so no
             # delivery attempt is spent) and pause until the store works again.
@@ -316,7 +350,10 @@ class Worker:
                 self._store_ok = False
             if first:
                 self.conn.call(lambda: self.conn.set_consuming(False))
-            return
+
+    def _decided(self, delivery: Delivery, decision: Decision) -> None:
+        """Park, or record then reply (on the routing thread, or on the one carrying a timed
+        out request on)."""
         outcome = decision.outcome
         if outcome.parked:
             self.parking.park(delivery, outcome)
