@@ -158,7 +158,7 @@ class Contender:
             INTENTUS_WORKER_ID=self.queue.replace("bench.e2e.", "b-"),
             INTENTUS_AMQP_URL=URL,
         )
-        if self.kind == "memory":
+        if self.kind in ("memory", "before-memory"):
             env["INTENTUS_RECORDS_DIR"] = ":memory:"
         elif self.kind == "postgres":
             from bench.store import temporary_database
@@ -208,7 +208,7 @@ def measure(
     tag: str,
     rss_every: int = 0,
 ) -> Result:
-    src = BEFORE if kind == "before" else None
+    src = BEFORE if kind.startswith("before") else None
     c = Contender(kind, tag, src=src)
     try:
         pid = c.start()
@@ -257,7 +257,7 @@ def run_table(cases: list[str], rounds: int, scale: float) -> dict[str, Any]:
             case = CASES[key]
             n = max(100, int(case.n * scale))
             got: dict[str, Result] = {}
-            kinds = case.contenders + (("before",) if BEFORE is not None else ())
+            kinds = case.contenders + (("before", "before-memory") if BEFORE is not None else ())
             kinds = tuple(k for k in kinds if CONTENDERS is None or k in CONTENDERS)
             for kind in kinds:
                 r = measure(kind, case.size, case.window, n, int(case.warmup * scale), key)
@@ -391,11 +391,13 @@ def main() -> None:
     ap.add_argument(
         "--before",
         help="source tree of an earlier version (e.g. a git worktree), run as contender "
-        "'before' with durable file records after ours in every case",
+        "'before' with durable file records (and 'before-memory' with memory records) after ours "
+        "in every case",
     )
     ap.add_argument(
         "--contenders",
-        help="run only these contenders, comma-separated (baseline, file, memory, postgres, before)",
+        help="run only these contenders, comma-separated (baseline, file, memory, postgres, "
+        "before, before-memory)",
     )
     ap.add_argument(
         "--pg-url",

@@ -125,25 +125,26 @@ class _Request:
     fp: str
     eid: str
 
-    @property
-    def rid(self) -> str:
-        return self.envelope.request_id
+    # Read once from the envelope, before any agent: an agent may be handed the routed
+    # envelope itself (see `_execute`), and what it does to it must not reach the record.
+    rid: str = ""
+    trace_id: str | None = None
+    intent: str = ""
+    strategy: str = ""
+
+    def __post_init__(self) -> None:
+        self.refresh()
+
+    def refresh(self) -> None:
+        envelope = self.envelope
+        self.rid = envelope.request_id
+        self.trace_id = envelope.metadata.traceId
+        self.intent = envelope.intent.name
+        self.strategy = envelope.routing.strategy.value
 
     @property
     def user(self) -> str:
         return self.ctx.user_id or ""
-
-    @property
-    def trace_id(self) -> str | None:
-        return self.envelope.metadata.traceId
-
-    @property
-    def intent(self) -> str:
-        return self.envelope.intent.name
-
-    @property
-    def strategy(self) -> str:
-        return self.envelope.routing.strategy.value
 
     def received_event(self) -> dict[str, Any]:
         return {
@@ -152,6 +153,18 @@ class _Request:
             "requestId": self.rid,
             "strategy": self.strategy,
         }
+
+
+def _handed_over_first(
+    envelope: IntentEnvelope, copy: Callable[[], IntentEnvelope]
+) -> Callable[[], IntentEnvelope]:
+    """`envelope` itself the first time, then copies."""
+    pending = [envelope]
+
+    def fresh() -> IntentEnvelope:
+        return pending.pop() if pending else copy()
+
+    return fresh
 
 
 def _final_event(response: dict[str, Any]) -> dict[str, Any]:
@@ -546,6 +559,7 @@ class IntentusRuntime:
                 envelope.metadata.requestId = request_id
             req.env_dict = envelope.to_dict()
             req.env_hash = envelope_hash(req.env_dict)
+            req.refresh()
             candidates = self.registry.find_by_capability(
                 envelope.intent.name, envelope.intent.version
             )
@@ -564,8 +578,12 @@ class IntentusRuntime:
             return claimed(self._executed(req, rec, out, env_json, policy, agent_ran=False))
         agents = {a.name: a for a in candidates}
         # Each agent's private envelope is parsed from the routed one's JSON: a full deep
-        # copy, several times cheaper than copying the model.
-        fresh = partial(IntentEnvelope.model_validate_json, env_json)
+        # copy, several times cheaper than copying the model. The first agent can have the
+        # routed envelope itself, which nothing reads after that (what the record needs is
+        # encoded or copied out already), unless middleware will be shown it afterwards.
+        fresh: Callable[[], IntentEnvelope] = partial(IntentEnvelope.model_validate_json, env_json)
+        if not self.middleware:
+            fresh = _handed_over_first(envelope, fresh)
         if deliver is None or req.envelope.routing.strategy is RoutingStrategy.PARALLEL:
             out = self.router.execute(envelope, agents, p, rec, fresh)
             return claimed(self._executed(req, rec, out, env_json, policy, agent_ran=True))

@@ -200,6 +200,7 @@ class Router:
         """DIRECT, FALLBACK and BROADCAST as a generator: it yields each attempt to make and
         is sent its (result, timed_out), so that whichever thread holds it can go on."""
         strategy = envelope.routing.strategy
+        intent = envelope.intent.name  # read now: the first agent may be given `envelope`
         stop_on_success = strategy is not RoutingStrategy.BROADCAST
         fallback = strategy is RoutingStrategy.FALLBACK
         last_success: tuple[str, AttemptResult] | None = None
@@ -211,7 +212,7 @@ class Router:
                     "FALLBACK_TRIGGERED",
                     {"from": last[0], "to": name, "reason": last[1].error_code},
                 )
-                self.observer.fallback(envelope.intent.name)
+                self.observer.fallback(intent)
             attempts += 1
             agent = agents[name]
             rec.event("AGENT_ATTEMPT_START", {"agent": name, "attempt": attempts})

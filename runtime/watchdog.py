@@ -22,9 +22,13 @@ from typing import Any
 
 log = logging.getLogger("intentus.runtime.watchdog")
 _monotonic = time.monotonic
-# Finished attempts stay in the heap until they reach its head; past this many, and more than
-# half of the heap, they are swept out so that memory does not grow with the timeout.
+# Finished attempts stay in the heap (removing one from the middle costs more than the whole
+# watch); once the heap has this many entries they are swept out, so that it does not grow
+# with the timeout, and the next sweep waits until the heap has doubled again.
 _SWEEP_AT = 4096
+# The watchdog wakes no more often than this: an attempt is abandoned at most this late, and a
+# stream of requests does not cost a wake-up each.
+_GRANULARITY_S = 0.005
 
 
 class InlineAttempt:
@@ -49,6 +53,8 @@ class Watchdog:
         self._heap: list[tuple[float, int, InlineAttempt]] = []
         self._order = itertools.count()
         self._live = 0
+        self._sweep_at = _SWEEP_AT
+        self._wake_at = float("inf")  # the deadline the watchdog sleeps towards
         self._thread: threading.Thread | None = None
         self._closed = False
         self._stuck: set[InlineAttempt] = set()
@@ -59,14 +65,15 @@ class Watchdog:
             heap = self._heap
             heapq.heappush(heap, (attempt.deadline, next(self._order), attempt))
             self._live += 1
-            if len(heap) > _SWEEP_AT and self._live * 2 < len(heap):
+            if len(heap) > self._sweep_at:
                 self._heap = heap = [entry for entry in heap if not entry[2].finished]
                 heapq.heapify(heap)
+                self._sweep_at = max(_SWEEP_AT, 2 * len(heap))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
                 self._thread.start()
-            elif heap[0][2] is attempt:
-                self._cond.notify()  # an earlier deadline than the one it sleeps towards
+            elif attempt.deadline < self._wake_at:
+                self._cond.notify()  # earlier than the deadline it sleeps towards
         return attempt
 
     def finish(self, attempt: InlineAttempt) -> bool:
@@ -76,6 +83,7 @@ class Watchdog:
                 self._stuck.discard(attempt)
                 return False
             attempt.finished = True
+            attempt.on_timeout = _nothing  # let go of the request it would have carried on
             self._live -= 1
             return True
 
@@ -95,7 +103,7 @@ class Watchdog:
             while not self._closed:
                 now = _monotonic()
                 heap = self._heap
-                while heap and (heap[0][2].finished or heap[0][0] <= now):
+                while heap and heap[0][0] <= now:
                     attempt = heapq.heappop(heap)[2]
                     if not attempt.finished:
                         attempt.abandoned = True
@@ -111,7 +119,16 @@ class Watchdog:
                         expired.clear()
                         self._cond.acquire()
                     continue
-                self._cond.wait(heap[0][0] - now if heap else None)
+                if not heap:
+                    self._wake_at = float("inf")
+                    self._cond.wait()
+                    continue
+                self._wake_at = max(heap[0][0], now + _GRANULARITY_S)
+                self._cond.wait(self._wake_at - now)
+
+
+def _nothing() -> None:
+    pass
 
 
 def _run(fn: Callable[[], Any]) -> None:

@@ -3,6 +3,8 @@ policy and fixed vocabularies, never from message content, so cardinality is bou
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -54,6 +56,7 @@ class Metrics(Observer):
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._intents = agents.intent_names()
         self._agents = set(agents.names())
         self._rules = set(rules or ()) | {"default"}
@@ -148,6 +151,15 @@ class Metrics(Observer):
         for reason in ("PROTOCOL_ERROR", "VALIDATION_ERROR", "PAYLOAD_TOO_LARGE"):
             self.rejected.labels(reason)
 
+    def child(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, cached: the label sets here are bounded (unknown names
+        become one label), and a dictionary hit costs a fraction of `labels()`."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
+
     def intent_label(self, name: str | None) -> str:
         return name if name in self._intents else UNKNOWN
 
@@ -159,8 +171,8 @@ class Metrics(Observer):
         self, agent: str, status: str, error_code: str | None, seconds: float
     ) -> None:
         label = self.agent_label(agent)
-        self.agent_attempts.labels(label, status).inc()
-        self.agent_duration.labels(label).observe(seconds)
+        self.child(self.agent_attempts, label, status).inc()
+        self.child(self.agent_duration, label).observe(seconds)
 
     def fallback(self, intent: str) -> None:
         self.fallbacks.labels(self.intent_label(intent)).inc()
@@ -176,4 +188,4 @@ class Metrics(Observer):
     def routed(
         self, intent: str, strategy: str, status: str, error_code: str | None, seconds: float
     ) -> None:
-        self.route_duration.labels(self.intent_label(intent), strategy).observe(seconds)
+        self.child(self.route_duration, self.intent_label(intent), strategy).observe(seconds)

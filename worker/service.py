@@ -411,7 +411,7 @@ class Worker:
     def _count(self, decision: Decision) -> None:
         o = decision.outcome
         m = self.metrics
-        m.intents.labels(m.intent_label(o.intent), o.status, o.error_code or "").inc()
+        m.child(m.intents, m.intent_label(o.intent), o.status, o.error_code or "").inc()
         if o.kind in ("replayed", "conflict", "denied", "in_doubt"):
             m.duplicates.labels(o.kind).inc()
         elif o.kind == "rejected":
@@ -499,7 +499,7 @@ class Worker:
 
         def confirmed(which: str, result: str) -> None:
             if which == "reply":
-                self.metrics.replies.labels(result).inc()
+                self.metrics.child(self.metrics.replies, result).inc()
             if result == "failed":
                 state["failed"] = True
             state["left"] -= 1
