@@ -89,21 +89,23 @@ def trace_id_for(request_id: str) -> str:
     return sha256_hex(b"trace:" + request_id.encode("utf-8"))[:32]
 
 
-def envelope_hash_and_fingerprint(normalised_envelope: dict[str, Any]) -> tuple[str, str]:
-    """Both hashes from one canonical encoding of each part (the same bytes as encoding the
-    whole: a canonical object is its sorted members joined)."""
+def encode_envelope(normalised_envelope: dict[str, Any]) -> tuple[bytes, str, str]:
+    """The envelope's canonical JSON, its hash and its fingerprint, from one encoding of each
+    part (a canonical object is its sorted members joined, so the whole is assembled from the
+    parts and the fingerprint from three of them). The record embeds these same bytes."""
     encode = _c_canonical() if _c_canonical is not None else None
     if encode is None:  # pragma: no cover
         parts = {k: _canonical(v) for k, v in normalised_envelope.items()}
     else:
         parts = {k: "".join(encode(v, 0)) for k, v in normalised_envelope.items()}
-    whole = "{" + ",".join(f'"{k}":{parts[k]}' for k in sorted(parts)) + "}"
+    whole = ("{" + ",".join(f'"{k}":{parts[k]}' for k in sorted(parts)) + "}").encode("utf-8")
     fp = '{{"intent":{},"payload":{},"routing":{}}}'.format(
         parts["intent"],
         parts["payload"],
         parts["routing"],
     )
     return (
-        "sha256:" + sha256_hex(whole.encode("utf-8")),
+        whole,
+        "sha256:" + sha256_hex(whole),
         "sha256:" + sha256_hex(fp.encode("utf-8")),
     )

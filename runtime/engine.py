@@ -26,8 +26,8 @@ from typing import Any
 
 from runtime.canonical import (
     dumps,
+    encode_envelope,
     envelope_hash,
-    envelope_hash_and_fingerprint,
     execution_id_for,
     request_id_for_body,
     trace_id_for,
@@ -121,6 +121,7 @@ class _Request:
     received: datetime
     correlation_id: str | None
     env_dict: dict[str, Any]
+    env_json: bytes  # canonical: hashed, embedded in the record, parsed for agents' copies
     env_hash: str
     fp: str
     eid: str
@@ -448,7 +449,7 @@ class IntentusRuntime:
         deliver: Callable[[Outcome], None] | None = None,
     ) -> Outcome | None:
         env_dict = envelope.to_dict()
-        env_hash, fp = envelope_hash_and_fingerprint(env_dict)
+        env_json, env_hash, fp = encode_envelope(env_dict)
         req = _Request(
             envelope,
             ctx,
@@ -456,6 +457,7 @@ class IntentusRuntime:
             received,
             correlation_id,
             env_dict,
+            env_json,
             env_hash,
             fp,
             execution_id_for(envelope.request_id),
@@ -558,7 +560,7 @@ class IntentusRuntime:
                 log.warning("middleware changed metadata.requestId; the change is ignored")
                 envelope.metadata.requestId = request_id
             req.env_dict = envelope.to_dict()
-            req.env_hash = envelope_hash(req.env_dict)
+            req.env_json, req.env_hash, _ = encode_envelope(req.env_dict)
             req.refresh()
             candidates = self.registry.find_by_capability(
                 envelope.intent.name, envelope.intent.version
@@ -569,9 +571,7 @@ class IntentusRuntime:
         for denied in decision.filtered:
             self.observer.policy_filtered(denied, decision.rules[denied])
         p: Plan = plan(envelope, names, decision)
-        # One compact encoding of the routed envelope: the agents' private copies are parsed
-        # from it and the record embeds it as it is.
-        env_json = dumps(req.env_dict)
+        env_json = req.env_json
         policy = decision.to_dict()
         if p.error is not None:
             out = RouteOutcome(None, p.error, p.agent, 0, p.reason, p.try_order)

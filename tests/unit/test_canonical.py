@@ -12,8 +12,8 @@ from runtime import AgentRegistry, FixedClock, IntentusRuntime
 from runtime.canonical import (
     canonical_json,
     dumps,
+    encode_envelope,
     envelope_hash,
-    envelope_hash_and_fingerprint,
 )
 from runtime.recorder import build_record, encode_record
 
@@ -93,7 +93,8 @@ class TestEncoders:
             "metadata": {"requestId": "r"},
             "routing": {"strategy": "DIRECT", "targetAgent": None},
         }
-        whole, fp = envelope_hash_and_fingerprint(env)
+        encoded, whole, fp = encode_envelope(env)
+        assert encoded == stdlib(env, sort_keys=True)  # the record embeds these bytes
         part = {k: env[k] for k in ("intent", "payload", "routing")}
         assert whole == envelope_hash(env)
         assert whole == "sha256:" + hashlib.sha256(stdlib(env, sort_keys=True)).hexdigest()
