@@ -13,13 +13,16 @@ import json
 import logging
 import re
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from runtime import query
 from runtime import replay as records
-from runtime.errors import IntentusError, RecordNotFound, RecordStoreError
-from runtime.store import FileRecordStore, RecordStore
+from runtime.errors import IntentusError, RecordStoreError
+from runtime.reader import open_reader
+from runtime.store import RecordStore
 from worker import config as configuration
 from worker.config import url_password
 from worker.errors import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, ConfigError, WorkerError
@@ -96,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--timeout",
         type=float,
-        default=30.0,
-        help="seconds for the broker's confirm and the reply together (default 30)",
+        default=configuration.REPLY_TIMEOUT_S,
+        help="seconds for the broker's confirm and the reply together (default %(default)g)",
     )
     s.add_argument(
         "--no-wait",
@@ -160,26 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "worker":
-            return cmd_worker(args)
-        if args.command == "send":
-            return cmd_send(args)
-        if args.command == "dlq":
-            from worker import dlq
-
-            return dlq.main(args)
-        if args.command == "contract":
-            from worker import contract
-
-            return contract.main(args)
-        return cmd_records(args)
+        return COMMANDS[args.command](args)
     except WorkerError as exc:
         print(f"intentus: {exc}", file=sys.stderr)
         return exc.exit_code
-    except RecordNotFound as exc:
-        print(f"intentus: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except IntentusError as exc:
+    except IntentusError as exc:  # RecordNotFound among them
         print(f"intentus: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
@@ -282,127 +270,99 @@ def cmd_send(args: argparse.Namespace) -> int:
     return EXIT_OK if response.ok else EXIT_ERROR
 
 
-def _store(args: argparse.Namespace) -> RecordStore:
+def _store(args: argparse.Namespace, *, deletes: bool = False) -> RecordStore:
+    """The configured execution store, opened read-only (with `deletes`, for gc)."""
     cfg = configuration.load(args)
-    if cfg.records_url:
-        from runtime.pgstore import PostgresRecordStore
-
-        try:
-            return PostgresRecordStore(cfg.records_url, claims=False, pool_size=2)
-        except RecordStoreError as exc:
-            raise ConfigError(f"INTENTUS_RECORDS_URL (--records-url): {exc}") from None
-    root = Path(cfg.records_dir)
-    if not root.is_dir():
-        raise configuration.option_error("records_dir", f"no records folder at {root}")
-    return _ReadOnlyStore(root)
-
-
-class _ReadOnlyStore(FileRecordStore):
-    """The file store's reading side, without a committer thread or temp folder."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.durable = True
-        self._made = set()
-
-    def close(self) -> None:
-        return None  # nothing was opened: no committer, no claims
+    try:
+        return open_reader(
+            records_dir=cfg.records_dir, records_url=cfg.records_url, deletes=deletes
+        )
+    except RecordStoreError as exc:
+        option = "records_url" if cfg.records_url else "records_dir"
+        raise configuration.option_error(option, str(exc)) from None
 
 
 def cmd_records(args: argparse.Namespace) -> int:
-    store = _store(args)
     command = args.records_command
-    out = sys.stdout
-    if command == "list":
-        since = parse_since(args.since) if args.since else None
-        rows = []
-        for _eid, record in records.iter_records(store):
-            if record is None:
-                continue
-            row = records.summary(record)
-            if args.intent and row["intent"] != args.intent:
-                continue
-            if args.status and row["status"] != args.status:
-                continue
-            if args.agent and row["agent"] != args.agent:
-                continue
-            if since is not None:
-                try:
-                    created = datetime.fromisoformat(str(row["createdAt"]))
-                except ValueError:
-                    continue
-                if created < since:
-                    continue
-            rows.append(row)
-        rows.sort(key=lambda r: (str(r["createdAt"]), str(r["executionId"])), reverse=True)
-        if args.limit > 0:
-            rows = rows[: args.limit]
-        if args.json:
-            out.write(json.dumps(rows, indent=2) + "\n")
-        else:
-            _table(
-                rows,
-                ["createdAt", "executionId", "requestId", "intent", "status", "agent", "errorCode"],
-            )
-        return EXIT_OK
-    if command == "show":
-        _eid, record = records.find(store, args.id)
-        out.write(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
-        return EXIT_OK
-    if command == "replay":
-        _eid, record = records.find(store, args.id)
-        sys.stdout.buffer.write(records.replay(record) + b"\n")
-        sys.stdout.buffer.flush()
-        return EXIT_OK
-    if command == "verify":
-        return _verify(args, store)
-    if command == "diff":
-        _a, ra = records.find(store, args.a)
-        _b, rb = records.find(store, args.b)
-        differences = records.diff(ra, rb)
-        for line in differences:
-            out.write(line + "\n")
-        return EXIT_OK if not differences else EXIT_ERROR
-    if command == "stats":
-        summary = records.stats(store)
-        if args.json:
-            out.write(json.dumps(summary, indent=2) + "\n")
-        else:
-            out.write(f"records: {summary['records']} (unreadable: {summary['unreadable']})\n")
-            for key in ("by_status", "by_kind", "by_intent", "by_agent", "by_error_code"):
-                out.write(f"{key.removeprefix('by_').replace('_', ' ')}:\n")
-                for name, count in sorted(summary[key].items(), key=lambda kv: (-kv[1], kv[0])):
-                    out.write(f"  {name:<32} {count}\n")
-        return EXIT_OK
-    if command == "gc":
-        cutoff = datetime.now(UTC) - timedelta(seconds=parse_duration(args.older_than))
-        removed = kept = 0
-        prune = getattr(store, "prune", None)
-        if prune is not None:  # an indexed backend deletes in one statement
-            removed, kept = prune(cutoff, dry_run=args.dry_run)
-        for eid, record in records.iter_records(store) if prune is None else ():
-            created = (record or {}).get("header", {}).get("createdAt")
-            try:
-                old = created is not None and datetime.fromisoformat(created) < cutoff
-            except ValueError:
-                old = False
-            if old:
-                if not args.dry_run:
-                    store.delete(eid)
-                removed += 1
-            else:
-                kept += 1
-        verb = "would delete" if args.dry_run else "deleted"
-        out.write(f"{verb} {removed} records older than {args.older_than}; kept {kept}\n")
-        return EXIT_OK
-    if command == "serve":
-        from worker import browser
-
-        return browser.run(args, store, parse_time=parse_since)
-    raise ConfigError(f"unknown records command {command!r}")  # pragma: no cover
+    store = _store(args, deletes=command == "gc")
+    try:
+        return RECORDS_COMMANDS[command](args, store)
+    finally:
+        store.close()
 
 
-def _verify(args: argparse.Namespace, store: RecordStore) -> int:
+_LIST_COLUMNS = ["createdAt", "executionId", "requestId", "intent", "status", "agent", "errorCode"]
+# `records list --json` rows: a record's summary, without the correlationId listings search by.
+_LIST_FIELDS = tuple(key for key in query.ROW_FIELDS if key != "correlationId")
+
+
+def records_list(args: argparse.Namespace, store: RecordStore) -> int:
+    flt = query.RecordFilter(
+        intent=args.intent,
+        status=args.status,
+        agent=args.agent,
+        since=parse_since(args.since) if args.since else None,
+    )
+    found, _total = query.search(store, flt, limit=args.limit if args.limit > 0 else None)
+    rows = [{key: row[key] for key in _LIST_FIELDS} for row in found]
+    output(rows, as_json=args.json, lines=table(rows, _LIST_COLUMNS))
+    return EXIT_OK
+
+
+def records_show(args: argparse.Namespace, store: RecordStore) -> int:
+    _execution_id, record = records.find(store, args.id)
+    output(record, as_json=True, ensure_ascii=False)
+    return EXIT_OK
+
+
+def records_replay(args: argparse.Namespace, store: RecordStore) -> int:
+    _execution_id, record = records.find(store, args.id)
+    sys.stdout.buffer.write(records.replay(record) + b"\n")
+    sys.stdout.buffer.flush()
+    return EXIT_OK
+
+
+def records_diff(args: argparse.Namespace, store: RecordStore) -> int:
+    _a, first = records.find(store, args.a)
+    _b, second = records.find(store, args.b)
+    differences = records.diff(first, second)
+    output(None, as_json=False, lines=differences)
+    return EXIT_OK if not differences else EXIT_ERROR
+
+
+def records_stats(args: argparse.Namespace, store: RecordStore) -> int:
+    summary = records.stats(store)
+    output(summary, as_json=args.json, lines=_stats_lines(summary))
+    return EXIT_OK
+
+
+def _stats_lines(summary: dict[str, Any]) -> Iterator[str]:
+    yield f"records: {summary['records']} (unreadable: {summary['unreadable']})"
+    for key in ("by_status", "by_kind", "by_intent", "by_agent", "by_error_code"):
+        yield f"{key.removeprefix('by_').replace('_', ' ')}:"
+        for name, count in sorted(summary[key].items(), key=lambda kv: (-kv[1], kv[0])):
+            yield f"  {name:<32} {count}"
+
+
+def records_gc(args: argparse.Namespace, store: RecordStore) -> int:
+    cutoff = datetime.now(UTC) - timedelta(seconds=parse_duration(args.older_than))
+    deleted, kept = query.delete_older_than(store, cutoff, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    output(
+        None,
+        as_json=False,
+        lines=[f"{verb} {deleted} records older than {args.older_than}; kept {kept}"],
+    )
+    return EXIT_OK
+
+
+def records_serve(args: argparse.Namespace, store: RecordStore) -> int:
+    from worker import browser
+
+    return browser.run(args, store, parse_time=parse_since)
+
+
+def records_verify(args: argparse.Namespace, store: RecordStore) -> int:
     from worker.loader import load_agents, load_policy_file
 
     cfg = configuration.load(args)
@@ -411,45 +371,47 @@ def _verify(args: argparse.Namespace, store: RecordStore) -> int:
     if args.id and args.all:
         raise ConfigError("give an ID or --all, not both")
     if args.id:
-        eid, record = records.find(store, args.id)
-        results = [records.verify(eid, record, registry, policy)]
+        execution_id, record = records.find(store, args.id)
+        results = [records.verify(execution_id, record, registry, policy)]
     elif args.all:
         results = [
-            records.verify(eid, rec, registry, policy) for eid, rec in records.iter_records(store)
+            records.verify(execution_id, record, registry, policy)
+            for execution_id, record in records.iter_records(store)
         ]
     else:
         raise ConfigError("give an ID or --all")
     failed = [r for r in results if not r.ok]
     unchecked = [r for r in results if r.ok and records.ROUTING_UNCHECKED in r.notes]
-    if args.json:
-        sys.stdout.write(
-            json.dumps(
-                {
-                    "agents": cfg.agents or "runtime.demo:registry",
-                    "checked": len(results),
-                    "failed": len(failed),
-                    "problems": {r.execution_id: r.problems for r in failed},
-                    "routingUnchecked": [r.execution_id for r in unchecked],
-                },
-                indent=2,
-            )
-            + "\n"
-        )
-        return EXIT_OK if not failed else EXIT_ERROR
-    sys.stdout.write(f"routing checked against {agents_source(cfg.agents)}\n")
+    report = {
+        "agents": cfg.agents or "runtime.demo:registry",
+        "checked": len(results),
+        "failed": len(failed),
+        "problems": {r.execution_id: r.problems for r in failed},
+        "routingUnchecked": [r.execution_id for r in unchecked],
+    }
+    lines = _verify_lines(args, cfg.agents, results, unchecked)
+    output(report, as_json=args.json, lines=lines)
+    return EXIT_OK if not failed else EXIT_ERROR
+
+
+def _verify_lines(
+    args: argparse.Namespace,
+    agents: str,
+    results: list[records.Verification],
+    unchecked: list[records.Verification],
+) -> Iterator[str]:
+    yield f"routing checked against {agents_source(agents)}"
     for r in results:
         if not r.ok:
             for problem in r.problems:
-                sys.stdout.write(f"{r.execution_id}: {problem}\n")
+                yield f"{r.execution_id}: {problem}"
         elif args.id:
             note = f" (integrity only: {_UNCHECKED_HINT})" if r in unchecked else ""
-            sys.stdout.write(f"{r.execution_id}: ok{note}\n")
-    sys.stdout.write(
-        f"verified {len(results)} records: {len(results) - len(failed)} ok, {len(failed)} failed\n"
-    )
+            yield f"{r.execution_id}: ok{note}"
+    failed = sum(1 for r in results if not r.ok)
+    yield f"verified {len(results)} records: {len(results) - failed} ok, {failed} failed"
     if unchecked and args.all:
-        sys.stdout.write(f"{len(unchecked)} of them integrity only: {_UNCHECKED_HINT}\n")
-    return EXIT_OK if not failed else EXIT_ERROR
+        yield f"{len(unchecked)} of them integrity only: {_UNCHECKED_HINT}"
 
 
 _UNCHECKED_HINT = f"{records.ROUTING_UNCHECKED} (use --agents or INTENTUS_AGENTS)"
@@ -462,17 +424,59 @@ _TITLES = {
 }
 
 
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+def output(
+    value: Any, *, as_json: bool, lines: Iterable[str] = (), ensure_ascii: bool = True
+) -> None:
+    """The one way commands print: `value` as indented JSON, or the text `lines`."""
+    if as_json:
+        sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=ensure_ascii) + "\n")
+        return
+    for line in lines:
+        sys.stdout.write(line + "\n")
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> Iterator[str]:
+    """`rows` as aligned text columns under titles ("no records" when there are none)."""
     if not rows:
-        sys.stdout.write("no records\n")
+        yield "no records"
         return
     titles = [_TITLES.get(c, c.upper()) for c in columns]
     cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
     widths = [max(len(t), *(len(row[i]) for row in cells)) for i, t in enumerate(titles)]
     for row in [titles, *cells]:
-        sys.stdout.write(
-            "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() + "\n"
-        )
+        yield "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+
+
+def _dlq(args: argparse.Namespace) -> int:
+    from worker import dlq
+
+    return dlq.main(args)
+
+
+def _contract(args: argparse.Namespace) -> int:
+    from worker import contract
+
+    return contract.main(args)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "worker": cmd_worker,
+    "send": cmd_send,
+    "records": cmd_records,
+    "dlq": _dlq,
+    "contract": _contract,
+}
+
+RECORDS_COMMANDS: dict[str, Callable[[argparse.Namespace, RecordStore], int]] = {
+    "list": records_list,
+    "show": records_show,
+    "replay": records_replay,
+    "verify": records_verify,
+    "diff": records_diff,
+    "stats": records_stats,
+    "gc": records_gc,
+    "serve": records_serve,
+}
 
 
 if __name__ == "__main__":  # pragma: no cover

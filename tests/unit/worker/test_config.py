@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import typing
 import logging
+import typing
 
 import pytest
 
