@@ -96,6 +96,8 @@ class PostgresRecordReader(ReadOnly, RecordQueries):
     """Reads records; creates nothing (no schema, claim, liveness session or committer) and
     refuses writes. `deletes=True` allows `delete` and `prune` too (`intentus records gc`)."""
 
+    kind = "postgresql"  # the record browser's name for the store
+
     def __init__(self, url: str, *, deletes: bool = False, pool_size: int = 2) -> None:
         super().__init__(url)
         self.deletes = deletes
