@@ -95,21 +95,14 @@ STATUSES = ("success", "error")
 class IndexedRecordStore(Protocol):
     """A store that filters, orders and pages records itself (e.g. with database indexes).
 
-    `where` maps indexed columns (`intent`, `status`, `error_code`, `agent`) to the value
-    they must equal. It returns `(executionId, record bytes)` newest first (createdAt
-    descending, then executionId descending) and how many match in all. A store may also
-    offer `counts_by_status(flt)`, with every field of the filter applied but status.
+    `search` returns `(executionId, record bytes)` newest first (createdAt descending, then
+    executionId descending), at most `limit` of them (None: all), and how many match in all;
+    its `text` matches a whole id (an index lookup). A store may also offer
+    `counts_by_status(flt)`, with every field of the filter applied but status.
     """
 
     def search(
-        self,
-        *,
-        where: dict[str, Any],
-        since: datetime | None = None,
-        until: datetime | None = None,
-        text: str | None = None,
-        limit: int = 50,
-        offset: int = 0,
+        self, flt: RecordFilter, *, limit: int | None, offset: int
     ) -> tuple[list[tuple[str, bytes]], int]: ...
 
 
@@ -149,8 +142,8 @@ def _newest_first(r: dict[str, Any]) -> tuple[str, str]:
     return (str(r.get("createdAt") or ""), str(r.get("executionId") or ""))
 
 
-def _check_window(limit: int, offset: int) -> None:
-    if limit < 0 or offset < 0:
+def _check_window(limit: int | None, offset: int) -> None:
+    if (limit is not None and limit < 0) or offset < 0:
         raise ValueError("limit and offset must not be negative")
 
 
@@ -159,32 +152,17 @@ def _scan(store: RecordStore) -> list[dict[str, Any]]:
     return [row(record) for _eid, record in iter_records(store) if record is not None]
 
 
-def _window(rows: list[dict[str, Any]], limit: int, offset: int) -> list[dict[str, Any]]:
+def _window(rows: list[dict[str, Any]], limit: int | None, offset: int) -> list[dict[str, Any]]:
+    if limit is None:
+        return sorted(rows, key=_newest_first, reverse=True)[offset:]
     # nlargest keeps only offset+limit rows sorted instead of sorting every match.
     return heapq.nlargest(offset + limit, rows, key=_newest_first)[offset:]
 
 
-def _where(flt: RecordFilter) -> dict[str, Any]:
-    columns = {
-        "intent": flt.intent,
-        "status": flt.status,
-        "error_code": flt.error_code,
-        "agent": flt.agent,
-    }
-    return {column: value for column, value in columns.items() if value}
-
-
 def _indexed_search(
-    store: IndexedRecordStore, flt: RecordFilter, limit: int, offset: int
+    store: IndexedRecordStore, flt: RecordFilter, limit: int | None, offset: int
 ) -> tuple[list[dict[str, Any]], int]:
-    found, total = store.search(
-        where=_where(flt),
-        since=flt.since,
-        until=flt.until,
-        text=flt.text or None,
-        limit=limit,
-        offset=offset,
-    )
+    found, total = store.search(flt, limit=limit, offset=offset)
     return [_row_of_bytes(eid, data) for eid, data in found], total
 
 
@@ -205,23 +183,21 @@ def _indexed_counts(store: IndexedRecordStore, flt: RecordFilter) -> dict[str, i
     counts = {}
     for status in STATUSES:
         # limit 0: only the count, which the store takes from its indexes.
-        _rows, n = store.search(
-            where={**_where(flt), "status": status},
-            since=flt.since,
-            until=flt.until,
-            text=flt.text or None,
-            limit=0,
-            offset=0,
-        )
+        _rows, n = store.search(replace(flt, status=status), limit=0, offset=0)
         if n:
             counts[status] = n
     return counts
 
 
 def search(
-    store: RecordStore | IndexedRecordStore, flt: RecordFilter, *, limit: int, offset: int = 0
+    store: RecordStore | IndexedRecordStore,
+    flt: RecordFilter,
+    *,
+    limit: int | None,
+    offset: int = 0,
 ) -> tuple[list[dict[str, Any]], int]:
-    """Rows matching `flt`, newest first, `limit` from `offset`; and how many match in all."""
+    """Rows matching `flt`, newest first, `limit` (None: all) from `offset`; and how many
+    match in all."""
     _check_window(limit, offset)
     if isinstance(store, IndexedRecordStore):
         return _indexed_search(store, flt, limit, offset)
@@ -264,6 +240,27 @@ def page(
     )
 
 
+def delete_older_than(
+    store: RecordStore, older_than: datetime, *, dry_run: bool = False
+) -> tuple[int, int]:
+    """Delete the records created before `older_than` (with `dry_run`, only count them);
+    returns (deleted, kept). Records whose time is unreadable are kept."""
+    prune = getattr(store, "prune", None)
+    if prune is not None:  # an indexed backend deletes in one statement
+        deleted, kept = prune(older_than, dry_run=dry_run)
+        return int(deleted), int(kept)
+    deleted = kept = 0
+    for execution_id, record in iter_records(store):
+        created = parse_time(((record or {}).get("header") or {}).get("createdAt"))
+        if created is not None and created < older_than:
+            if not dry_run:
+                store.delete(execution_id)
+            deleted += 1
+        else:
+            kept += 1
+    return deleted, kept
+
+
 __all__ = [
     "ROW_FIELDS",
     "STATUSES",
@@ -271,6 +268,7 @@ __all__ = [
     "Page",
     "RecordFilter",
     "counts_by_status",
+    "delete_older_than",
     "is_indexed",
     "page",
     "parse_time",

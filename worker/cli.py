@@ -11,45 +11,31 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runtime import replay as records
-from runtime.errors import IntentusError, RecordNotFound, RecordStoreError
-from runtime.store import FileRecordStore, RecordStore
+from runtime.errors import IntentusError
+from worker import cli_records
 from worker import config as configuration
+from worker.cli_output import agents_source, parse_duration, parse_since
+from worker.cli_records import open_store as _store
 from worker.config import url_password
 from worker.errors import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, ConfigError, WorkerError
 
+# Imported here too: the record browser, its tests and embedders of the CLI use these names.
+__all__ = [
+    "COMMANDS",
+    "_store",
+    "agents_source",
+    "build_parser",
+    "main",
+    "parse_duration",
+    "parse_since",
+]
+
 log = logging.getLogger("intentus.cli")
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> float:
-    """`90s`, `15m`, `12h`, `30d`, `2w` → seconds."""
-    match = _DURATION.match(text)
-    if not match:
-        raise ConfigError(f"invalid duration {text!r} (use e.g. 90s, 15m, 12h, 30d)")
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-def parse_since(text: str) -> datetime:
-    try:
-        return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
-    except ConfigError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(
-            f"--since: expected a duration (1h) or an ISO 8601 time, got {text!r}"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -96,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--timeout",
         type=float,
-        default=30.0,
-        help="seconds for the broker's confirm and the reply together (default 30)",
+        default=configuration.REPLY_TIMEOUT_S,
+        help="seconds for the broker's confirm and the reply together (default %(default)g)",
     )
     s.add_argument(
         "--no-wait",
@@ -106,41 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     configuration.add_arguments(s, ["amqp_url", "queue"])
 
-    r = sub.add_parser("records", help="inspect, verify and replay execution records")
-    rsub = r.add_subparsers(dest="records_command", required=True, parser_class=_Parser)
-
-    def rp(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = rsub.add_parser(name, help=help_text, description=help_text)
-        configuration.add_arguments(p, ["records_dir", "records_url"])
-        return p
-
-    ls = rp("list", "list records, newest first")
-    ls.add_argument("--intent")
-    ls.add_argument("--status", choices=["success", "error"])
-    ls.add_argument("--agent")
-    ls.add_argument("--since", help="a duration (1h, 7d) or an ISO 8601 time")
-    ls.add_argument("--limit", type=int, default=50, help="at most this many (0: all; default 50)")
-    ls.add_argument("--json", action="store_true", help="print a JSON array")
-    show = rp("show", "print one record (by executionId, requestId or correlationId)")
-    show.add_argument("id")
-    rep = rp("replay", "print the recorded response, byte for byte (no agent runs)")
-    rep.add_argument("id")
-    ver = rp(
-        "verify", "check integrity and routing determinism against the current agents and policy"
-    )
-    ver.add_argument("id", nargs="?")
-    ver.add_argument("--all", action="store_true", help="verify every record")
-    ver.add_argument("--json", action="store_true")
-    configuration.add_arguments(ver, ["agents", "policy_file"])
-    d = rp("diff", "show where two records differ")
-    d.add_argument("a")
-    d.add_argument("b")
-    st = rp("stats", "counts by status, intent, agent and error code")
-    st.add_argument("--json", action="store_true")
-    gc = rp("gc", "delete records older than a duration")
-    gc.add_argument("--older-than", required=True, help="e.g. 30d, 12h")
-    gc.add_argument("--dry-run", action="store_true")
-
+    cli_records.add_parser(sub, _Parser)
     from worker import dlq
 
     dlq.add_parser(sub, _Parser)
@@ -148,11 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
     from worker import contract
 
     contract.add_parser(sub)
-    from worker import browser
-
-    serve = rp("serve", browser.HELP)
-    configuration.add_arguments(serve, ["agents", "policy_file"])
-    browser.add_arguments(serve)
     return parser
 
 
@@ -160,35 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "worker":
-            return cmd_worker(args)
-        if args.command == "send":
-            return cmd_send(args)
-        if args.command == "dlq":
-            from worker import dlq
-
-            return dlq.main(args)
-        if args.command == "contract":
-            from worker import contract
-
-            return contract.main(args)
-        return cmd_records(args)
+        return COMMANDS[args.command](args)
     except WorkerError as exc:
         print(f"intentus: {exc}", file=sys.stderr)
         return exc.exit_code
-    except RecordNotFound as exc:
-        print(f"intentus: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except IntentusError as exc:
+    except IntentusError as exc:  # RecordNotFound among them
         print(f"intentus: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
-
-
-def agents_source(spec: str) -> str:
-    """Where the agents come from, as said to the user."""
-    return spec or "the built-in demo agents (runtime.demo; set INTENTUS_AGENTS for yours)"
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -282,197 +209,25 @@ def cmd_send(args: argparse.Namespace) -> int:
     return EXIT_OK if response.ok else EXIT_ERROR
 
 
-def _store(args: argparse.Namespace) -> RecordStore:
-    cfg = configuration.load(args)
-    if cfg.records_url:
-        from runtime.pgstore import PostgresRecordStore
+def _dlq(args: argparse.Namespace) -> int:
+    from worker import dlq
 
-        try:
-            return PostgresRecordStore(cfg.records_url, claims=False, pool_size=2)
-        except RecordStoreError as exc:
-            raise ConfigError(f"INTENTUS_RECORDS_URL (--records-url): {exc}") from None
-    root = Path(cfg.records_dir)
-    if not root.is_dir():
-        raise configuration.option_error("records_dir", f"no records folder at {root}")
-    return _ReadOnlyStore(root)
+    return dlq.main(args)
 
 
-class _ReadOnlyStore(FileRecordStore):
-    """The file store's reading side, without a committer thread or temp folder."""
+def _contract(args: argparse.Namespace) -> int:
+    from worker import contract
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.durable = True
-        self._made = set()
-
-    def close(self) -> None:
-        return None  # nothing was opened: no committer, no claims
+    return contract.main(args)
 
 
-def cmd_records(args: argparse.Namespace) -> int:
-    store = _store(args)
-    command = args.records_command
-    out = sys.stdout
-    if command == "list":
-        since = parse_since(args.since) if args.since else None
-        rows = []
-        for _eid, record in records.iter_records(store):
-            if record is None:
-                continue
-            row = records.summary(record)
-            if args.intent and row["intent"] != args.intent:
-                continue
-            if args.status and row["status"] != args.status:
-                continue
-            if args.agent and row["agent"] != args.agent:
-                continue
-            if since is not None:
-                try:
-                    created = datetime.fromisoformat(str(row["createdAt"]))
-                except ValueError:
-                    continue
-                if created < since:
-                    continue
-            rows.append(row)
-        rows.sort(key=lambda r: (str(r["createdAt"]), str(r["executionId"])), reverse=True)
-        if args.limit > 0:
-            rows = rows[: args.limit]
-        if args.json:
-            out.write(json.dumps(rows, indent=2) + "\n")
-        else:
-            _table(
-                rows,
-                ["createdAt", "executionId", "requestId", "intent", "status", "agent", "errorCode"],
-            )
-        return EXIT_OK
-    if command == "show":
-        _eid, record = records.find(store, args.id)
-        out.write(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
-        return EXIT_OK
-    if command == "replay":
-        _eid, record = records.find(store, args.id)
-        sys.stdout.buffer.write(records.replay(record) + b"\n")
-        sys.stdout.buffer.flush()
-        return EXIT_OK
-    if command == "verify":
-        return _verify(args, store)
-    if command == "diff":
-        _a, ra = records.find(store, args.a)
-        _b, rb = records.find(store, args.b)
-        differences = records.diff(ra, rb)
-        for line in differences:
-            out.write(line + "\n")
-        return EXIT_OK if not differences else EXIT_ERROR
-    if command == "stats":
-        summary = records.stats(store)
-        if args.json:
-            out.write(json.dumps(summary, indent=2) + "\n")
-        else:
-            out.write(f"records: {summary['records']} (unreadable: {summary['unreadable']})\n")
-            for key in ("by_status", "by_kind", "by_intent", "by_agent", "by_error_code"):
-                out.write(f"{key.removeprefix('by_').replace('_', ' ')}:\n")
-                for name, count in sorted(summary[key].items(), key=lambda kv: (-kv[1], kv[0])):
-                    out.write(f"  {name:<32} {count}\n")
-        return EXIT_OK
-    if command == "gc":
-        cutoff = datetime.now(UTC) - timedelta(seconds=parse_duration(args.older_than))
-        removed = kept = 0
-        prune = getattr(store, "prune", None)
-        if prune is not None:  # an indexed backend deletes in one statement
-            removed, kept = prune(cutoff, dry_run=args.dry_run)
-        for eid, record in records.iter_records(store) if prune is None else ():
-            created = (record or {}).get("header", {}).get("createdAt")
-            try:
-                old = created is not None and datetime.fromisoformat(created) < cutoff
-            except ValueError:
-                old = False
-            if old:
-                if not args.dry_run:
-                    store.delete(eid)
-                removed += 1
-            else:
-                kept += 1
-        verb = "would delete" if args.dry_run else "deleted"
-        out.write(f"{verb} {removed} records older than {args.older_than}; kept {kept}\n")
-        return EXIT_OK
-    if command == "serve":
-        from worker import browser
-
-        return browser.run(args, store, parse_time=parse_since)
-    raise ConfigError(f"unknown records command {command!r}")  # pragma: no cover
-
-
-def _verify(args: argparse.Namespace, store: RecordStore) -> int:
-    from worker.loader import load_agents, load_policy_file
-
-    cfg = configuration.load(args)
-    registry = load_agents(cfg.agents)
-    policy = load_policy_file(cfg.policy_file)
-    if args.id and args.all:
-        raise ConfigError("give an ID or --all, not both")
-    if args.id:
-        eid, record = records.find(store, args.id)
-        results = [records.verify(eid, record, registry, policy)]
-    elif args.all:
-        results = [
-            records.verify(eid, rec, registry, policy) for eid, rec in records.iter_records(store)
-        ]
-    else:
-        raise ConfigError("give an ID or --all")
-    failed = [r for r in results if not r.ok]
-    unchecked = [r for r in results if r.ok and records.ROUTING_UNCHECKED in r.notes]
-    if args.json:
-        sys.stdout.write(
-            json.dumps(
-                {
-                    "agents": cfg.agents or "runtime.demo:registry",
-                    "checked": len(results),
-                    "failed": len(failed),
-                    "problems": {r.execution_id: r.problems for r in failed},
-                    "routingUnchecked": [r.execution_id for r in unchecked],
-                },
-                indent=2,
-            )
-            + "\n"
-        )
-        return EXIT_OK if not failed else EXIT_ERROR
-    sys.stdout.write(f"routing checked against {agents_source(cfg.agents)}\n")
-    for r in results:
-        if not r.ok:
-            for problem in r.problems:
-                sys.stdout.write(f"{r.execution_id}: {problem}\n")
-        elif args.id:
-            note = f" (integrity only: {_UNCHECKED_HINT})" if r in unchecked else ""
-            sys.stdout.write(f"{r.execution_id}: ok{note}\n")
-    sys.stdout.write(
-        f"verified {len(results)} records: {len(results) - len(failed)} ok, {len(failed)} failed\n"
-    )
-    if unchecked and args.all:
-        sys.stdout.write(f"{len(unchecked)} of them integrity only: {_UNCHECKED_HINT}\n")
-    return EXIT_OK if not failed else EXIT_ERROR
-
-
-_UNCHECKED_HINT = f"{records.ROUTING_UNCHECKED} (use --agents or INTENTUS_AGENTS)"
-
-_TITLES = {
-    "createdAt": "CREATED",
-    "executionId": "EXECUTION ID",
-    "requestId": "REQUEST ID",
-    "errorCode": "ERROR",
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "worker": cmd_worker,
+    "send": cmd_send,
+    "records": cli_records.cmd_records,
+    "dlq": _dlq,
+    "contract": _contract,
 }
-
-
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    if not rows:
-        sys.stdout.write("no records\n")
-        return
-    titles = [_TITLES.get(c, c.upper()) for c in columns]
-    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
-    widths = [max(len(t), *(len(row[i]) for row in cells)) for i, t in enumerate(titles)]
-    for row in [titles, *cells]:
-        sys.stdout.write(
-            "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() + "\n"
-        )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,33 +9,43 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import socket
 from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from runtime import defaults
 from worker.errors import ConfigError
 
-DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/%2F"
 LOG_LEVELS = ("debug", "info", "warning", "error")
-
-
-def _default_worker_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 @dataclass(frozen=True)
 class Option:
+    """One setting: its environment variable, flag, help text, type and default."""
+
     env: str
     flag: str
     help: str
     kind: type = str
     default: Any = None
 
+    def help_text(self) -> str:
+        """The flag's `--help` line: what it is, its default, and its variable."""
+        shown = f"{self.default:g}" if isinstance(self.default, float) else self.default
+        default = f" (default: {shown})" if shown not in ("", None) else ""
+        # argparse expands %-placeholders in help: the default URL's %2F must stay literal.
+        return f"{self.help}{default} [env {self.env}]".replace("%", "%%")
 
+
+# The one declaration of every setting: Config's defaults, the flags, their help and
+# docs/contract.md (checked by tests/unit/test_contract_doc.py) all come from here.
 OPTIONS: dict[str, Option] = {
     "amqp_url": Option(
-        "INTENTUS_AMQP_URL", "--amqp-url", "broker URL (amqp:// or amqps://)", str, DEFAULT_AMQP_URL
+        "INTENTUS_AMQP_URL",
+        "--amqp-url",
+        "broker URL (amqp:// or amqps://)",
+        str,
+        "amqp://guest:guest@localhost:5672/%2F",
     ),
     "queue": Option("INTENTUS_QUEUE", "--queue", "request queue", str, "intentus.requests"),
     "queue_type": Option("INTENTUS_QUEUE_TYPE", "--queue-type", "quorum or classic", str, "quorum"),
@@ -79,14 +89,14 @@ OPTIONS: dict[str, Option] = {
         "--agent-timeout-s",
         "default per-agent deadline (seconds)",
         float,
-        30.0,
+        defaults.AGENT_TIMEOUT_S,
     ),
     "max_message_bytes": Option(
         "INTENTUS_MAX_MESSAGE_BYTES",
         "--max-message-bytes",
         "largest request body accepted",
         int,
-        10 * 1024 * 1024,
+        defaults.MAX_MESSAGE_BYTES,
     ),
     "metrics_addr": Option(
         "INTENTUS_METRICS_ADDR",
@@ -130,27 +140,41 @@ OPTIONS: dict[str, Option] = {
 }
 
 
+def _default(name: str) -> Any:
+    return OPTIONS[name].default
+
+
+DEFAULT_AMQP_URL: str = _default("amqp_url")
+DEFAULT_QUEUE: str = _default("queue")
+
+#: How long a client (and `intentus send`) waits for the broker's confirm and the reply.
+REPLY_TIMEOUT_S = 30.0
+
+
 @dataclass(frozen=True)
 class Config:
-    amqp_url: str = DEFAULT_AMQP_URL
-    queue: str = "intentus.requests"
-    queue_type: str = "quorum"
-    reply_queue: str = "intentus.replies"
-    records_dir: str = ".intentusnet/records"
-    records_url: str = ""
-    agents: str = ""
-    policy_file: str = ""
-    concurrency: int = 8
-    prefetch: int = 64
-    agent_timeout_s: float = 30.0
-    max_message_bytes: int = 10 * 1024 * 1024
-    metrics_addr: str = "127.0.0.1:9464"
-    shutdown_grace_s: float = 30.0
-    log_format: str = "text"
-    log_level: str = "info"
-    worker_id: str = field(default_factory=_default_worker_id)
-    delivery_limit: int = 20
-    queue_max_priority: int = 0
+    """Every setting, typed; the defaults are OPTIONS' (a unit test keeps the two in step)."""
+
+    amqp_url: str = _default("amqp_url")
+    queue: str = _default("queue")
+    queue_type: str = _default("queue_type")
+    reply_queue: str = _default("reply_queue")
+    records_dir: str = _default("records_dir")
+    records_url: str = _default("records_url")
+    agents: str = _default("agents")
+    policy_file: str = _default("policy_file")
+    concurrency: int = _default("concurrency")
+    prefetch: int = _default("prefetch")
+    agent_timeout_s: float = _default("agent_timeout_s")
+    max_message_bytes: int = _default("max_message_bytes")
+    metrics_addr: str = _default("metrics_addr")
+    shutdown_grace_s: float = _default("shutdown_grace_s")
+    log_format: str = _default("log_format")
+    log_level: str = _default("log_level")
+    # An empty INTENTUS_WORKER_ID means this rule too (see `load`).
+    worker_id: str = field(default_factory=defaults.default_worker_id)
+    delivery_limit: int = _default("delivery_limit")
+    queue_max_priority: int = _default("queue_max_priority")
 
     @property
     def dlx(self) -> str:
@@ -201,8 +225,9 @@ def option_error(name: str, why: str) -> ConfigError:
 def add_arguments(parser: argparse.ArgumentParser, names: list[str] | None = None) -> None:
     for name in names or list(OPTIONS):
         opt = OPTIONS[name]
+        # default=None: an unset flag must not hide the environment variable (see `load`).
         parser.add_argument(
-            opt.flag, dest=name, default=None, metavar=opt.env, help=f"{opt.help} [env {opt.env}]"
+            opt.flag, dest=name, default=None, metavar=opt.env, help=opt.help_text()
         )
 
 

@@ -77,22 +77,6 @@ class TestQueueMaxPriority:
 
 
 class TestExports:
-    def test_package_exports(self) -> None:
-        """The worker package exports both clients and every client exception."""
-        import worker
-
-        assert set(worker.__all__) == {
-            "AsyncIntentusClient",
-            "ClientClosed",
-            "ClientError",
-            "Config",
-            "ConnectionLost",
-            "IntentusClient",
-            "PublishFailed",
-            "RequestTimeout",
-        }
-        assert all(hasattr(worker, name) for name in worker.__all__)
-
     def test_exception_tree(self) -> None:
         """Every client exception is a ClientError; RequestTimeout is also a TimeoutError."""
         from worker import ClientClosed, ClientError, ConnectionLost, PublishFailed, RequestTimeout

@@ -167,17 +167,18 @@ class _Indexed(MemoryRecordStore):
         self.record = record
         self.asked: list[dict[str, Any]] = []
 
-    def search(self, **query: Any) -> tuple[list[tuple[str, bytes]], int]:
-        self.asked.append(query)
-        status = query["where"].get("status")
-        total = {None: 1234, "success": 1000, "error": 234}[status]
+    def search(
+        self, flt: RecordFilter, *, limit: int | None, offset: int
+    ) -> tuple[list[tuple[str, bytes]], int]:
+        self.asked.append({"flt": flt, "limit": limit, "offset": offset})
+        total = {None: 1234, "success": 1000, "error": 234}[flt.status]
         found = [("exec-" + "1" * 24, self.record), ("exec-" + "2" * 24, b"{broken")]
-        return found[: query["limit"]], total
+        return found[:limit], total
 
 
 class TestIndexed:
     def test_delegates_search(self, rt) -> None:
-        """A store with its own search gets the filter as columns, and its rows are parsed."""
+        """A store with its own search gets the filter and the window, and its rows are parsed."""
         record = rt.store.get(next(iter(rt.store.ids())))
         store = _Indexed(record)
         store.put("exec-" + "0" * 24, b"{broken")  # a scan would skip it and find 0
@@ -187,25 +188,16 @@ class TestIndexed:
         assert total == 1234
         assert rows[0] == row(json.loads(record))
         assert rows[1] == {**dict.fromkeys(ROW_FIELDS), "executionId": "exec-" + "2" * 24}
-        assert store.asked == [
-            {
-                "where": {"intent": "X", "agent": "a"},
-                "since": since,
-                "until": None,
-                "text": "req-1",
-                "limit": 2,
-                "offset": 10,
-            }
-        ]
+        assert store.asked == [{"flt": flt, "limit": 2, "offset": 10}]
 
     def test_counts_from_the_index(self, rt) -> None:
         """Without counts_by_status of its own, an indexed store counts each status by search."""
         store = _Indexed(b"{}")
         flt = RecordFilter(status="error", intent="X")
         assert counts_by_status(store, flt) == {"success": 1000, "error": 234}
-        assert [q["where"] for q in store.asked] == [
-            {"intent": "X", "status": "success"},
-            {"intent": "X", "status": "error"},
+        assert [q["flt"] for q in store.asked] == [
+            RecordFilter(intent="X", status="success"),
+            RecordFilter(intent="X", status="error"),
         ]
         assert all(q["limit"] == 0 for q in store.asked)
         result = page(store, flt, limit=1, offset=0)

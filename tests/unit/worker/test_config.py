@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import typing
 
 import pytest
 
@@ -160,3 +162,24 @@ class TestScrub:
             record = logging.LogRecord("t", logging.ERROR, __file__, 1, "x", (), sys.exc_info())
         scrub.filter(record)
         assert record.exc_text is not None and "hunter2" not in record.exc_text
+
+
+class TestOneDeclaration:
+    def test_config_fields_are_the_options(self) -> None:
+        """Config has one field per option, typed and defaulted as the option declares."""
+        declared = {f.name: f for f in dataclasses.fields(Config)}
+        assert list(declared) == list(config.OPTIONS)
+        defaults = Config()
+        hints = typing.get_type_hints(Config)
+        for name, option in config.OPTIONS.items():
+            assert hints[name] is option.kind, name
+            if name != "worker_id":
+                assert getattr(defaults, name) == option.default, name
+
+    def test_help_shows_each_default(self) -> None:
+        """`--help` names every non-empty default and the variable."""
+        parser = argparse.ArgumentParser()
+        config.add_arguments(parser)
+        text = " ".join(parser.format_help().split())
+        assert "(default: intentus.requests) [env INTENTUS_QUEUE]" in text
+        assert "(default: 30) [env INTENTUS_AGENT_TIMEOUT_S]" in text

@@ -1,0 +1,152 @@
+"""Writing records to the PostgreSQL store, group-committed.
+
+Records of concurrent requests are committed together: a committer thread writes everything
+queued since its last round in one transaction. The caller is told only after the transaction
+committed, so nothing is replied before its record is durable. A worker whose liveness session
+lapsed is fenced: its record write names the owner it claimed as, so after another worker took
+the claim over the late write matches no row and is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from runtime.errors import RecordExists, RecordStoreError
+from runtime.pgstore.connection import Connected
+from runtime.pgstore.schema import TABLE, index_columns
+from runtime.store import check_execution_id, put_and_wait
+
+log = logging.getLogger("intentus.runtime.pgstore")
+
+Callback = Callable[[BaseException | None], None]
+
+_MAX_BATCH = 512
+
+_COMMIT_CLAIMED = f"""
+    UPDATE {TABLE} SET record = %s, owner = NULL, owner_key = NULL, request_id = %s,
+        correlation_id = %s, intent = %s, status = %s, error_code = %s, agent = %s, kind = %s,
+        created_at = %s
+    WHERE execution_id = %s AND owner = %s AND record IS NULL
+    RETURNING execution_id"""
+
+_INSERT_RECORD = f"""
+    INSERT INTO {TABLE} (record, request_id, correlation_id, intent, status, error_code, agent,
+        kind, created_at, execution_id)
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+    ON CONFLICT (execution_id) DO NOTHING
+    RETURNING execution_id"""
+
+
+class _Pending:
+    __slots__ = ("data", "done", "execution_id", "owner")
+
+    def __init__(self, execution_id: str, data: bytes, owner: str | None, done: Callback) -> None:
+        self.execution_id = execution_id
+        self.data = data
+        self.owner = owner
+        self.done = done
+
+
+class RecordWrites(Connected):
+    """`put`/`put_async` through one committer thread, and the writability probe."""
+
+    owner: str
+    _mine: dict[str, str]
+    _mine_lock: threading.Lock
+    _live: threading.Event
+    _closed: threading.Event
+    _queue: list[_Pending]
+    _wake: threading.Condition
+    _committer: threading.Thread | None
+
+    def put(self, execution_id: str, data: bytes) -> None:
+        put_and_wait(self.put_async, execution_id, data)
+
+    def put_async(self, execution_id: str, data: bytes, done: Callback) -> None:
+        """Queue the record; `done(None)` once its transaction committed (or `done(exc)`)."""
+        try:
+            check_execution_id(execution_id)
+        except RecordStoreError as exc:
+            done(exc)
+            return
+        with self._mine_lock:
+            owner = self._mine.get(execution_id)
+        with self._wake:
+            if self._committer is None or self._closed.is_set():
+                closed = True
+            else:
+                closed = False
+                self._queue.append(_Pending(execution_id, data, owner, done))
+                self._wake.notify()
+        if closed:
+            done(RecordStoreError("record store is closed or read-only"))
+
+    def _commit_loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue and not self._closed.is_set():
+                    self._wake.wait()
+                batch, self._queue = self._queue[:_MAX_BATCH], self._queue[_MAX_BATCH:]
+                if not batch and self._closed.is_set():
+                    return
+            try:
+                results = self._commit(batch)
+            except Exception as exc:
+                # Database down, or a bug: fail this batch (the worker pauses and keeps the
+                # records to write again); the next batch tries a fresh connection.
+                error = (
+                    exc
+                    if isinstance(exc, RecordStoreError)
+                    else self._error("cannot commit records", exc)
+                )
+                results = [error] * len(batch)
+            for item, result in zip(batch, results, strict=True):
+                if result is None and item.owner is not None:
+                    with self._mine_lock:
+                        if self._mine.get(item.execution_id) == item.owner:
+                            del self._mine[item.execution_id]
+                try:
+                    item.done(result)
+                except Exception:
+                    log.exception("record commit callback failed")
+
+    def _commit(self, batch: list[_Pending]) -> list[BaseException | None]:
+        claimed = [p for p in batch if p.owner is not None]
+        unclaimed = [p for p in batch if p.owner is None]
+        stored: set[str] = set()
+        with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            for items, sql, extra in (
+                (claimed, _COMMIT_CLAIMED, lambda p: (p.execution_id, p.owner)),
+                (unclaimed, _INSERT_RECORD, lambda p: (p.execution_id,)),
+            ):
+                if not items:
+                    continue
+                params = [(p.data, *index_columns(p.data), *extra(p)) for p in items]
+                cur.executemany(sql, params, returning=True)
+                while True:
+                    for (eid,) in cur.fetchall():
+                        stored.add(eid)
+                    if not cur.nextset():
+                        break
+        # Not stored: the claim is no longer ours (taken over while our liveness lapsed) or
+        # a record exists already. Write-once either way: answer from the stored record.
+        return [None if p.execution_id in stored else RecordExists(p.execution_id) for p in batch]
+
+    def check_writable(self) -> None:
+        """Raise RecordStoreError unless a row can be written and committed now, and our
+        liveness session holds its lock (what claims and records need)."""
+        if self._committer is not None and not self._live.is_set():
+            raise RecordStoreError("the PostgreSQL liveness session is down")
+        probe = f"probe-{self.owner}"
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                conn.execute(
+                    f"INSERT INTO {TABLE} (execution_id, owner) VALUES (%s, %s)"
+                    " ON CONFLICT (execution_id) DO NOTHING",
+                    (probe, self.owner),
+                )
+                conn.execute(f"DELETE FROM {TABLE} WHERE execution_id = %s", (probe,))
+        except self._psycopg.Error as exc:
+            raise self._error("PostgreSQL store is not writable", exc) from None

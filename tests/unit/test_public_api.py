@@ -1,0 +1,47 @@
+"""The public API: what `runtime` and `worker` export is exactly what they expose."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+import runtime
+import worker
+
+
+@pytest.mark.parametrize("package", [runtime, worker], ids=lambda p: p.__name__)
+def test_all_is_what_the_package_exposes(package: types.ModuleType) -> None:
+    """Every public, non-module name of the package is in `__all__`, and nothing else."""
+    exposed = {
+        name
+        for name, value in vars(package).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    exported = set(package.__all__) - {"__version__"}
+    assert exposed - {"annotations"} == exported
+    assert len(package.__all__) == len(set(package.__all__))
+
+
+@pytest.mark.parametrize("package", [runtime, worker], ids=lambda p: p.__name__)
+def test_exports_come_from_the_package(package: types.ModuleType) -> None:
+    """Each export is defined in one of the package's own modules (no re-exported plumbing)."""
+    for name in package.__all__:
+        value = getattr(package, name)
+        module = getattr(value, "__module__", package.__name__)
+        if name != "__version__":
+            assert module.split(".")[0] == package.__name__, name
+
+
+def test_worker_exports_the_clients_and_their_errors() -> None:
+    """An embedder sending intents needs both clients, Config and every client exception."""
+    from worker.errors import ClientError
+
+    errors = {n for n in worker.__all__ if isinstance(getattr(worker, n), type)}
+    errors = {n for n in errors if issubclass(getattr(worker, n), ClientError)}
+    assert {"IntentusClient", "AsyncIntentusClient", "Config"} <= set(worker.__all__)
+    assert errors == {
+        name
+        for name, value in vars(__import__("worker.errors").errors).items()
+        if isinstance(value, type) and issubclass(value, ClientError)
+    }
