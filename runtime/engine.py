@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
+from runtime import defaults
 from runtime.canonical import (
     dumps,
     encode_envelope,
@@ -58,12 +58,7 @@ from runtime.version import __version__
 
 log = logging.getLogger("intentus.runtime")
 
-DEFAULT_MAX_MESSAGE_BYTES = 10 * 1024 * 1024
 _POLL_S = 0.02
-
-
-def default_worker_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 @dataclass(slots=True)
@@ -224,8 +219,8 @@ class IntentusRuntime:
         *,
         store: RecordStore | None = None,
         clock: Clock | None = None,
-        agent_timeout_s: float = 30.0,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        agent_timeout_s: float = defaults.AGENT_TIMEOUT_S,
+        max_message_bytes: int = defaults.MAX_MESSAGE_BYTES,
         worker_id: str | None = None,
         observer: Observer | None = None,
     ) -> None:
@@ -237,7 +232,9 @@ class IntentusRuntime:
         self.clock = clock or SystemClock()
         self.observer = observer or Observer()
         # The id names files (journal, temp folder): keep it to a safe alphabet.
-        self.worker_id = re.sub(r"[^A-Za-z0-9._-]", "_", worker_id or default_worker_id())[:100]
+        self.worker_id = re.sub(r"[^A-Za-z0-9._-]", "_", worker_id or defaults.default_worker_id())[
+            :100
+        ]
         self.max_message_bytes = max_message_bytes
         if store is None:
             store = (
