@@ -265,7 +265,7 @@ def _json_type(value: Any) -> str:
     }.get(type(value), "null")
 
 
-def _trace_from_traceparent(traceparent: str | None) -> str | None:
+def trace_from_traceparent(traceparent: str | None) -> str | None:
     # version-traceid-parentid-flags; all-zero trace ids are invalid per W3C.
     if not traceparent:
         return None
@@ -287,7 +287,7 @@ def normalise(
     if meta.requestId is None:
         meta.requestId = ctx.message_id or ctx.correlation_id or request_id_for_body(body)
     if meta.traceId is None:
-        meta.traceId = _trace_from_traceparent(ctx.traceparent) or trace_id_for(meta.requestId)
+        meta.traceId = trace_from_traceparent(ctx.traceparent) or trace_id_for(meta.requestId)
     stamp = None
     if envelope.context.timestamp is None:
         stamp = format_timestamp(received_at)

@@ -15,7 +15,7 @@ import time
 from _thread import allocate_lock as _allocate_lock
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from runtime.canonical import dumps
 from runtime.errors import AgentError, ErrorCode
@@ -36,12 +36,23 @@ class Abandoned(BaseException):
     A BaseException so that the `except Exception` clauses on the way up let it through."""
 
 
-@dataclass(slots=True)
+Status = Literal["success", "error"]
+
+
+@dataclass(slots=True, kw_only=True)
 class AttemptResult:
-    status: str  # "success" | "error"
+    status: Status
     payload: dict[str, Any] | None
     error: dict[str, Any] | None
     seconds: float
+
+    @classmethod
+    def succeeded(cls, payload: dict[str, Any] | None, seconds: float) -> AttemptResult:
+        return cls(status="success", payload=payload, error=None, seconds=seconds)
+
+    @classmethod
+    def failed(cls, error: dict[str, Any], seconds: float) -> AttemptResult:
+        return cls(status="error", payload=None, error=error, seconds=seconds)
 
     @property
     def error_code(self) -> str | None:
@@ -142,8 +153,8 @@ class Attempt:
 
     def result(self) -> AttemptResult:
         if self.error is not None:
-            return AttemptResult("error", None, self.error, self.seconds)
-        return AttemptResult("success", self.payload, None, self.seconds)
+            return AttemptResult.failed(self.error, self.seconds)
+        return AttemptResult.succeeded(self.payload, self.seconds)
 
     def detach(self) -> bool:
         """The request no longer waits for this attempt (timed out, or PARALLEL straggler).
@@ -202,8 +213,8 @@ class AgentInvoker:
             log.warning("abandoned agent '%s' returned after %.3f s", agent, seconds)
             return None
         if error is not None:
-            return AttemptResult("error", None, error, seconds)
-        return AttemptResult("success", payload, None, seconds)
+            return AttemptResult.failed(error, seconds)
+        return AttemptResult.succeeded(payload, seconds)
 
     def start(
         self,
@@ -304,9 +315,7 @@ class AgentInvoker:
 
 
 def _timeout_result(agent: str, timeout_s: float, elapsed: float) -> AttemptResult:
-    return AttemptResult(
-        "error",
-        None,
+    return AttemptResult.failed(
         error_dict(
             ErrorCode.AGENT_TIMEOUT,
             f"agent '{agent}' did not answer within {timeout_s:g} s",

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from runtime.envelope import IntentEnvelope
 from runtime.errors import PolicyError
+from runtime.recorder import RecordPolicy
 
 _FIELDS = ("intents", "agents", "sources", "users", "tags")
 MAX_PATTERN_LENGTH = 256
@@ -92,7 +93,7 @@ class PolicyDecision:
     reasons: dict[str, str] = field(default_factory=dict)
     rules: dict[str, str] = field(default_factory=dict)  # filtered agent -> rule id or "default"
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> RecordPolicy:
         return {"allowed": self.allowed, "filtered": self.filtered, "reasons": self.reasons}
 
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 from runtime.envelope import IntentEnvelope, RoutingStrategy
 from runtime.errors import ErrorCode
@@ -23,13 +23,26 @@ from runtime.recorder import ExecutionRecorder
 from runtime.registry import AgentDefinition
 from runtime.response import error_dict
 
+RouteReason = Literal[
+    "deterministic_match",  # the first candidate in the deterministic order
+    "target_specified",  # the request named the agent
+    "fallback_attempt",  # an agent after the first in a FALLBACK order answered
+    "broadcast_last_success",
+    "parallel_first_success",
+    "all_failed",
+    "no_candidates",  # no agent handles the intent
+    "all_filtered",  # the policy allows none of the candidates
+    "invalid_request",  # a named agent is not a candidate, or the message was refused
+    "execution_in_doubt",  # a duplicate of a request whose outcome is unknown
+]
+
 
 @dataclass(slots=True)
 class Plan:
     """The try order, or the error that ends the request before any agent runs."""
 
     try_order: list[str]
-    reason: str
+    reason: RouteReason
     error: dict[str, Any] | None = None
     agent: str | None = None
     skipped: dict[str, str] = field(default_factory=dict)
@@ -47,13 +60,13 @@ class AttemptCall:
 Steps = Generator[AttemptCall, tuple[AttemptResult, bool], "RouteOutcome"]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class RouteOutcome:
     payload: dict[str, Any] | None
     error: dict[str, Any] | None
     agent: str | None
     attempts: int
-    reason: str
+    reason: RouteReason
     try_order: list[str]
 
     @property
@@ -99,10 +112,10 @@ def plan(envelope: IntentEnvelope, candidates: Sequence[str], decision: PolicyDe
         skipped = {n: filtered[n] for n in named if n in filtered}
         if not order:
             return Plan([], "all_filtered", _unauthorized(named, filtered), skipped=skipped)
-        first_reason = (
-            "target_specified"
-            if routing.targetAgent and order[0] == routing.targetAgent
-            else ("fallback_attempt" if skipped else "target_specified")
+        first_reason: RouteReason = (
+            "fallback_attempt"
+            if skipped and not (routing.targetAgent and order[0] == routing.targetAgent)
+            else "target_specified"
         )
         return Plan(order, first_reason, skipped=skipped)
     if not decision.allowed:
@@ -224,19 +237,33 @@ class Router:
                 last_success = last
                 if stop_on_success:
                     reason = p.reason if index == 0 else "fallback_attempt"
-                    return RouteOutcome(result.payload, None, name, attempts, reason, p.try_order)
+                    return RouteOutcome(
+                        payload=result.payload,
+                        error=None,
+                        agent=name,
+                        attempts=attempts,
+                        reason=reason,
+                        try_order=p.try_order,
+                    )
         assert last is not None
         if strategy is RoutingStrategy.BROADCAST and last_success is not None:
             return RouteOutcome(
-                last_success[1].payload,
-                None,
-                last_success[0],
-                attempts,
-                "broadcast_last_success",
-                p.try_order,
+                payload=last_success[1].payload,
+                error=None,
+                agent=last_success[0],
+                attempts=attempts,
+                reason="broadcast_last_success",
+                try_order=p.try_order,
             )
         reason = p.reason if strategy is RoutingStrategy.DIRECT else "all_failed"
-        return RouteOutcome(None, last[1].error, last[0], attempts, reason, p.try_order)
+        return RouteOutcome(
+            payload=None,
+            error=last[1].error,
+            agent=last[0],
+            attempts=attempts,
+            reason=reason,
+            try_order=p.try_order,
+        )
 
     def _end(
         self, rec: ExecutionRecorder, name: str, number: int, result: AttemptResult, timed_out: bool
@@ -306,9 +333,19 @@ class Router:
         attempts = len(p.try_order)
         if winner is not None:
             return RouteOutcome(
-                winner[1].payload, None, winner[0], attempts, "parallel_first_success", p.try_order
+                payload=winner[1].payload,
+                error=None,
+                agent=winner[0],
+                attempts=attempts,
+                reason="parallel_first_success",
+                try_order=p.try_order,
             )
         last_name = p.try_order[-1]
         return RouteOutcome(
-            None, results[last_name].error, last_name, attempts, "all_failed", p.try_order
+            payload=None,
+            error=results[last_name].error,
+            agent=last_name,
+            attempts=attempts,
+            reason="all_failed",
+            try_order=p.try_order,
         )

@@ -1,0 +1,293 @@
+"""The duplicate protocol: what a request's claim says, and the answers that run no agent.
+
+A claim that is not won is one of:
+
+    RECORDED  -> same caller (user id) and same request (fingerprint)?  no -> conflict
+                 the recorded agent still allowed by the policy?         no -> denied
+                 otherwise the stored answer, byte for byte                  -> replayed
+    RUNNING   -> another caller's request holds the id                      -> conflict
+                 ours, and no thread of ours works on it (its record could
+                 not be written)                                             -> in doubt
+                 otherwise a live owner executes it: wait for its record    -> parked
+    ORPHANED  -> its owner died before recording: take the claim over, then
+                 record and answer that its outcome is unknown              -> in doubt
+                 (or, if the take-over finds a record or a new live owner,
+                 as above)
+
+Nothing here ever runs an agent: a request that started once is never run again silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from runtime.claims import Claim, ClaimState
+from runtime.errors import ErrorCode
+from runtime.intake import Request
+from runtime.outcome import Outcome, OutcomeKind, replayed
+from runtime.policy import Policy, PolicySubject
+from runtime.recorder import ExecutionRecorder, record_header, unrouted_record
+from runtime.response import error_dict, response_body, response_dict
+from runtime.store import RecordStore
+
+log = logging.getLogger("intentus.runtime")
+
+
+class Duplicates:
+    """Answers requests whose claim was not won, and tracks the claims this process works on."""
+
+    def __init__(
+        self,
+        *,
+        store: RecordStore,
+        policy: Policy,
+        monotonic: Callable[[], float],
+        worker_id: str,
+    ) -> None:
+        self.store = store
+        self.policy = policy
+        self._monotonic = monotonic
+        self._worker_id = worker_id
+        # Claims this process won and is still working on; a claim of ours that is not here
+        # was given up unrecorded (its record could not be written): that request is in doubt.
+        self._active: set[str] = set()
+        self._active_lock = threading.Lock()
+
+    # -- the claims this process works on ------------------------------------------------
+    def working_on(self, execution_id: str) -> None:
+        with self._active_lock:
+            self._active.add(execution_id)
+
+    def done_with(self, execution_id: str) -> None:
+        with self._active_lock:
+            self._active.discard(execution_id)
+
+    def is_active(self, execution_id: str) -> bool:
+        with self._active_lock:
+            return execution_id in self._active
+
+    def settled_many(self, parked: Sequence[Outcome]) -> list[bool]:
+        """Whether each parked request can be processed again (recorded, or owner gone)."""
+        states = self.store.probe([o.execution_id for o in parked])
+        settled = []
+        for outcome in parked:
+            state = states.get(outcome.execution_id)
+            holder = outcome.claim.holder if outcome.claim is not None else None
+            own = holder is not None and holder.owner == self.store.owner
+            settled.append(
+                state is not ClaimState.RUNNING
+                or (own and not self.is_active(outcome.execution_id))
+            )
+        return settled
+
+    # -- answers -------------------------------------------------------------------------
+    def answer(self, request: Request, claim: Claim) -> Outcome:
+        """The answer to a request whose claim was not won (see the module's table)."""
+        if claim.state is ClaimState.RECORDED:
+            assert claim.record is not None
+            return self.from_record(request, json.loads(claim.record))
+        holder = claim.holder
+        if (
+            holder is not None
+            and holder.known
+            and (holder.user_id != request.user or holder.fingerprint != request.fingerprint)
+        ):
+            # Another caller's request holds this requestId: never wait for, or answer
+            # with, what it will record.
+            return self.conflict(request, recorded_at=None)
+        if claim.state is ClaimState.RUNNING:
+            if self._abandoned_here(claim):
+                # Ours, and no thread works on it: its record could not be written. We hold
+                # the claim already, so no take-over: record that it is in doubt.
+                self.working_on(request.execution_id)
+                return self.in_doubt(
+                    request, Claim(ClaimState.WON, request.execution_id, holder=holder)
+                )
+            return self.parked(request, claim)
+        claim = self.store.take_over(claim, user_id=request.user, fingerprint=request.fingerprint)
+        if claim.state is ClaimState.WON:
+            self.working_on(request.execution_id)
+            return self.in_doubt(request, claim)
+        if claim.state is ClaimState.RECORDED:
+            assert claim.record is not None
+            return self.from_record(request, json.loads(claim.record))
+        return self.parked(request, claim)
+
+    def _abandoned_here(self, claim: Claim) -> bool:
+        holder = claim.holder
+        return (
+            holder is not None
+            and holder.owner == self.store.owner
+            and not self.is_active(claim.execution_id)
+        )
+
+    def from_record(self, request: Request, record: dict[str, Any]) -> Outcome:
+        """The stored answer, for the same caller asking the same thing only."""
+        header = record.get("header", {})
+        stored = record.get("finalResponse")
+        if (
+            (header.get("userId") or "") != request.user
+            or header.get("fingerprint") != request.fingerprint
+            or not isinstance(stored, dict)
+        ):
+            return self.conflict(request, recorded_at=header.get("createdAt"))
+        agent = (stored.get("metadata") or {}).get("agent")
+        if agent:
+            # The policy may have changed since: the stored answer is for those it allows now.
+            decision = self.policy.evaluate(
+                [agent], PolicySubject.of(request.envelope, request.context.user_id)
+            )
+            if agent in decision.filtered:
+                return self._denied(request, agent=agent, reason=decision.reasons[agent])
+        return replayed(
+            execution_id=request.execution_id, request_id=request.request_id, record=record
+        )
+
+    def after_lost_race(self, outcome: Outcome) -> Outcome:
+        """Another worker recorded this request first (it took over our claim while we
+        looked dead): answer from its record."""
+        log.warning(
+            "request %s was recorded by another worker meanwhile; answering from that record",
+            outcome.request_id,
+        )
+        stored = self.store.get(outcome.execution_id)
+        if stored is None:  # pragma: no cover - the record was deleted in between
+            return outcome
+        return replayed(
+            execution_id=outcome.execution_id,
+            request_id=outcome.request_id,
+            record=json.loads(stored),
+        )
+
+    def parked(self, request: Request, claim: Claim) -> Outcome:
+        """A live owner is executing this request: the caller waits for its record."""
+        return Outcome(
+            kind="parked",
+            execution_id=request.execution_id,
+            request_id=request.request_id,
+            trace_id=request.trace_id,
+            response={},
+            body=b"",
+            intent=request.intent,
+            strategy=request.strategy,
+            claim=claim,
+        )
+
+    def _denied(self, request: Request, *, agent: str, reason: str) -> Outcome:
+        message = (
+            f"the recorded answer came from agent '{agent}', which policy no longer "
+            f"allows for this caller ({reason})"
+        )
+        details = {"execution_id": request.execution_id, "agent": agent}
+        return self._refusal(
+            request,
+            kind="denied",
+            error=error_dict(ErrorCode.UNAUTHORIZED, message, details),
+            same_request=True,
+        )
+
+    def conflict(self, request: Request, *, recorded_at: str | None) -> Outcome:
+        message = f"requestId '{request.request_id}' was already used for a different request"
+        details = {"execution_id": request.execution_id, "recorded_at": recorded_at}
+        return self._refusal(
+            request,
+            kind="conflict",
+            error=error_dict(ErrorCode.IDEMPOTENCY_CONFLICT, message, details),
+            same_request=False,
+        )
+
+    def _refusal(
+        self,
+        request: Request,
+        *,
+        kind: OutcomeKind,
+        error: dict[str, Any],
+        same_request: bool,
+    ) -> Outcome:
+        """An error answer to a duplicate; of `same_request` (denied) it names the intent and
+        strategy, of another request's id (conflict) nothing."""
+        intent = request.intent if same_request else None
+        strategy = request.strategy if same_request else None
+        response = response_dict(
+            payload=None,
+            error=error,
+            execution_id=request.execution_id,
+            request_id=request.request_id,
+            trace_id=request.trace_id,
+            agent=None,
+            strategy=strategy,
+            attempts=0,
+            latency_ms=0.0,
+            replayable=False,
+        )
+        return Outcome(
+            kind=kind,
+            execution_id=request.execution_id,
+            request_id=request.request_id,
+            trace_id=request.trace_id,
+            response=response,
+            body=response_body(response),
+            intent=intent,
+            strategy=strategy,
+        )
+
+    def in_doubt(self, request: Request, claim: Claim) -> Outcome:
+        """Record and answer that an earlier execution's outcome is unknown (never re-run)."""
+        recorder = ExecutionRecorder(self._monotonic, request.arrival.started)
+        message = (
+            "an earlier delivery of this request started executing and its worker stopped "
+            "before recording the result; it is not run again"
+        )
+        details = {"execution_id": request.execution_id}
+        response = response_dict(
+            payload=None,
+            error=error_dict(ErrorCode.EXECUTION_IN_DOUBT, message, details),
+            execution_id=request.execution_id,
+            request_id=request.request_id,
+            trace_id=request.trace_id,
+            agent=None,
+            strategy=request.strategy,
+            attempts=0,
+            latency_ms=recorder.elapsed_ms(),
+            replayable=False,
+        )
+        recorder.event("INTENT_RECEIVED", request.received_event())
+        recorder.event(
+            "DUPLICATE_DELIVERY",
+            {"kind": "in_doubt", "redelivered": request.context.redelivered},
+        )
+        header = record_header(
+            execution_id=request.execution_id,
+            request_id=request.request_id,
+            arrival=request.arrival,
+            envelope_hash=request.envelope_hash,
+            fingerprint=request.fingerprint,
+            kind="in_doubt",
+            replayable=False,
+            worker_id=self._worker_id,
+        )
+        record = unrouted_record(
+            recorder,
+            header=header,
+            envelope=request.envelope_dict,
+            response=response,
+            intent=request.intent,
+            strategy=request.strategy,
+            reason="execution_in_doubt",
+        )
+        return Outcome(
+            kind="in_doubt",
+            execution_id=request.execution_id,
+            request_id=request.request_id,
+            trace_id=request.trace_id,
+            response=response,
+            body=response_body(response),
+            record=record,
+            intent=request.intent,
+            strategy=request.strategy,
+            claim=claim,
+        )

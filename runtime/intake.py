@@ -1,0 +1,291 @@
+"""From what a caller sent to a valid, normalised request, or to why it was refused.
+
+Every form a request may take (envelope model, dict, JSON bytes or text) becomes JSON bytes
+first, so that all are decoded and checked the same way: content type, size, JSON, schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from runtime.canonical import (
+    dumps,
+    encode_envelope,
+    execution_id_for,
+    request_id_for_body,
+    trace_id_for,
+)
+from runtime.claims import Claim
+from runtime.envelope import (
+    IntentEnvelope,
+    RequestContext,
+    decode_json,
+    normalise,
+    request_id_hint,
+    trace_from_traceparent,
+    validate_envelope,
+)
+from runtime.errors import EnvelopeError, ErrorCode
+from runtime.outcome import Outcome
+from runtime.recorder import ExecutionRecorder, raw_body_fields, record_header, unrouted_record
+from runtime.response import error_dict, response_body, response_dict
+from runtime.store import RecordStore
+
+Incoming = IntentEnvelope | dict[str, Any] | bytes | str
+
+
+@dataclass(slots=True)
+class Arrival:
+    """What is known of any delivery: its transport context and when it arrived."""
+
+    context: RequestContext
+    received: datetime  # wall clock, for the record
+    started: float  # the runtime clock's monotonic time, for latencies
+    correlation_id: str | None
+
+
+@dataclass(slots=True)
+class Request:
+    """A valid, normalised request on its way through the runtime."""
+
+    envelope: IntentEnvelope
+    arrival: Arrival
+    envelope_dict: dict[str, Any]
+    envelope_json: bytes  # canonical: hashed, embedded in the record, parsed for agents' copies
+    envelope_hash: str
+    fingerprint: str  # of intent, payload and routing: what a duplicate must match
+    execution_id: str
+    # Read once from the envelope, before any agent: an agent may be handed the routed
+    # envelope itself, and what it does to it must not reach the record.
+    request_id: str = ""
+    trace_id: str | None = None
+    intent: str = ""
+    strategy: str = ""
+
+    @classmethod
+    def of(cls, envelope: IntentEnvelope, arrival: Arrival) -> Request:
+        envelope_dict = envelope.to_dict()
+        envelope_json, envelope_hash, fingerprint = encode_envelope(envelope_dict)
+        request = cls(
+            envelope=envelope,
+            arrival=arrival,
+            envelope_dict=envelope_dict,
+            envelope_json=envelope_json,
+            envelope_hash=envelope_hash,
+            fingerprint=fingerprint,
+            execution_id=execution_id_for(envelope.request_id),
+        )
+        request.refresh()
+        return request
+
+    def reencode(self) -> None:
+        """After middleware changed the envelope (never its requestId)."""
+        self.envelope_dict = self.envelope.to_dict()
+        self.envelope_json, self.envelope_hash, _ = encode_envelope(self.envelope_dict)
+        self.refresh()
+
+    def refresh(self) -> None:
+        envelope = self.envelope
+        self.request_id = envelope.request_id
+        self.trace_id = envelope.metadata.traceId
+        self.intent = envelope.intent.name
+        self.strategy = envelope.routing.strategy.value
+
+    @property
+    def context(self) -> RequestContext:
+        return self.arrival.context
+
+    @property
+    def user(self) -> str:
+        return self.arrival.context.user_id or ""
+
+    def received_event(self) -> dict[str, Any]:
+        return {
+            "intent": self.intent,
+            "version": self.envelope.intent.version,
+            "requestId": self.request_id,
+            "strategy": self.strategy,
+        }
+
+
+class Refused(Exception):
+    """A message that is not a request: why, its bytes, and what of it could be decoded."""
+
+    def __init__(
+        self, error: EnvelopeError, *, body: bytes, data: Any, context: RequestContext
+    ) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.body = body
+        self.data = data
+        self.context = context
+
+    @property
+    def request_id(self) -> str:
+        """Its own requestId if readable, else the transport's ids, else its body's hash."""
+        context = self.context
+        return (
+            request_id_hint(self.data)
+            or context.message_id
+            or context.correlation_id
+            or request_id_for_body(self.body)
+        )
+
+    @property
+    def intent(self) -> str | None:
+        data = self.data
+        if isinstance(data, dict) and isinstance(data.get("intent"), dict):
+            name = data["intent"].get("name")
+            return name if isinstance(name, str) else None
+        return None
+
+    def trace_id(self, request_id: str) -> str:
+        return trace_from_traceparent(self.context.traceparent) or trace_id_for(request_id)
+
+    def answer(
+        self,
+        arrival: Arrival,
+        *,
+        store: RecordStore,
+        monotonic: Callable[[], float],
+        worker_id: str,
+    ) -> Outcome:
+        """The structured error for this message, and its record if its claim is won."""
+        refused = self
+        request_id = refused.request_id
+        execution_id = execution_id_for(request_id)
+        trace_id = refused.trace_id(request_id)
+        intent = refused.intent
+        recorder = ExecutionRecorder(monotonic, arrival.started)
+        error = refused.error
+        response = response_dict(
+            payload=None,
+            error=error_dict(error.code, error.message, error.details()),
+            execution_id=execution_id,
+            request_id=request_id,
+            trace_id=trace_id,
+            agent=None,
+            strategy=None,
+            attempts=0,
+            latency_ms=recorder.elapsed_ms(),
+            replayable=False,
+        )
+        record = None
+        # Recorded only under a claim we win: a malformed twin never writes over, or in
+        # place of, the record of the request whose requestId it carries.
+        claim: Claim | None = store.claim(
+            execution_id, user_id=arrival.context.user_id or "", fingerprint=None
+        )
+        if claim is not None and not claim.won:
+            claim = None
+        if claim is not None:
+            recorder.event(
+                "INTENT_RECEIVED",
+                {"intent": intent, "version": None, "requestId": request_id, "strategy": None},
+            )
+            header = record_header(
+                execution_id=execution_id,
+                request_id=request_id,
+                arrival=arrival,
+                envelope_hash=None,
+                fingerprint=None,
+                kind="rejected",
+                replayable=False,
+                worker_id=worker_id,
+            )
+            record = unrouted_record(
+                recorder,
+                header=header,
+                envelope=None,
+                response=response,
+                intent=intent,
+                strategy=None,
+                reason="invalid_request",
+                raw=raw_body_fields(refused.body),
+            )
+        return Outcome(
+            kind="rejected",
+            execution_id=execution_id,
+            request_id=request_id,
+            trace_id=trace_id,
+            response=response,
+            body=response_body(response),
+            record=record,
+            intent=intent,
+            reject_reason=f"{error.code.value}: {error.message}",
+            claim=claim,
+        )
+
+
+def read(
+    request: Incoming,
+    arrival: Arrival,
+    *,
+    content_type: str | None,
+    max_message_bytes: int,
+) -> IntentEnvelope:
+    """The normalised envelope, or `Refused` (a structured error, never anything else)."""
+    data: Any = None
+    body = b""
+    try:
+        body = request_body(request)
+        if content_type not in (None, "", "application/json") and not content_type.startswith(
+            "application/json;"
+        ):
+            raise EnvelopeError(
+                ErrorCode.PROTOCOL_ERROR,
+                f"unsupported content type {content_type!r} (expected application/json)",
+            )
+        if len(body) > max_message_bytes:
+            raise EnvelopeError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"message of {len(body)} bytes exceeds the limit of {max_message_bytes} bytes",
+            )
+        data = decode_json(body)
+        return normalise(validate_envelope(data, body), arrival.received, arrival.context, body)
+    except EnvelopeError as exc:
+        if not body and isinstance(request, (bytes, bytearray, memoryview, str)):
+            body = (
+                bytes(request, "utf-8", "surrogatepass")
+                if isinstance(request, str)
+                else bytes(request)
+            )
+        if data is None and isinstance(request, dict):
+            data = request
+        if (
+            data is None
+            and exc.code is ErrorCode.PROTOCOL_ERROR
+            and content_type
+            and (len(body) <= max_message_bytes)
+        ):
+            # Refused for its content type, yet perhaps readable: its requestId still counts.
+            try:
+                data = decode_json(body)
+            except EnvelopeError:
+                data = None
+        raise Refused(exc, body=body, data=data, context=arrival.context) from exc
+
+
+def request_body(request: Any) -> bytes:
+    """The request as JSON bytes."""
+    if isinstance(request, (bytes, bytearray, memoryview)):
+        return bytes(request)
+    if isinstance(request, str):
+        return request.encode("utf-8", "surrogatepass")
+    if isinstance(request, IntentEnvelope):
+        request = request.model_dump(mode="json")
+    if isinstance(request, dict):
+        try:
+            return dumps(request)
+        except RecursionError:
+            raise EnvelopeError(
+                ErrorCode.VALIDATION_ERROR, "JSON nesting deeper than 64 levels", "envelope"
+            ) from None
+        except (TypeError, ValueError) as exc:
+            raise EnvelopeError(
+                ErrorCode.PROTOCOL_ERROR, f"envelope is not JSON-serialisable: {exc}"
+            ) from exc
+    raise EnvelopeError(ErrorCode.PROTOCOL_ERROR, f"cannot route a {type(request).__name__}")
