@@ -37,7 +37,7 @@ from worker.health import HealthServer
 from worker.metrics import Metrics
 from worker.parking import ParkingLot
 from worker.pipeline import Decision, Delivery, decide, redecide
-from worker.transport import Transport
+from worker.transport import Listeners, Transport
 
 log = logging.getLogger("intentus.worker")
 
@@ -117,7 +117,14 @@ class Worker:
         self.parking = ParkingLot(self.runtime, self._unpark)
         self._threads: list[threading.Thread] = []
         self.conn: Transport = transport if transport is not None else ConsumerConnection(cfg)
-        self.conn.bind(self._on_delivery, self._on_consuming, self._on_reconnect, self._on_cancel)
+        self.conn.bind(
+            Listeners(
+                on_delivery=self._on_delivery,
+                on_state=self._on_consuming,
+                on_reconnect=self._on_reconnect,
+                on_cancel=self._on_cancel,
+            )
+        )
         host, port = cfg.metrics_host_port
         self.http = HealthServer(host, port, self.metrics.registry, self.readiness)
 
@@ -484,19 +491,12 @@ class Worker:
         if decision.dead_letter_reason:
             sent = conn.publish_dead_letter(
                 delivery,
-                decision.dead_letter_reason,
-                outcome.execution_id,
-                lambda r: confirmed("dlq", r),
+                reason=decision.dead_letter_reason,
+                execution_id=outcome.execution_id,
+                done=lambda result: confirmed("dlq", result),
             )
         if sent and decision.reply is not None:
-            reply = decision.reply
-            sent = conn.publish_reply(
-                reply.routing_key,
-                reply.body,
-                reply.correlation_id,
-                reply.headers,
-                lambda r: confirmed("reply", r),
-            )
+            sent = conn.publish_reply(decision.reply, lambda result: confirmed("reply", result))
         if not sent:
             tracing.end(reply_span, "not sent")
             self._done()
