@@ -22,6 +22,7 @@ class HealthServer:
         self,
         host: str,
         port: int,
+        *,
         registry: CollectorRegistry,
         readiness: Callable[[], tuple[bool, list[str]]],
     ) -> None:
