@@ -18,25 +18,9 @@ import time
 from typing import Unpack, overload
 
 from runtime.response import AgentResponse
+from worker import calls
 from worker.amqp import AsyncClientConnection
-from worker.calls import (
-    DEFAULT_CONNECT_TIMEOUT_S,
-    DEFAULT_TIMEOUT_S,
-    AwaitReply,
-    Calls,
-    ClientBase,
-    ClientRequest,
-    ConfirmOnly,
-    Payload,
-    RawOptions,
-    SendOptions,
-    answer,
-    fresh,
-    intent_request,
-    raw_request,
-    timeout_error,
-)
-from worker.config import DEFAULT_AMQP_URL
+from worker.calls import ClientBase, ClientRequest
 from worker.errors import ClientClosed, ClientError
 
 __all__ = ["AsyncIntentusClient"]
@@ -57,7 +41,7 @@ class _Call:
         if self.future.done():
             return
         if error is not None:
-            self.future.set_exception(fresh(error))
+            self.future.set_exception(calls.fresh(error))
         else:
             self.future.set_result(body)
 
@@ -66,18 +50,7 @@ class AsyncIntentusClient(ClientBase):
     """asyncio client; open it with `async with` or `await client.connect()`."""
 
     _conn: AsyncClientConnection | None
-
-    def __init__(
-        self,
-        url: str = DEFAULT_AMQP_URL,
-        *,
-        queue: str = "intentus.requests",
-        source: str = "client",
-        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
-    ) -> None:
-        super().__init__(url, queue=queue, source=source, connect_timeout=connect_timeout)
-        self._conn = None
-        self._connect_lock: asyncio.Lock | None = None
+    _connect_lock: asyncio.Lock | None = None  # made in the client's event loop, when needed
 
     async def __aenter__(self) -> AsyncIntentusClient:
         await self.connect()
@@ -116,29 +89,29 @@ class AsyncIntentusClient(ClientBase):
 
     @overload
     async def send_intent(
-        self, intent_name: str, payload: Payload = ..., **options: Unpack[AwaitReply]
+        self, intent_name: str, payload: calls.Payload = ..., **options: Unpack[calls.AwaitReply]
     ) -> AgentResponse: ...
 
     @overload
     async def send_intent(
-        self, intent_name: str, payload: Payload = ..., **options: Unpack[ConfirmOnly]
+        self, intent_name: str, payload: calls.Payload = ..., **options: Unpack[calls.ConfirmOnly]
     ) -> str: ...
 
     async def send_intent(
-        self, intent_name: str, payload: Payload = None, **options: Unpack[SendOptions]
+        self, intent_name: str, payload: calls.Payload = None, **options: Unpack[calls.SendOptions]
     ) -> AgentResponse | str:
         """As IntentusClient.send_intent: the AgentResponse, or the requestId with
         `wait=False` once the broker confirmed the request."""
-        request = intent_request(
+        request = calls.intent_request(
             self.queue, intent_name, payload, source=self.source, options=options
         )
-        body = await self._send(request, options.get("timeout", DEFAULT_TIMEOUT_S))
-        return answer(request, body)
+        body = await self._send(request, options.get("timeout", calls.DEFAULT_TIMEOUT_S))
+        return calls.answer(request, body)
 
-    async def send_raw(self, body: bytes, **options: Unpack[RawOptions]) -> bytes | None:
+    async def send_raw(self, body: bytes, **options: Unpack[calls.RawOptions]) -> bytes | None:
         """Publish raw bytes as a request; with `wait`, return the reply body."""
-        request = raw_request(self.queue, body, options)
-        return await self._send(request, options.get("timeout", DEFAULT_TIMEOUT_S))
+        request = calls.raw_request(self.queue, body, options)
+        return await self._send(request, options.get("timeout", calls.DEFAULT_TIMEOUT_S))
 
     async def _send(self, request: ClientRequest, timeout: float) -> bytes | None:
         deadline = time.monotonic() + timeout
@@ -147,12 +120,12 @@ class AsyncIntentusClient(ClientBase):
         call = _Call(wait=request.reply, link=conn, future=future)
         self._calls.add(request.correlation_id, call)
         try:
-            conn.publish(request, lambda error: Calls.on_confirm(call, error))
+            conn.publish(request, lambda error: calls.Calls.on_confirm(call, error))
             remaining = max(0.0, deadline - time.monotonic())
             try:
                 return await asyncio.wait_for(call.future, remaining)
             except TimeoutError:
-                raise timeout_error(request, timeout, confirmed=call.confirmed) from None
+                raise calls.timeout_error(request, timeout, confirmed=call.confirmed) from None
         finally:
             self._calls.remove(request.correlation_id, call)
 

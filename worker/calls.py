@@ -14,6 +14,7 @@ from typing import Any, Literal, Protocol, Required, TypedDict
 
 from runtime.canonical import dumps
 from runtime.response import AgentResponse
+from worker.config import DEFAULT_AMQP_URL
 from worker.errors import ClientClosed, ClientError, ConnectionLost, RequestTimeout
 from worker.intents import amqp_priority, build_envelope, check_traceparent, new_traceparent
 
@@ -225,15 +226,26 @@ class Link(Protocol):
 class ClientBase:
     """Where both clients send, and their requests in flight."""
 
-    _conn: Link | None
+    _conn: Link | None = None
 
-    def __init__(self, url: str, *, queue: str, source: str, connect_timeout: float) -> None:
+    def __init__(
+        self,
+        url: str = DEFAULT_AMQP_URL,
+        *,
+        queue: str = "intentus.requests",
+        source: str = "client",
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+    ) -> None:
         self.url = url
         self.queue = queue
         self.source = source
         self.connect_timeout = connect_timeout
         self._calls = Calls()
         self._closed = False
+        self._open()
+
+    def _open(self) -> None:
+        """Connect at once, or get ready to on first use."""
 
     @property
     def connected(self) -> bool:

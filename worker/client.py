@@ -29,7 +29,6 @@ from typing import Unpack, overload
 from runtime.response import AgentResponse
 from worker.amqp import ClientConnection
 from worker.calls import (
-    DEFAULT_CONNECT_TIMEOUT_S,
     DEFAULT_TIMEOUT_S,
     AwaitReply,
     Calls,
@@ -45,14 +44,7 @@ from worker.calls import (
     raw_request,
     timeout_error,
 )
-from worker.config import DEFAULT_AMQP_URL
-from worker.errors import (
-    ClientClosed,
-    ClientError,
-    ConnectionLost,
-    PublishFailed,
-    RequestTimeout,
-)
+from worker.errors import ClientClosed, ClientError, ConnectionLost, PublishFailed, RequestTimeout
 from worker.intents import PRIORITIES, amqp_priority, build_envelope, new_traceparent
 
 __all__ = [
@@ -97,17 +89,9 @@ class IntentusClient(ClientBase):
 
     _conn: ClientConnection | None
 
-    def __init__(
-        self,
-        url: str = DEFAULT_AMQP_URL,
-        *,
-        queue: str = "intentus.requests",
-        source: str = "client",
-        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
-    ) -> None:
-        super().__init__(url, queue=queue, source=source, connect_timeout=connect_timeout)
+    def _open(self) -> None:
         self._connect_lock = threading.Lock()
-        self._conn = self._connect(connect_timeout)
+        self._conn = self._connect(self.connect_timeout)
 
     def __enter__(self) -> IntentusClient:
         return self

@@ -22,12 +22,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from worker.pipeline import Delivery, Reply
 from worker.transport import Confirm, Listeners
 
 log = logging.getLogger("intentus.testing")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,16 @@ class Published:
     correlation_id: str | None = None
     headers: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None
+
+
+class _Events(Generic[_T]):
+    """The subjects of one kind of event, in order (read-only)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __get__(self, transport: MemoryTransport, owner: object = None) -> list[_T]:
+        return [event[1] for event in list(transport.events) if event[0] == self.kind]
 
 
 class MemoryTransport:
@@ -191,21 +202,10 @@ class MemoryTransport:
 
         self.call(release)
 
-    @property
-    def acked(self) -> list[int]:
-        return [e[1] for e in list(self.events) if e[0] == "ack"]
-
-    @property
-    def nacked(self) -> list[int]:
-        return [e[1] for e in list(self.events) if e[0] == "nack"]
-
-    @property
-    def replies(self) -> list[Published]:
-        return [e[1] for e in list(self.events) if e[0] == "reply"]
-
-    @property
-    def dead_letters(self) -> list[Published]:
-        return [e[1] for e in list(self.events) if e[0] == "dead_letter"]
+    acked: _Events[int] = _Events("ack")
+    nacked: _Events[int] = _Events("nack")
+    replies: _Events[Published] = _Events("reply")
+    dead_letters: _Events[Published] = _Events("dead_letter")
 
     @property
     def unsettled(self) -> int:
