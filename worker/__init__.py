@@ -4,13 +4,7 @@ metrics, health, CLI, lifecycle)."""
 from worker.async_client import AsyncIntentusClient
 from worker.client import IntentusClient
 from worker.config import Config
-from worker.errors import (
-    ClientClosed,
-    ClientError,
-    ConnectionLost,
-    PublishFailed,
-    RequestTimeout,
-)
+from worker.errors import ClientClosed, ClientError, ConnectionLost, PublishFailed, RequestTimeout
 
 __all__ = [
     "AsyncIntentusClient",

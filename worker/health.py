@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from worker.config import option_error
+from worker.http import BodyHandler
 
 log = logging.getLogger("intentus.health")
 
@@ -22,6 +22,7 @@ class HealthServer:
         self,
         host: str,
         port: int,
+        *,
         registry: CollectorRegistry,
         readiness: Callable[[], tuple[bool, list[str]]],
     ) -> None:
@@ -29,33 +30,20 @@ class HealthServer:
         self.readiness = readiness
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            server_version = "intentus"
-            sys_version = ""
-
+        class Handler(BodyHandler):
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
-                    self._send(200, generate_latest(outer.registry), CONTENT_TYPE_LATEST)
+                    self.send_body(200, generate_latest(outer.registry), CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
-                    self._json(200, {"status": "ok"})
+                    self.send_json(200, {"status": "ok"})
                 elif path == "/readyz":
                     ready, reasons = outer.readiness()
-                    self._json(200 if ready else 503, {"ready": ready, "reasons": reasons})
+                    self.send_json(200 if ready else 503, {"ready": ready, "reasons": reasons})
                 else:
-                    self._json(
+                    self.send_json(
                         404, {"error": "not found", "paths": ["/metrics", "/healthz", "/readyz"]}
                     )
-
-            def _json(self, code: int, body: dict[str, object]) -> None:
-                self._send(code, json.dumps(body).encode() + b"\n", "application/json")
-
-            def _send(self, code: int, body: bytes, content_type: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
 
             def log_message(self, format: str, *args: object) -> None:
                 return

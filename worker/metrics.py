@@ -3,6 +3,7 @@ policy and fixed vocabularies, never from message content, so cardinality is bou
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -52,97 +53,85 @@ class Metrics(Observer):
 
     def __init__(self, agents: AgentRegistry, rules: set[str] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        ProcessCollector(registry=r)
-        PlatformCollector(registry=r)
-        GCCollector(registry=r)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._intents = agents.intent_names()
         self._agents = set(agents.names())
         self._rules = set(rules or ()) | {"default"}
-        self.messages_received = Counter(
-            "intentus_messages_received_total", "Deliveries received", ["queue"], registry=r
+        self.messages_received = self._counter(
+            "intentus_messages_received_total", "Deliveries received", ["queue"]
         )
-        self.intents = Counter(
+        self.intents = self._counter(
             "intentus_intents_total",
             "Requests answered, by final status",
             ["intent", "status", "error_code"],
-            registry=r,
         )
-        self.route_duration = Histogram(
+        self.route_duration = self._histogram(
             "intentus_route_duration_seconds",
             "Time to route a request (agents included)",
             ["intent", "strategy"],
             buckets=LATENCY_BUCKETS,
-            registry=r,
         )
-        self.agent_attempts = Counter(
-            "intentus_agent_attempts_total", "Agent attempts", ["agent", "status"], registry=r
+        self.agent_attempts = self._counter(
+            "intentus_agent_attempts_total", "Agent attempts", ["agent", "status"]
         )
-        self.agent_duration = Histogram(
+        self.agent_duration = self._histogram(
             "intentus_agent_duration_seconds",
             "Agent attempt duration",
             ["agent"],
             buckets=LATENCY_BUCKETS,
-            registry=r,
         )
-        self.fallbacks = Counter(
-            "intentus_fallbacks_total", "FALLBACK moves to the next agent", ["intent"], registry=r
+        self.fallbacks = self._counter(
+            "intentus_fallbacks_total", "FALLBACK moves to the next agent", ["intent"]
         )
-        self.policy_filtered_total = Counter(
-            "intentus_policy_filtered_total",
-            "Candidates removed by policy",
-            ["agent", "rule"],
-            registry=r,
+        self.policy_filtered_total = self._counter(
+            "intentus_policy_filtered_total", "Candidates removed by policy", ["agent", "rule"]
         )
-        self.rejected = Counter(
-            "intentus_messages_rejected_total", "Bad messages dead-lettered", ["reason"], registry=r
+        self.rejected = self._counter(
+            "intentus_messages_rejected_total", "Bad messages dead-lettered", ["reason"]
         )
-        self.replies = Counter(
-            "intentus_replies_published_total", "Replies published", ["outcome"], registry=r
+        self.replies = self._counter(
+            "intentus_replies_published_total", "Replies published", ["outcome"]
         )
-        self.duplicates = Counter(
+        self.duplicates = self._counter(
             "intentus_duplicates_total",
             "Duplicate deliveries answered without running an agent",
             ["kind"],
-            registry=r,
         )
-        self.records_written = Counter(
-            "intentus_records_written_total", "Execution records made durable", registry=r
+        self.records_written = self._counter(
+            "intentus_records_written_total", "Execution records made durable"
         )
-        self.record_write = Histogram(
+        self.record_write = self._histogram(
             "intentus_record_write_seconds",
             "From record submitted to durable",
             buckets=WRITE_BUCKETS,
-            registry=r,
         )
-        self.record_write_errors = Counter(
-            "intentus_record_write_errors_total", "Record writes that failed", registry=r
+        self.record_write_errors = self._counter(
+            "intentus_record_write_errors_total", "Record writes that failed"
         )
-        self.middleware_errors = Counter(
-            "intentus_middleware_errors_total", "Middleware hooks that raised", ["hook"], registry=r
+        self.middleware_errors = self._counter(
+            "intentus_middleware_errors_total", "Middleware hooks that raised", ["hook"]
         )
-        self.inflight = Gauge(
-            "intentus_inflight", "Deliveries received and not yet acknowledged", registry=r
+        self.inflight = self._gauge(
+            "intentus_inflight", "Deliveries received and not yet acknowledged"
         )
-        self.abandoned = Gauge(
-            "intentus_abandoned_agent_threads",
-            "Agent threads still running past their deadline",
-            registry=r,
+        self.abandoned = self._gauge(
+            "intentus_abandoned_agent_threads", "Agent threads still running past their deadline"
         )
-        self.broker_connected = Gauge(
-            "intentus_broker_connected", "1 while connected and consuming", registry=r
+        self.broker_connected = self._gauge(
+            "intentus_broker_connected", "1 while connected and consuming"
         )
-        self.broker_reconnects = Counter(
-            "intentus_broker_reconnects_total", "Reconnections after a broker loss", registry=r
+        self.broker_reconnects = self._counter(
+            "intentus_broker_reconnects_total", "Reconnections after a broker loss"
         )
-        self.consumer_cancels = Counter(
+        self.consumer_cancels = self._counter(
             "intentus_consumer_cancels_total",
             "Consumers cancelled by the broker (queue deleted, quorum leader moved)",
-            registry=r,
         )
-        self.ready = Gauge("intentus_ready", "1 while /readyz answers ready", registry=r)
-        self.build_info = Gauge("intentus_build_info", "Build information", ["version"], registry=r)
+        self.ready = self._gauge("intentus_ready", "1 while /readyz answers ready")
+        self.build_info = self._gauge("intentus_build_info", "Build information", ["version"])
         self.build_info.labels(__version__).set(1)
         for kind in ("replayed", "conflict", "in_doubt"):
             self.duplicates.labels(kind)
@@ -159,6 +148,22 @@ class Metrics(Observer):
         if found is None:
             found = self._children[key] = metric.labels(*values)
         return found
+
+    def _counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
+        return Counter(name, documentation, labels, registry=self.registry)
+
+    def _gauge(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Gauge:
+        return Gauge(name, documentation, labels, registry=self.registry)
+
+    def _histogram(
+        self,
+        name: str,
+        documentation: str,
+        labels: Sequence[str] = (),
+        *,
+        buckets: Sequence[float],
+    ) -> Histogram:
+        return Histogram(name, documentation, labels, buckets=buckets, registry=self.registry)
 
     def intent_label(self, name: str | None) -> str:
         return name if name in self._intents else UNKNOWN

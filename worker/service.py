@@ -17,45 +17,28 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from runtime.claims import new_owner_token
-from runtime.engine import IntentusRuntime, Outcome
-from runtime.errors import IntentusError, RecordExists, RecordStoreError
+from runtime.engine import Outcome
+from runtime.errors import RecordExists, RecordStoreError
 from runtime.invoker import Abandoned
 from runtime.middleware import Middleware
 from runtime.policy import Policy
 from runtime.registry import AgentRegistry
-from runtime.store import RecordStore
 from worker import tracing
 from worker.amqp import ConsumerConnection
-from worker.config import Config, describe, mask_url, option_error
-from worker.errors import (
-    EXIT_GRACE_EXPIRED,
-    EXIT_OK,
-    EXIT_SECOND_SIGNAL,
-    RecordsUnusable,
-)
+from worker.config import Config, describe
+from worker.errors import EXIT_GRACE_EXPIRED, EXIT_OK, EXIT_SECOND_SIGNAL
 from worker.health import HealthServer
 from worker.metrics import Metrics
 from worker.parking import ParkingLot
 from worker.pipeline import Decision, Delivery, context_of, redecide
-from worker.transport import Transport
+from worker.replies import Responder
+from worker.runtime_setup import open_runtime
+from worker.store_gate import StoreGate
+from worker.transport import Listeners, Transport
 
 log = logging.getLogger("intentus.worker")
 
 _TICK_S = 0.5
-_RESUME_WRITE_WAIT_S = 5.0
-MEMORY_RECORDS = ":memory:"
-
-
-def open_postgres_store(cfg: Config) -> RecordStore:
-    """The PostgreSQL execution store for this worker (the `postgres` extra)."""
-    from runtime.pgstore import PostgresRecordStore
-
-    return PostgresRecordStore(
-        cfg.records_url,
-        owner=new_owner_token(cfg.worker_id),
-        pool_size=cfg.concurrency + 2,
-    )
 
 
 class Worker:
@@ -76,52 +59,33 @@ class Worker:
         self.metrics = Metrics(registry, {r.id for r in policy.document.rules} if policy else None)
         self.handle_signals = handle_signals
         self._received = self.metrics.messages_received.labels(cfg.queue)
-        # ":memory:" keeps records in process memory: for benchmarks only (nothing is durable).
-        records_dir = None if cfg.records_dir == MEMORY_RECORDS else cfg.records_dir
-        option = "records_url" if cfg.records_url else "records_dir"
-        where = mask_url(cfg.records_url) if cfg.records_url else cfg.records_dir
-        try:
-            store = None
-            if cfg.records_url:
-                store = open_postgres_store(cfg)
-            elif records_dir is not None:
-                os.makedirs(records_dir, mode=0o750, exist_ok=True)
-            self.runtime = IntentusRuntime(
-                registry,
-                store=store,
-                records_dir=records_dir,
-                policy=policy,
-                middleware=middleware,
-                agent_timeout_s=cfg.agent_timeout_s,
-                max_message_bytes=cfg.max_message_bytes,
-                worker_id=cfg.worker_id,
-                observer=tracing.observer(self.metrics),
-            )
-            self.runtime.store.check_writable()
-            self.runtime.invoker.carry_on = self._carry_on
-        except (OSError, RecordStoreError) as exc:
-            why = f"{where!r} is not usable: {exc}"
-            raise RecordsUnusable(str(option_error(option, why))) from None
-        except IntentusError as exc:
-            raise RecordsUnusable(str(option_error(option, f"{where!r}: {exc}"))) from None
+        self.runtime = open_runtime(
+            cfg, registry, policy=policy, middleware=middleware, metrics=self.metrics
+        )
+        self.runtime.invoker.carry_on = self._carry_on
         self._jobs: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
         self._inflight = 0
         self._inflight_lock = threading.Lock()
         self._stop = threading.Event()
         self._stopping = False
         self._signals = 0
-        self._store_ok = True
-        self._held: list[tuple[Delivery, Decision]] = []
-        # Deliveries taken while the store fails: kept (not requeued, which would spend a
-        # delivery attempt each time) until it works again.
-        self._waiting: list[Delivery] = []
-        self._held_lock = threading.Lock()
+        self.store_gate = StoreGate(pause=self._request_pause)
         self.parking = ParkingLot(self.runtime, self._unpark)
         self._threads: list[threading.Thread] = []
         self.conn: Transport = transport if transport is not None else ConsumerConnection(cfg)
-        self.conn.bind(self._on_delivery, self._on_consuming, self._on_reconnect, self._on_cancel)
+        self.responder = Responder(self.conn, self.metrics, finished=self._done)
+        self.conn.bind(
+            Listeners(
+                on_delivery=self._on_delivery,
+                on_state=self._on_consuming,
+                on_reconnect=self._on_reconnect,
+                on_cancel=self._on_cancel,
+            )
+        )
         host, port = cfg.metrics_host_port
-        self.http = HealthServer(host, port, self.metrics.registry, self.readiness)
+        self.http = HealthServer(
+            host, port, registry=self.metrics.registry, readiness=self.readiness
+        )
 
     # -- readiness -----------------------------------------------------------------------
     def readiness(self) -> tuple[bool, list[str]]:
@@ -132,7 +96,7 @@ class Worker:
             reasons.append("not consuming (broker disconnected or paused)")
         if self.conn.cancelled:
             reasons.append("consumer cancelled by the broker; declaring the queue again")
-        if not self._store_ok:
+        if not self.store_gate.ok:
             reasons.append("execution store not writable")
         abandoned = self.runtime.invoker.abandoned()
         if abandoned >= self.cfg.concurrency:
@@ -186,7 +150,7 @@ class Worker:
     def _tick(self) -> None:
         self.metrics.abandoned.set(self.runtime.invoker.abandoned())
         self.metrics.inflight.set(self._inflight)
-        if not self._store_ok:
+        if not self.store_gate.ok:
             self._try_resume()
         self.readiness()
 
@@ -196,9 +160,7 @@ class Worker:
         self._hand_back_queued()
         for delivery in self.parking.drain():
             self._hand_back(delivery)
-        with self._held_lock:
-            waiting, self._waiting = self._waiting, []
-        for delivery in waiting:
+        for delivery in self.store_gate.take_waiting():
             self._hand_back(delivery)
         deadline = time.monotonic() + self.cfg.shutdown_grace_s
         while time.monotonic() < deadline:
@@ -240,10 +202,11 @@ class Worker:
         self.metrics.broker_reconnects.inc()
         for _stale in self.parking.drop_stale(self.conn.generation):
             self._done()  # redelivered on the new channel; nothing to settle on the old one
-        if not self._store_ok or self._stopping:
+        if not self.store_gate.ok or self._stopping:
             self.conn.set_consuming(False)
 
     def _done(self) -> None:
+        """A delivery is finished with (settled, handed back or dropped as stale)."""
         with self._inflight_lock:
             self._inflight -= 1
 
@@ -259,7 +222,7 @@ class Worker:
             if self._stopping:
                 self._hand_back(delivery)
                 continue
-            if not self._store_ok and self._wait_for_store(delivery):
+            if not self.store_gate.ok and self.store_gate.wait(delivery):
                 continue
             try:
                 with tracing.receive(delivery, self.cfg.queue):
@@ -344,12 +307,7 @@ class Worker:
             # delivery attempt is spent) and pause until the store works again.
             self.metrics.record_write_errors.inc()
             log.error("cannot claim a delivery: %s; pausing until the store is usable", exc)
-            with self._held_lock:
-                self._waiting.append(delivery)
-                first = self._store_ok
-                self._store_ok = False
-            if first:
-                self.conn.call(lambda: self.conn.set_consuming(False))
+            self.store_gate.claim_failed(delivery)
 
     def _decided(self, delivery: Delivery, decision: Decision) -> None:
         """Park, or record then reply (on the routing thread, or on the one carrying a timed
@@ -366,7 +324,7 @@ class Worker:
             log.warning("duplicate delivery answered with %s", outcome.error_code, extra=extra)
         if decision.record is None:
             self.runtime.finish(outcome, recorded=False)
-            self._respond(delivery, decision)
+            self.responder.respond(delivery, decision)
             return
         self._write(delivery, decision)
 
@@ -387,12 +345,12 @@ class Worker:
                 self.metrics.records_written.inc()
                 self.metrics.record_write.observe(time.monotonic() - started)
                 self.runtime.finish(outcome, recorded=True)
-                self._respond(delivery, decision)
+                self.responder.respond(delivery, decision)
             elif isinstance(exc, RecordExists):
                 self.runtime.finish(outcome, recorded=False)
                 again = self.runtime.after_lost_race(outcome)
                 self.metrics.duplicates.labels("replayed").inc()
-                self._respond(delivery, redecide(again, delivery, self.cfg.reply_queue))
+                self.responder.respond(delivery, redecide(again, delivery, self.cfg.reply_queue))
             else:
                 self.metrics.record_write_errors.inc()
                 log.error(
@@ -401,7 +359,7 @@ class Worker:
                     exc,
                     extra={"request_id": outcome.request_id, "trace_id": outcome.trace_id},
                 )
-                self._hold(delivery, decision)
+                self.store_gate.hold(delivery, decision)
             if stored is not None:
                 stored(exc is None or isinstance(exc, RecordExists))
 
@@ -409,15 +367,15 @@ class Worker:
         self.runtime.store.put_async(outcome.execution_id, outcome.record, recorded)
 
     def _count(self, decision: Decision) -> None:
-        o = decision.outcome
-        m = self.metrics
-        m.child(m.intents, m.intent_label(o.intent), o.status, o.error_code or "").inc()
-        if o.kind in ("replayed", "conflict", "denied", "in_doubt"):
-            m.duplicates.labels(o.kind).inc()
-        elif o.kind == "rejected":
-            m.rejected.labels(o.error_code or "unknown").inc()
+        outcome = decision.outcome
+        metrics = self.metrics
+        intent = metrics.intent_label(outcome.intent)
+        metrics.child(metrics.intents, intent, outcome.status, outcome.error_code or "").inc()
+        if outcome.kind in ("replayed", "conflict", "denied", "in_doubt"):
+            metrics.duplicates.labels(outcome.kind).inc()
+        elif outcome.kind == "rejected":
+            metrics.rejected.labels(outcome.error_code or "unknown").inc()
 
-    # -- store unwritable: hold, pause, resume -------------------------------------------
     def _unpark(self, delivery: Delivery) -> None:
         """(parking thread) Its owner recorded it or died: process it again."""
         if delivery.generation != self.conn.generation:
@@ -425,115 +383,15 @@ class Worker:
             return
         self._jobs.put(delivery)
 
-    def _hold(self, delivery: Delivery, decision: Decision) -> None:
-        with self._held_lock:
-            self._held.append((delivery, decision))
-            first = self._store_ok
-            self._store_ok = False
-        if first:
-            self.conn.call(lambda: self.conn.set_consuming(False))
-
-    def _wait_for_store(self, delivery: Delivery) -> bool:
-        """Keep a delivery aside while the store fails; False if it works again meanwhile."""
-        with self._held_lock:
-            if self._store_ok:
-                return False
-            self._waiting.append(delivery)
-            return True
+    def _request_pause(self) -> None:
+        """Stop taking new deliveries while the store fails."""
+        self.conn.call(lambda: self.conn.set_consuming(False))
 
     def _try_resume(self) -> None:
-        """Write the held records through the store's own write path, the first one being the
-        probe; only once all are durable is the store OK and new work taken."""
-        with self._held_lock:
-            held, self._held = self._held, []
-        if not held:
-            # Nothing held to prove it with (a claim failed): the store's own probe must pass.
-            try:
-                self.runtime.store.check_writable()
-            except RecordStoreError:
-                return
-        for i, (delivery, decision) in enumerate(held):
-            outcome: list[bool] = []
-            finished = threading.Event()
-
-            def stored(ok: bool, box: list[bool] = outcome, ev: threading.Event = finished) -> None:
-                box.append(ok)
-                ev.set()
-
-            self._write(delivery, decision, stored)
-            # A write still running after the wait settles itself: it responds, or holds again.
-            if not finished.wait(_RESUME_WRITE_WAIT_S) or not outcome[0]:
-                with self._held_lock:
-                    self._held.extend(held[i + 1 :])
-                return
-        with self._held_lock:
-            if self._held:
-                return  # a write in flight when the store failed is held now; try again later
-            self._store_ok = True
-            waiting, self._waiting = self._waiting, []
-        log.info(
-            "records writable again: %d held records written; resuming with %d waiting deliveries",
-            len(held),
-            len(waiting),
-        )
+        waiting = self.store_gate.try_resume(self._write, self.runtime.store.check_writable)
+        if waiting is None:
+            return
         for delivery in waiting:
             self._jobs.put(delivery)
         if not self._stopping:
             self.conn.call(lambda: self.conn.set_consuming(True))
-
-    # -- replying (I/O thread) -----------------------------------------------------------
-    def _respond(self, delivery: Delivery, decision: Decision) -> None:
-        if not self.conn.call(lambda: self._io_respond(delivery, decision)):
-            self._done()
-
-    def _io_respond(self, delivery: Delivery, decision: Decision) -> None:
-        conn = self.conn
-        if delivery.generation != conn.generation:
-            # The channel it came on is gone: the broker redelivers it and the redelivery is
-            # answered from the record. Acking it here would ack a stranger's tag.
-            self._done()
-            return
-        outcome = decision.outcome
-        parts = (1 if decision.dead_letter_reason else 0) + (1 if decision.reply else 0)
-        state = {"left": parts, "failed": False}
-
-        def confirmed(which: str, result: str) -> None:
-            if which == "reply":
-                self.metrics.child(self.metrics.replies, result).inc()
-            if result == "failed":
-                state["failed"] = True
-            state["left"] -= 1
-            if state["left"] == 0:
-                tracing.end(reply_span, "failed" if state["failed"] else result)
-                if state["failed"]:
-                    conn.nack(delivery.generation, delivery.tag, requeue=True)
-                else:
-                    conn.ack(delivery.generation, delivery.tag)
-                self._done()
-
-        if parts == 0:
-            self.metrics.replies.labels("skipped").inc()
-            conn.ack(delivery.generation, delivery.tag)
-            self._done()
-            return
-        reply_span = tracing.reply(delivery, decision)
-        sent = True
-        if decision.dead_letter_reason:
-            sent = conn.publish_dead_letter(
-                delivery,
-                decision.dead_letter_reason,
-                outcome.execution_id,
-                lambda r: confirmed("dlq", r),
-            )
-        if sent and decision.reply is not None:
-            reply = decision.reply
-            sent = conn.publish_reply(
-                reply.routing_key,
-                reply.body,
-                reply.correlation_id,
-                reply.headers,
-                lambda r: confirmed("reply", r),
-            )
-        if not sent:
-            tracing.end(reply_span, "not sent")
-            self._done()

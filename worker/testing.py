@@ -22,12 +22,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from worker.pipeline import Delivery
-from worker.transport import Confirm
+from worker.pipeline import Delivery, Reply
+from worker.transport import Confirm, Listeners
 
 log = logging.getLogger("intentus.testing")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,16 @@ class Published:
     correlation_id: str | None = None
     headers: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None
+
+
+class _Events(Generic[_T]):
+    """The subjects of one kind of event, in order (read-only)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __get__(self, transport: MemoryTransport, owner: object = None) -> list[_T]:
+        return [event[1] for event in list(transport.events) if event[0] == self.kind]
 
 
 class MemoryTransport:
@@ -61,23 +72,11 @@ class MemoryTransport:
         self._connected = False
         self._mail: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="memory-io", daemon=True)
-        self._on_delivery: Callable[[Delivery], None] = lambda _d: None
-        self._on_state: Callable[[bool], None] = lambda _on: None
-        self._on_reconnect: Callable[[], None] = lambda: None
-        self._on_cancel: Callable[[], None] = lambda: None
+        self.listeners = Listeners()
 
     # -- Transport -----------------------------------------------------------------------
-    def bind(
-        self,
-        on_delivery: Callable[[Delivery], None],
-        on_state: Callable[[bool], None],
-        on_reconnect: Callable[[], None],
-        on_cancel: Callable[[], None],
-    ) -> None:
-        self._on_delivery = on_delivery
-        self._on_state = on_state
-        self._on_reconnect = on_reconnect
-        self._on_cancel = on_cancel
+    def bind(self, listeners: Listeners) -> None:
+        self.listeners = listeners
 
     def declare(self) -> None:
         self.declared += 1
@@ -110,7 +109,7 @@ class MemoryTransport:
         self.events.append(("ack", tag))
         return True
 
-    def nack(self, generation: int, tag: int, requeue: bool = True) -> bool:
+    def nack(self, generation: int, tag: int, *, requeue: bool = True) -> bool:
         if generation != self.generation:
             return False
         delivery = self._unsettled.pop(tag, None)
@@ -122,28 +121,30 @@ class MemoryTransport:
             self._pump()
         return True
 
-    def publish_reply(
-        self,
-        routing_key: str,
-        body: bytes,
-        correlation_id: str,
-        headers: dict[str, Any],
-        done: Confirm,
-    ) -> bool:
+    def publish_reply(self, reply: Reply, done: Confirm) -> bool:
         if not self._connected:
             return False
-        self.events.append(("reply", Published(routing_key, body, correlation_id, dict(headers))))
+        published = Published(
+            routing_key=reply.routing_key,
+            body=reply.body,
+            correlation_id=reply.correlation_id,
+            headers=dict(reply.headers),
+        )
+        self.events.append(("reply", published))
         self._confirm(done)
         return True
 
     def publish_dead_letter(
-        self, delivery: Delivery, reason: str, execution_id: str, done: Confirm
+        self, delivery: Delivery, *, reason: str, execution_id: str, done: Confirm
     ) -> bool:
         if not self._connected:
             return False
-        headers = {**delivery.headers, "x-intentus-execution-id": execution_id}
         published = Published(
-            f"{self.queue_name}.dlq", delivery.body, delivery.correlation_id, headers, reason
+            routing_key=f"{self.queue_name}.dlq",
+            body=delivery.body,
+            correlation_id=delivery.correlation_id,
+            headers={**delivery.headers, "x-intentus-execution-id": execution_id},
+            reason=reason,
         )
         self.events.append(("dead_letter", published))
         self._confirm(done)
@@ -174,17 +175,17 @@ class MemoryTransport:
                 done("failed")
             self._set_state(False)
             self._set_state(self._want)
-            self._on_reconnect()
+            self.listeners.on_reconnect()
             self._pump()
 
         self.call(lose)
 
-    def cancel_consumer(self, redeclare: bool = True) -> None:
+    def cancel_consumer(self, *, redeclare: bool = True) -> None:
         """The broker cancels the consumer; with `redeclare` it is set up again at once."""
 
         def cancel() -> None:
             self.cancelled = True
-            self._on_cancel()
+            self.listeners.on_cancel()
             self._set_state(False)
             if redeclare:
                 self.cancelled = False
@@ -201,21 +202,10 @@ class MemoryTransport:
 
         self.call(release)
 
-    @property
-    def acked(self) -> list[int]:
-        return [e[1] for e in list(self.events) if e[0] == "ack"]
-
-    @property
-    def nacked(self) -> list[int]:
-        return [e[1] for e in list(self.events) if e[0] == "nack"]
-
-    @property
-    def replies(self) -> list[Published]:
-        return [e[1] for e in list(self.events) if e[0] == "reply"]
-
-    @property
-    def dead_letters(self) -> list[Published]:
-        return [e[1] for e in list(self.events) if e[0] == "dead_letter"]
+    acked: _Events[int] = _Events("ack")
+    nacked: _Events[int] = _Events("nack")
+    replies: _Events[Published] = _Events("reply")
+    dead_letters: _Events[Published] = _Events("dead_letter")
 
     @property
     def unsettled(self) -> int:
@@ -258,7 +248,7 @@ class MemoryTransport:
         if on != self.consuming:
             self.consuming = on
             self.events.append(("consume", on))
-            self._on_state(on)
+            self.listeners.on_state(on)
 
     def _pump(self) -> None:
         while self.consuming and self._ready:
@@ -266,7 +256,7 @@ class MemoryTransport:
                 self._ready.popleft(), tag=next(self._tags), generation=self.generation
             )
             self._unsettled[delivery.tag] = delivery
-            self._on_delivery(delivery)
+            self.listeners.on_delivery(delivery)
 
     def _confirm(self, done: Confirm) -> None:
         if self.confirm_with is None:

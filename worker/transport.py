@@ -9,12 +9,29 @@ own I/O thread: other threads hand it work through `call()`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
-from worker.pipeline import Delivery
+from worker.pipeline import Delivery, Reply
 
 Confirm = Callable[[str], None]
 """Called on the I/O thread with "confirmed", "unroutable" or "failed"."""
+
+
+def _ignore(*_args: object) -> None:
+    return None
+
+
+@dataclass(slots=True)
+class Listeners:
+    """What a transport tells the worker, always on its I/O thread."""
+
+    on_delivery: Callable[[Delivery], None] = _ignore
+    on_state: Callable[[bool], None] = _ignore
+    """Consuming (True) or not (False)."""
+    on_reconnect: Callable[[], None] = _ignore
+    on_cancel: Callable[[], None] = _ignore
+    """The broker cancelled the consumer."""
 
 
 class Transport(Protocol):
@@ -24,14 +41,8 @@ class Transport(Protocol):
     cancelled: bool
     """The broker cancelled the consumer and the transport is setting it up again."""
 
-    def bind(
-        self,
-        on_delivery: Callable[[Delivery], None],
-        on_state: Callable[[bool], None],
-        on_reconnect: Callable[[], None],
-        on_cancel: Callable[[], None],
-    ) -> None:
-        """Set the callbacks (all run on the I/O thread); before `start()`."""
+    def bind(self, listeners: Listeners) -> None:
+        """Set the callbacks; before `start()`."""
 
     def declare(self) -> None:
         """Check or create the queues and exchanges; raises a WorkerError if impossible."""
@@ -48,18 +59,11 @@ class Transport(Protocol):
 
     def ack(self, generation: int, tag: int) -> bool: ...
 
-    def nack(self, generation: int, tag: int, requeue: bool = True) -> bool: ...
+    def nack(self, generation: int, tag: int, *, requeue: bool = True) -> bool: ...
 
-    def publish_reply(
-        self,
-        routing_key: str,
-        body: bytes,
-        correlation_id: str,
-        headers: dict[str, Any],
-        done: Confirm,
-    ) -> bool:
+    def publish_reply(self, reply: Reply, done: Confirm) -> bool:
         """Publish with a confirm; False if not sent (no channel), else `done` runs once."""
 
     def publish_dead_letter(
-        self, delivery: Delivery, reason: str, execution_id: str, done: Confirm
+        self, delivery: Delivery, *, reason: str, execution_id: str, done: Confirm
     ) -> bool: ...

@@ -12,7 +12,8 @@ from tests.integration.wire import wait_for
 from tests.support.broker import AMQP_URL, connection, delete_topology, queue_depth, unique
 from worker.amqp import ConsumerConnection, declare_topology
 from worker.config import Config
-from worker.pipeline import Delivery
+from worker.pipeline import Delivery, Reply
+from worker.transport import Listeners
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +59,7 @@ def test_ack_bookkeeping_bounded_behind_one_long_delivery(cfg: Config) -> None:
         acked[0] += 1
         peak[0] = max(peak[0], conn.tracked)
 
-    conn = ConsumerConnection(cfg, on_delivery, lambda _on: None, lambda: None)
+    conn = ConsumerConnection(cfg, Listeners(on_delivery=on_delivery))
     conn.start()
     try:
         publish(cfg.queue, 3001)
@@ -82,13 +83,13 @@ def test_failing_io_loop_still_does_the_lost_connection_bookkeeping(cfg: Config)
     def on_delivery(d: Delivery) -> None:
         deliveries.append(d)
         if len(deliveries) == 1:
-            conn.publish_reply(
-                cfg.reply_queue,
-                b"{}",
-                "c-1",
-                {"x-intentus-execution-id": "exec-x"},
-                outcomes.append,
+            reply = Reply(
+                routing_key=cfg.reply_queue,
+                body=b"{}",
+                correlation_id="c-1",
+                headers={"x-intentus-execution-id": "exec-x"},
             )
+            conn.publish_reply(reply, outcomes.append)
             # pika contains exceptions of socket callbacks, but one raised by a timer escapes
             # ioloop.start() (as a failing deferred ack flush would).
             assert conn._conn is not None
@@ -99,7 +100,7 @@ def test_failing_io_loop_still_does_the_lost_connection_bookkeeping(cfg: Config)
     def boom() -> None:
         raise RuntimeError("a bug in a timer callback")
 
-    conn = ConsumerConnection(cfg, on_delivery, lambda _on: None, lambda: None)
+    conn = ConsumerConnection(cfg, Listeners(on_delivery=on_delivery))
     conn.start()
     try:
         publish(cfg.queue, 1)

@@ -43,3 +43,19 @@ class TestQueueArguments:
     def test_classic_has_none(self) -> None:
         """Classic queues have no delivery limit."""
         assert "x-delivery-limit" not in queue_arguments(Config(queue="q", queue_type="classic"))
+
+
+def test_only_the_amqp_package_imports_pika() -> None:
+    """pika stays behind worker/amqp/: no other module of the worker or runtime imports it."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    importing = re.compile(r"^\s*(import pika|from pika)\b", re.MULTILINE)
+    outside = [
+        str(path.relative_to(root))
+        for package in ("runtime", "worker")
+        for path in sorted((root / package).rglob("*.py"))
+        if "amqp" not in path.relative_to(root).parts and importing.search(path.read_text())
+    ]
+    assert outside == []

@@ -1,0 +1,99 @@
+"""While the execution store fails: hold what could not be recorded, keep new deliveries
+aside (not requeued, which would spend a delivery attempt each time), stop consuming, and
+resume only once every held record is durable."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from runtime.errors import RecordStoreError
+from worker.pipeline import Decision, Delivery
+
+log = logging.getLogger("intentus.worker")
+
+RESUME_WRITE_WAIT_S = 5.0
+
+Write = Callable[[Delivery, Decision, Callable[[bool], None]], None]
+"""Record a decision and respond; the callback says whether the record was stored."""
+
+
+class StoreGate:
+    """Whether the store works, and what waits for it; `pause()` stops consuming."""
+
+    def __init__(self, *, pause: Callable[[], None]) -> None:
+        self._pause = pause
+        self._lock = threading.Lock()
+        self.ok = True
+        self._held: list[tuple[Delivery, Decision]] = []
+        self._waiting: list[Delivery] = []
+
+    def claim_failed(self, delivery: Delivery) -> None:
+        """Nothing ran for `delivery`: keep it until the store works again."""
+        with self._lock:
+            self._waiting.append(delivery)
+            first, self.ok = self.ok, False
+        if first:
+            self._pause()
+
+    def hold(self, delivery: Delivery, decision: Decision) -> None:
+        """Its record could not be written: write it again when the store works."""
+        with self._lock:
+            self._held.append((delivery, decision))
+            first, self.ok = self.ok, False
+        if first:
+            self._pause()
+
+    def wait(self, delivery: Delivery) -> bool:
+        """Keep a delivery aside while the store fails; False if it works again meanwhile."""
+        with self._lock:
+            if self.ok:
+                return False
+            self._waiting.append(delivery)
+            return True
+
+    def take_waiting(self) -> list[Delivery]:
+        with self._lock:
+            waiting, self._waiting = self._waiting, []
+        return waiting
+
+    def try_resume(self, write: Write, check_writable: Callable[[], None]) -> list[Delivery] | None:
+        """Write the held records through the store's own write path, the first one being the
+        probe; only once all are durable is the store OK. The deliveries kept aside, or None
+        if the store still fails."""
+        with self._lock:
+            held, self._held = self._held, []
+        if not held:
+            # Nothing held to prove it with (a claim failed): the store's own probe must pass.
+            try:
+                check_writable()
+            except RecordStoreError:
+                return None
+        for index, (delivery, decision) in enumerate(held):
+            outcome: list[bool] = []
+            finished = threading.Event()
+
+            def stored(
+                ok: bool, box: list[bool] = outcome, event: threading.Event = finished
+            ) -> None:
+                box.append(ok)
+                event.set()
+
+            write(delivery, decision, stored)
+            # A write still running after the wait settles itself: it responds, or holds again.
+            if not finished.wait(RESUME_WRITE_WAIT_S) or not outcome[0]:
+                with self._lock:
+                    self._held.extend(held[index + 1 :])
+                return None
+        with self._lock:
+            if self._held:
+                return None  # a write in flight when the store failed is held now; try later
+            self.ok = True
+            waiting, self._waiting = self._waiting, []
+        log.info(
+            "records writable again: %d held records written; resuming with %d waiting deliveries",
+            len(held),
+            len(waiting),
+        )
+        return waiting
