@@ -28,10 +28,10 @@ from typing import Any
 from runtime.claims import Claim, ClaimState
 from runtime.errors import ErrorCode
 from runtime.intake import Request
-from runtime.outcome import Outcome, OutcomeKind, replayed
+from runtime.outcome import Outcome, replayed
 from runtime.policy import Policy, PolicySubject
-from runtime.recorder import ExecutionRecorder, record_header, unrouted_record
-from runtime.response import error_dict, response_body, response_dict
+from runtime.recorder import ExecutionRecorder, unrouted_record
+from runtime.response import error_dict
 from runtime.store import RecordStore
 
 log = logging.getLogger("intentus.runtime")
@@ -183,56 +183,17 @@ class Duplicates:
             f"allows for this caller ({reason})"
         )
         details = {"execution_id": request.execution_id, "agent": agent}
-        return self._refusal(
-            request,
-            kind="denied",
-            error=error_dict(ErrorCode.UNAUTHORIZED, message, details),
-            same_request=True,
+        return request.error_answer(
+            "denied", error=error_dict(ErrorCode.UNAUTHORIZED, message, details)
         )
 
     def conflict(self, request: Request, *, recorded_at: str | None) -> Outcome:
         message = f"requestId '{request.request_id}' was already used for a different request"
         details = {"execution_id": request.execution_id, "recorded_at": recorded_at}
-        return self._refusal(
-            request,
-            kind="conflict",
+        return request.error_answer(
+            "conflict",
             error=error_dict(ErrorCode.IDEMPOTENCY_CONFLICT, message, details),
             same_request=False,
-        )
-
-    def _refusal(
-        self,
-        request: Request,
-        *,
-        kind: OutcomeKind,
-        error: dict[str, Any],
-        same_request: bool,
-    ) -> Outcome:
-        """An error answer to a duplicate; of `same_request` (denied) it names the intent and
-        strategy, of another request's id (conflict) nothing."""
-        intent = request.intent if same_request else None
-        strategy = request.strategy if same_request else None
-        response = response_dict(
-            payload=None,
-            error=error,
-            execution_id=request.execution_id,
-            request_id=request.request_id,
-            trace_id=request.trace_id,
-            agent=None,
-            strategy=strategy,
-            attempts=0,
-            latency_ms=0.0,
-            replayable=False,
-        )
-        return Outcome(
-            kind=kind,
-            execution_id=request.execution_id,
-            request_id=request.request_id,
-            trace_id=request.trace_id,
-            response=response,
-            body=response_body(response),
-            intent=intent,
-            strategy=strategy,
         )
 
     def in_doubt(self, request: Request, claim: Claim) -> Outcome:
@@ -243,51 +204,24 @@ class Duplicates:
             "before recording the result; it is not run again"
         )
         details = {"execution_id": request.execution_id}
-        response = response_dict(
-            payload=None,
+        outcome = request.error_answer(
+            "in_doubt",
             error=error_dict(ErrorCode.EXECUTION_IN_DOUBT, message, details),
-            execution_id=request.execution_id,
-            request_id=request.request_id,
-            trace_id=request.trace_id,
-            agent=None,
-            strategy=request.strategy,
-            attempts=0,
             latency_ms=recorder.elapsed_ms(),
-            replayable=False,
         )
         recorder.event("INTENT_RECEIVED", request.received_event())
         recorder.event(
             "DUPLICATE_DELIVERY",
             {"kind": "in_doubt", "redelivered": request.context.redelivered},
         )
-        header = record_header(
-            execution_id=request.execution_id,
-            request_id=request.request_id,
-            arrival=request.arrival,
-            envelope_hash=request.envelope_hash,
-            fingerprint=request.fingerprint,
-            kind="in_doubt",
-            replayable=False,
-            worker_id=self._worker_id,
-        )
-        record = unrouted_record(
+        outcome.record = unrouted_record(
             recorder,
-            header=header,
+            header=request.header(kind="in_doubt", worker_id=self._worker_id),
             envelope=request.envelope_dict,
-            response=response,
+            response=outcome.response,
             intent=request.intent,
             strategy=request.strategy,
             reason="execution_in_doubt",
         )
-        return Outcome(
-            kind="in_doubt",
-            execution_id=request.execution_id,
-            request_id=request.request_id,
-            trace_id=request.trace_id,
-            response=response,
-            body=response_body(response),
-            record=record,
-            intent=request.intent,
-            strategy=request.strategy,
-            claim=claim,
-        )
+        outcome.claim = claim
+        return outcome

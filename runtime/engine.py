@@ -42,12 +42,11 @@ from runtime.recorder import (
     RouterDecision,
     encode_record,
     final_event,
-    record_header,
     trace_of,
 )
 from runtime.registry import AgentRegistry
 from runtime.response import AgentResponse, response_body, response_dict
-from runtime.router import RouteOutcome, Router, plan
+from runtime.router import Route, RouteOutcome, Router, plan
 from runtime.store import FileRecordStore, MemoryRecordStore, RecordStore
 
 log = logging.getLogger("intentus.runtime")
@@ -291,17 +290,20 @@ class IntentusRuntime:
                 try_order=route_plan.try_order,
             )
             return claimed(executed(refused, agent_ran=False))
-        agents = {a.name: a for a in candidates}
-        fresh = self._private_copies(request)
+        route = Route(
+            envelope=envelope,
+            agents={a.name: a for a in candidates},
+            plan=route_plan,
+            recorder=recorder,
+            fresh=self._private_copies(request),
+        )
         if deliver is None or envelope.routing.strategy is RoutingStrategy.PARALLEL:
-            out = self.router.execute(envelope, agents, route_plan, recorder, fresh)
-            return claimed(executed(out, agent_ran=True))
+            return claimed(executed(self.router.execute(route), agent_ran=True))
 
         def finish(out: RouteOutcome) -> None:
             deliver(claimed(executed(out, agent_ran=True)))
 
-        steps = self.router.steps(envelope, agents, route_plan, recorder, fresh)
-        self.router.execute_inline(steps, finish)
+        self.router.execute_inline(self.router.steps(route), finish)
         return None
 
     def _private_copies(self, request: Request) -> Callable[[], IntentEnvelope]:
@@ -359,16 +361,7 @@ class IntentusRuntime:
         error_code = None if out.error is None else out.error["code"]
         self.observer.routed(intent, strategy, response["status"], error_code, seconds)
         body = response_body(response)
-        header = record_header(
-            execution_id=request.execution_id,
-            request_id=request.request_id,
-            arrival=request.arrival,
-            envelope_hash=request.envelope_hash,
-            fingerprint=request.fingerprint,
-            kind="execution",
-            replayable=True,
-            worker_id=self.worker_id,
-        )
+        header = request.header(kind="execution", worker_id=self.worker_id)
         trace = trace_of(
             trace_id=request.trace_id,
             agent=out.agent,

@@ -29,8 +29,15 @@ from runtime.envelope import (
     validate_envelope,
 )
 from runtime.errors import EnvelopeError, ErrorCode
-from runtime.outcome import Outcome
-from runtime.recorder import ExecutionRecorder, raw_body_fields, record_header, unrouted_record
+from runtime.outcome import Outcome, OutcomeKind
+from runtime.recorder import (
+    ExecutionRecorder,
+    RecordHeader,
+    RecordKind,
+    raw_body_fields,
+    record_header,
+    unrouted_record,
+)
 from runtime.response import error_dict, response_body, response_dict
 from runtime.store import RecordStore
 
@@ -101,6 +108,54 @@ class Request:
     @property
     def user(self) -> str:
         return self.arrival.context.user_id or ""
+
+    def header(self, *, kind: RecordKind, worker_id: str) -> RecordHeader:
+        """Its record's header; only an execution's record is replayable."""
+        return record_header(
+            execution_id=self.execution_id,
+            request_id=self.request_id,
+            arrival=self.arrival,
+            envelope_hash=self.envelope_hash,
+            fingerprint=self.fingerprint,
+            kind=kind,
+            replayable=kind == "execution",
+            worker_id=worker_id,
+        )
+
+    def error_answer(
+        self,
+        kind: OutcomeKind,
+        *,
+        error: dict[str, Any],
+        latency_ms: float = 0.0,
+        same_request: bool = True,
+    ) -> Outcome:
+        """An answer with `error` and no agent; of another request's id (`same_request`
+        false: a conflict) it names no intent or strategy."""
+        intent = self.intent if same_request else None
+        strategy = self.strategy if same_request else None
+        response = response_dict(
+            payload=None,
+            error=error,
+            execution_id=self.execution_id,
+            request_id=self.request_id,
+            trace_id=self.trace_id,
+            agent=None,
+            strategy=strategy,
+            attempts=0,
+            latency_ms=latency_ms,
+            replayable=False,
+        )
+        return Outcome(
+            kind=kind,
+            execution_id=self.execution_id,
+            request_id=self.request_id,
+            trace_id=self.trace_id,
+            response=response,
+            body=response_body(response),
+            intent=intent,
+            strategy=strategy,
+        )
 
     def received_event(self) -> dict[str, Any]:
         return {

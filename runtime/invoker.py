@@ -125,6 +125,7 @@ class Attempt:
     def __init__(
         self,
         invoker: AgentInvoker,
+        *,
         agent: str,
         timeout_s: float,
         started: float,
@@ -172,7 +173,7 @@ class AgentInvoker:
     """An elastic thread pool for handlers: grows when every thread is busy or stuck."""
 
     def __init__(self, clock_monotonic: Callable[[], float], name: str = "intentus-agent") -> None:
-        self._mono = clock_monotonic
+        self._monotonic = clock_monotonic
         self._name = name
         self._jobs: queue.SimpleQueue[tuple[Attempt, Callable[[Any], Any], Any] | None] = (
             queue.SimpleQueue()
@@ -192,23 +193,23 @@ class AgentInvoker:
         self,
         agent: str,
         handler: Callable[[Any], Any],
+        *,
         envelope: Any,
         timeout_s: float,
-        *,
         on_timeout: Callable[[AttemptResult], None],
     ) -> AttemptResult | None:
         """Run the handler on this thread; None if it overstayed its deadline, in which case
         `on_timeout(AGENT_TIMEOUT result)` was called from the watchdog at the deadline."""
-        started = self._mono()
+        started = self._monotonic()
 
         def expired() -> None:
             on_timeout(
-                _timeout_result(agent, timeout_s, self._mono() - started),
+                _timeout_result(agent, timeout_s, self._monotonic() - started),
             )
 
         watched = self.watchdog.watch(agent, timeout_s, expired)
         payload, error = run_handler(handler, envelope, agent)
-        seconds = self._mono() - started
+        seconds = self._monotonic() - started
         if not self.watchdog.finish(watched):
             log.warning("abandoned agent '%s' returned after %.3f s", agent, seconds)
             return None
@@ -220,11 +221,14 @@ class AgentInvoker:
         self,
         agent: str,
         handler: Callable[[Any], Any],
+        *,
         envelope: Any,
         timeout_s: float,
         notify: queue.SimpleQueue[Attempt] | None = None,
     ) -> Attempt:
-        attempt = Attempt(self, agent, timeout_s, self._mono(), notify)
+        attempt = Attempt(
+            self, agent=agent, timeout_s=timeout_s, started=self._monotonic(), notify=notify
+        )
         with self._lock:
             if self._idle > 0:
                 self._idle -= 1
@@ -240,10 +244,10 @@ class AgentInvoker:
         return attempt
 
     def call(
-        self, agent: str, handler: Callable[[Any], Any], envelope: Any, timeout_s: float
+        self, agent: str, handler: Callable[[Any], Any], *, envelope: Any, timeout_s: float
     ) -> tuple[AttemptResult, bool]:
         """Run and wait; returns (result, timed_out)."""
-        attempt = self.start(agent, handler, envelope, timeout_s)
+        attempt = self.start(agent, handler, envelope=envelope, timeout_s=timeout_s)
         if attempt.wait(attempt.deadline - _monotonic()):
             return attempt.result(), False
         if not attempt.detach():  # it returned just as the deadline passed
@@ -252,7 +256,7 @@ class AgentInvoker:
         return self.timeout_result(attempt), True
 
     def timeout_result(self, attempt: Attempt) -> AttemptResult:
-        return _timeout_result(attempt.agent, attempt.timeout_s, self._mono() - attempt.started)
+        return _timeout_result(attempt.agent, attempt.timeout_s, self._monotonic() - attempt.started)
 
     def abandoned(self) -> int:
         """Handlers still running past their deadline after the request moved on."""
@@ -298,7 +302,7 @@ class AgentInvoker:
                 return
             attempt, handler, envelope = job
             attempt.payload, attempt.error = run_handler(handler, envelope, attempt.agent)
-            attempt.seconds = self._mono() - attempt.started
+            attempt.seconds = self._monotonic() - attempt.started
             with self._lock:
                 attempt.finished = True
                 if attempt.detached:

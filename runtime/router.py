@@ -49,6 +49,18 @@ class Plan:
 
 
 @dataclass(slots=True)
+class Route:
+    """What running a plan needs: the routed envelope, its agents by name, the plan, the
+    request's event log, and how to make each agent's private envelope."""
+
+    envelope: IntentEnvelope
+    agents: dict[str, AgentDefinition]
+    plan: Plan
+    recorder: ExecutionRecorder
+    fresh: Callable[[], IntentEnvelope]
+
+
+@dataclass(slots=True)
 class AttemptCall:
     """One handler call a route asks for."""
 
@@ -144,26 +156,19 @@ class Router:
     def timeout_for(self, agent: AgentDefinition) -> float:
         return agent.timeout_s if agent.timeout_s is not None else self.default_timeout_s
 
-    def execute(
-        self,
-        envelope: IntentEnvelope,
-        agents: dict[str, AgentDefinition],
-        p: Plan,
-        rec: ExecutionRecorder,
-        fresh: Callable[[], IntentEnvelope] | None = None,
-    ) -> RouteOutcome:
-        """Run the plan, each handler on a pool thread; `fresh()` makes each agent's private
-        envelope (default: a deep copy)."""
-        if fresh is None:
-            fresh = partial(envelope.model_copy, deep=True)
-        if envelope.routing.strategy is RoutingStrategy.PARALLEL:
-            return self._parallel(envelope, agents, p, rec, fresh)
-        steps = self.steps(envelope, agents, p, rec, fresh)
+    def execute(self, route: Route) -> RouteOutcome:
+        """Run the plan, each handler on a pool thread."""
+        if route.envelope.routing.strategy is RoutingStrategy.PARALLEL:
+            return self._parallel(route)
+        steps = self.steps(route)
         try:
             call = next(steps)
             while True:
                 result, timed_out = self.invoker.call(
-                    call.agent.name, call.agent.handler, call.envelope, call.timeout_s
+                    call.agent.name,
+                    call.agent.handler,
+                    envelope=call.envelope,
+                    timeout_s=call.timeout_s,
                 )
                 call = steps.send((result, timed_out))
         except StopIteration as stop:
@@ -192,8 +197,8 @@ class Router:
                 result = self.invoker.call_inline(
                     call.agent.name,
                     call.agent.handler,
-                    call.envelope,
-                    call.timeout_s,
+                    envelope=call.envelope,
+                    timeout_s=call.timeout_s,
                     on_timeout=timed_out,
                 )
                 if result is None:
@@ -202,16 +207,10 @@ class Router:
         except StopIteration as stop:
             finish(stop.value)
 
-    def steps(
-        self,
-        envelope: IntentEnvelope,
-        agents: dict[str, AgentDefinition],
-        p: Plan,
-        rec: ExecutionRecorder,
-        fresh: Callable[[], IntentEnvelope],
-    ) -> Steps:
+    def steps(self, route: Route) -> Steps:
         """DIRECT, FALLBACK and BROADCAST as a generator: it yields each attempt to make and
         is sent its (result, timed_out), so that whichever thread holds it can go on."""
+        envelope, agents, p, rec = route.envelope, route.agents, route.plan, route.recorder
         strategy = envelope.routing.strategy
         intent = envelope.intent.name  # read now: the first agent may be given `envelope`
         stop_on_success = strategy is not RoutingStrategy.BROADCAST
@@ -230,8 +229,8 @@ class Router:
             agent = agents[name]
             rec.event("AGENT_ATTEMPT_START", {"agent": name, "attempt": attempts})
             self.observer.attempt_started(name, attempts)
-            result, timed_out = yield AttemptCall(agent, fresh(), self.timeout_for(agent))
-            self._end(rec, name, attempts, result, timed_out)
+            result, timed_out = yield AttemptCall(agent, route.fresh(), self.timeout_for(agent))
+            self._end(rec, name, attempts, result, timed_out=timed_out)
             last = (name, result)
             if result.status == "success":
                 last_success = last
@@ -266,7 +265,13 @@ class Router:
         )
 
     def _end(
-        self, rec: ExecutionRecorder, name: str, number: int, result: AttemptResult, timed_out: bool
+        self,
+        rec: ExecutionRecorder,
+        name: str,
+        number: int,
+        result: AttemptResult,
+        *,
+        timed_out: bool,
     ) -> None:
         payload: dict[str, Any] = {
             "agent": name,
@@ -281,14 +286,8 @@ class Router:
         rec.event("AGENT_ATTEMPT_END", payload)
         self.observer.attempt_finished(name, result.status, result.error_code, result.seconds)
 
-    def _parallel(
-        self,
-        envelope: IntentEnvelope,
-        agents: dict[str, AgentDefinition],
-        p: Plan,
-        rec: ExecutionRecorder,
-        fresh: Callable[[], IntentEnvelope],
-    ) -> RouteOutcome:
+    def _parallel(self, route: Route) -> RouteOutcome:
+        agents, p, rec = route.agents, route.plan, route.recorder
         done: queue.SimpleQueue[Attempt] = queue.SimpleQueue()
         pending: dict[Attempt, int] = {}
         results: dict[str, AttemptResult] = {}
@@ -299,8 +298,8 @@ class Router:
             attempt = self.invoker.start(
                 name,
                 agent.handler,
-                fresh(),
-                self.timeout_for(agent),
+                envelope=route.fresh(),
+                timeout_s=self.timeout_for(agent),
                 notify=done,
             )
             pending[attempt] = number
@@ -314,13 +313,13 @@ class Router:
                 if not nearest.detach():
                     continue  # it returned just now; its completion is in the queue
                 result = self.invoker.timeout_result(nearest)
-                self._end(rec, nearest.agent, pending.pop(nearest), result, True)
+                self._end(rec, nearest.agent, pending.pop(nearest), result, timed_out=True)
                 results[nearest.agent] = result
                 continue
             if finished not in pending:
                 continue  # already timed out and recorded
             result = finished.result()
-            self._end(rec, finished.agent, pending.pop(finished), result, False)
+            self._end(rec, finished.agent, pending.pop(finished), result, timed_out=False)
             results[finished.agent] = result
             if result.status == "success":
                 winner = (finished.agent, result)
