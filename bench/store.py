@@ -49,7 +49,8 @@ from bench.noop_agent import registry
 from runtime import IntentusRuntime
 from runtime.claims import new_owner_token
 from runtime.envelope import RequestContext
-from runtime.store import FileRecordStore, MemoryRecordStore, RecordStore
+from runtime.filestore import FileRecordStore
+from runtime.store import MemoryRecordStore, RecordStore
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ("memory", "files", "postgres")

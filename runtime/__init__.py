@@ -26,12 +26,13 @@ from runtime.errors import (
     RecordStoreError,
     RegistryError,
 )
+from runtime.filestore import FileRecordStore
 from runtime.middleware import Middleware
 from runtime.observer import Observer
 from runtime.policy import Policy, load_policy
 from runtime.registry import AgentDefinition, AgentRegistry
 from runtime.response import AgentResponse, ErrorInfo, ResponseMetadata
-from runtime.store import FileRecordStore, MemoryRecordStore, RecordStore
+from runtime.store import MemoryRecordStore, RecordStore
 from runtime.version import __version__
 
 __all__ = [

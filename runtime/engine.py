@@ -30,6 +30,7 @@ from runtime.clock import Clock, SystemClock
 from runtime.duplicates import Duplicates
 from runtime.envelope import IntentEnvelope, RequestContext, RoutingStrategy
 from runtime.errors import RecordExists, RecordStoreError
+from runtime.filestore import FileRecordStore
 from runtime.intake import Arrival, Incoming, Refused, Request, read
 from runtime.invoker import Abandoned, AgentInvoker
 from runtime.middleware import Middleware, run_after, run_before
@@ -47,7 +48,7 @@ from runtime.recorder import (
 from runtime.registry import AgentRegistry
 from runtime.response import AgentResponse, response_body, response_dict
 from runtime.router import Route, RouteOutcome, Router, plan
-from runtime.store import FileRecordStore, MemoryRecordStore, RecordStore
+from runtime.store import MemoryRecordStore, RecordStore
 
 log = logging.getLogger("intentus.runtime")
 

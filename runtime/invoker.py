@@ -256,7 +256,9 @@ class AgentInvoker:
         return self.timeout_result(attempt), True
 
     def timeout_result(self, attempt: Attempt) -> AttemptResult:
-        return _timeout_result(attempt.agent, attempt.timeout_s, self._monotonic() - attempt.started)
+        return _timeout_result(
+            attempt.agent, attempt.timeout_s, self._monotonic() - attempt.started
+        )
 
     def abandoned(self) -> int:
         """Handlers still running past their deadline after the request moved on."""

@@ -13,7 +13,8 @@ from typing import NoReturn
 
 from runtime.claims import Claim, ClaimState
 from runtime.errors import RecordStoreError
-from runtime.store import Callback, FileRecordStore, RecordStore
+from runtime.filestore import FileRecordStore
+from runtime.store import Callback, RecordStore
 
 
 class ReadOnly:

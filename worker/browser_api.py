@@ -10,10 +10,11 @@ from typing import Any
 from runtime import query
 from runtime import replay as records
 from runtime.errors import IntentusError
+from runtime.filestore import FileRecordStore
 from runtime.pgstore import PostgresRecordStore
 from runtime.policy import Policy
 from runtime.registry import AgentRegistry
-from runtime.store import FileRecordStore, MemoryRecordStore, RecordStore
+from runtime.store import MemoryRecordStore, RecordStore
 from runtime.version import __version__
 from worker.errors import ConfigError
 

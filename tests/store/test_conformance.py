@@ -22,7 +22,8 @@ from runtime.canonical import execution_id_for
 from runtime.claims import ClaimState
 from runtime.envelope import RequestContext
 from runtime.errors import RecordStoreError
-from runtime.store import FileRecordStore, MemoryRecordStore, RecordStore
+from runtime.filestore import FileRecordStore
+from runtime.store import MemoryRecordStore, RecordStore
 from tests.support import pg
 
 BACKENDS = ["memory", "files", "postgres"]

@@ -20,7 +20,8 @@ import pytest
 from runtime import AgentError, AgentRegistry, ErrorCode, FixedClock, IntentusRuntime
 from runtime.canonical import execution_id_for
 from runtime.envelope import RequestContext
-from runtime.store import FileRecordStore, RecordStore
+from runtime.filestore import FileRecordStore
+from runtime.store import RecordStore
 from tests.support import pg
 from tests.support.workerproc import ROOT
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from runtime import RecordExists
-from runtime import store as store_module
-from runtime.store import FileRecordStore
+from runtime import filecommit as store_module
+from runtime.filestore import FileRecordStore
 
 
 def _eid(i: int) -> str:
@@ -21,7 +21,7 @@ def _eid(i: int) -> str:
 @pytest.mark.parametrize("use_syncfs", [True, False])
 def test_batch_is_linked_and_reported(tmp_path: Path, use_syncfs: bool) -> None:
     """Every record of a batch lands in its shard, is reported once, and no temp file stays."""
-    if use_syncfs and store_module._syncfs is None:
+    if use_syncfs and store_module.SYNCFS is None:
         pytest.skip("no syncfs here")
     store = FileRecordStore(tmp_path, owner="w")
     if not use_syncfs:
@@ -42,7 +42,7 @@ def test_batch_is_linked_and_reported(tmp_path: Path, use_syncfs: bool) -> None:
     sizes: list[int] = []
     commit = store._commit
 
-    def gated(batch: list[store_module._Pending]) -> None:
+    def gated(batch: list[store_module.PendingRecord]) -> None:
         gate.wait(10)  # hold the committer back so that the rest queue up as one batch
         sizes.append(len(batch))
         commit(batch)

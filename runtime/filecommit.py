@@ -1,0 +1,325 @@
+"""Group commit for the files store: temp file, sync, link into place, sync, report.
+
+A committer thread takes every record written since its last round and makes them durable
+together (see runtime/filestore.py for the two syncs each record needs and when `syncfs`
+replaces the fsyncs). `GroupCommit` is the files store's writing half.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from runtime.errors import RecordExists, RecordStoreError
+from runtime.store import Callback
+
+log = logging.getLogger("intentus.runtime.store")
+
+FILE_MODE = 0o640
+SYNCFS_MIN_BATCH = 2  # from this many records on, two syncfs calls beat an fsync per file
+
+
+def _load_syncfs() -> Callable[[int], None] | None:
+    """`syncfs(fd)` from the C library, or None where there is none (not Linux)."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (AttributeError, OSError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+
+    def syncfs(fd: int) -> None:
+        if fn(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    return syncfs
+
+
+SYNCFS = _load_syncfs()  # None where the platform has no syncfs
+O_TMPFILE_FLAGS = os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC if hasattr(os, "O_TMPFILE") else 0
+
+
+def umask_strips(mode: int) -> bool:
+    """Whether files created with `mode` need a chmod (the umask takes bits away)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return mode & ~int(line.split()[1], 8) != mode
+    except (OSError, ValueError):
+        pass
+    return True
+
+
+class PendingRecord:
+    __slots__ = (
+        "data",
+        "done",
+        "execution_id",
+        "fd",
+        "final",
+        "folder",
+        "new_folder",
+        "reported",
+        "tmp",
+    )
+
+    def __init__(self, execution_id: str, data: bytes, final: str, done: Callback) -> None:
+        self.execution_id = execution_id
+        self.data = data
+        self.final = final
+        self.folder = os.path.dirname(final)
+        self.done = done
+        self.fd = -1
+        self.tmp: str | None = None  # None: an unnamed (O_TMPFILE) file, linked via /proc
+        self.new_folder = False  # its folder's own entry still needs a sync
+        self.reported = False
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            log.warning("cannot remove %s: %s", path, exc.strerror)
+
+
+class GroupCommit:
+    """The committer thread and the write path of `FileRecordStore`."""
+
+    root: Path
+    durable: bool
+    _tmp: str
+    _lock: threading.Lock
+    _wake: threading.Condition
+    _queue: list[PendingRecord]
+    _closed: bool
+    _seq: int
+    _unsynced_folders: set[str]
+    _linked: list[tuple[PendingRecord, BaseException | None]]
+    _root_fd: int
+    _syncfs: Callable[[int], None] | None
+    _chmod: bool
+    _tmpfile: bool
+
+    def _mkdir(self, path: str, sync_parent: bool = True) -> bool:
+        raise NotImplementedError
+
+    def _write(self, batch: list[PendingRecord]) -> list[PendingRecord]:
+        """(committer) Write each record to a new file; returns those written, reports the rest.
+
+        A record that exists already fails at link time (RecordExists): the runtime looked
+        for it just before routing, so checking again here would cost more than it saves."""
+        written: list[PendingRecord] = []
+        for item in batch:
+            try:
+                item.new_folder = self._mkdir(item.folder, sync_parent=False)
+                item.fd, item.tmp = self._open_temp(item.execution_id, item.folder)
+                try:
+                    if self._chmod:
+                        os.fchmod(item.fd, FILE_MODE)
+                    view = memoryview(item.data)
+                    while view:
+                        view = view[os.write(item.fd, view) :]
+                except BaseException:
+                    self._release(item)
+                    raise
+            except OSError as exc:
+                self._report(
+                    [item],
+                    [
+                        RecordStoreError(
+                            f"cannot write record {item.execution_id}: {exc.strerror or exc}"
+                        )
+                    ],
+                )
+                continue
+            item.data = b""
+            written.append(item)
+        return written
+
+    def _open_temp(self, execution_id: str, folder: str) -> tuple[int, str | None]:
+        """A new file for the record's bytes: unnamed in its shard folder where the system
+        allows (nothing to unlink, nothing left behind by a crash), else named in our temp
+        folder."""
+        if self._tmpfile:
+            try:
+                return os.open(folder, O_TMPFILE_FLAGS, FILE_MODE), None
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    raise
+                self._tmpfile = False
+        with self._lock:
+            self._seq += 1
+            tmp = os.path.join(self._tmp, f"{execution_id}.{self._seq}.tmp")
+        return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE), tmp
+
+    def _link(self, item: PendingRecord) -> None:
+        """Give the written file its final name; FileExistsError if the record exists."""
+        if item.tmp is None:
+            # linkat(AT_SYMLINK_FOLLOW) of the open unnamed file (a dir fd forces linkat).
+            os.link(
+                f"/proc/self/fd/{item.fd}",
+                item.final,
+                src_dir_fd=self._root_fd,
+                follow_symlinks=True,
+            )
+        else:
+            os.link(item.tmp, item.final)
+
+    @staticmethod
+    def _release(item: PendingRecord) -> None:
+        fd, item.fd = item.fd, -1
+        if fd >= 0:
+            os.close(fd)
+        if item.tmp is not None:
+            unlink_quietly(item.tmp)
+            item.tmp = None
+
+    def _commit_loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue and not self._closed and not self._linked:
+                    self._wake.wait()
+                batch, self._queue = self._queue, []
+                if not batch and not self._linked and self._closed:
+                    return
+            try:
+                self._commit(batch)
+            except Exception as exc:
+                # A bug must not leave writers waiting forever: fail what was in hand (the
+                # worker then pauses as for any write error) and keep committing.
+                log.exception("record committer failed")
+                linked, self._linked = self._linked, []
+                items = [*batch, *(item for item, _ in linked)]
+                for item in items:
+                    try:
+                        self._release(item)
+                    except OSError:
+                        pass
+                error = RecordStoreError(f"record committer failed: {exc!r}")
+                self._report(items, [error] * len(items))
+
+    def _commit(self, batch: list[PendingRecord]) -> None:
+        batch = self._write(batch)
+        if self._syncfs is not None and (self._linked or len(batch) >= SYNCFS_MIN_BATCH):
+            self._commit_syncfs(batch, self._syncfs)
+            return
+        results: list[BaseException | None] = [None] * len(batch)
+        for i, item in enumerate(batch):
+            try:
+                if self.durable:
+                    os.fsync(item.fd)
+            except OSError as exc:
+                results[i] = RecordStoreError(
+                    f"cannot sync record {item.execution_id}: {exc.strerror or exc}"
+                )
+        # A new shard folder's entry is synced with the first batch that can, even if the
+        # record that created it failed: later records in it are not marked new.
+        for item in batch:
+            if item.new_folder:
+                self._unsynced_folders.add(os.path.dirname(item.folder))
+        folders: set[str] = set(self._unsynced_folders)
+        for i, item in enumerate(batch):
+            if results[i] is None:
+                try:
+                    self._link(item)
+                    folders.add(item.folder)
+                except FileExistsError:
+                    # Lost to a record written meanwhile: nobody may answer from it before it
+                    # is durable, and its writer may not have synced it yet.
+                    results[i] = self._sync_existing(item)
+                except OSError as exc:
+                    results[i] = RecordStoreError(
+                        f"cannot store record {item.execution_id}: {exc.strerror or exc}"
+                    )
+            self._release(item)
+        if self.durable:
+            for folder in folders:
+                try:
+                    fsync_dir(folder)
+                    self._unsynced_folders.discard(folder)
+                except OSError as exc:
+                    for i, item in enumerate(batch):
+                        if item.folder == folder and results[i] is None:
+                            results[i] = RecordStoreError(
+                                f"cannot sync folder of {item.execution_id}: {exc.strerror or exc}"
+                            )
+        self._report(batch, results)
+
+    def _sync_existing(self, item: PendingRecord) -> BaseException:
+        if self.durable:
+            try:
+                fd = os.open(item.final, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                fsync_dir(item.folder)
+            except OSError as exc:
+                return RecordStoreError(
+                    f"cannot sync existing record {item.execution_id}: {exc.strerror or exc}"
+                )
+        return RecordExists(item.execution_id)
+
+    def _commit_syncfs(self, batch: list[PendingRecord], syncfs: Callable[[int], None]) -> None:
+        """One syncfs per round makes the previous round's links durable (they are reported
+        now) and this round's data durable (so it can be linked, and reported next round)."""
+        waiting, self._linked = self._linked, []
+        error: RecordStoreError | None = None
+        try:
+            syncfs(self._root_fd)
+            self._unsynced_folders.clear()
+        except OSError as exc:
+            error = RecordStoreError(f"cannot sync records: {exc.strerror or exc}")
+        self._report(
+            [w[0] for w in waiting], [error if error is not None else w[1] for w in waiting]
+        )
+        failed: list[PendingRecord] = []
+        errors: list[BaseException | None] = []
+        for item in batch:
+            if error is not None:
+                failed.append(item)
+                errors.append(error)
+            else:
+                try:
+                    self._link(item)
+                    self._linked.append((item, None))
+                except FileExistsError:
+                    # Reported after the next sync too: the record that won may be one of
+                    # this round's, and nobody may answer from it before it is durable.
+                    self._linked.append((item, RecordExists(item.execution_id)))
+                except OSError as exc:
+                    failed.append(item)
+                    errors.append(
+                        RecordStoreError(
+                            f"cannot store record {item.execution_id}: {exc.strerror or exc}"
+                        )
+                    )
+            self._release(item)
+        self._report(failed, errors)
+
+    @staticmethod
+    def _report(batch: list[PendingRecord], results: list[BaseException | None]) -> None:
+        for item, result in zip(batch, results, strict=True):
+            if item.reported:
+                continue
+            item.reported = True
+            try:
+                item.done(result)
+            except Exception:
+                log.exception("record commit callback failed")
