@@ -18,14 +18,13 @@ class OneShot(Generic[T]):
         self._lock = threading.Lock()
         self._value: T | None = None
 
-    def set(self, value: T) -> bool:
-        """Store `value` unless one was stored already; True if this call stored it."""
+    def set(self, value: T) -> None:
+        """Store `value` unless one was stored already (then this call does nothing)."""
         with self._lock:
             if self._event.is_set():
-                return False
+                return
             self._value = value
             self._event.set()
-            return True
 
     def is_set(self) -> bool:
         return self._event.is_set()

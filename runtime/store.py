@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from runtime.claims import Claim, ClaimState, MemoryClaims, new_owner_token
 from runtime.errors import RecordExists, RecordStoreError
+from runtime.oneshot import OneShot
 
 EXECUTION_ID = re.compile(r"^exec-[0-9a-f]{24}$")
 
@@ -24,17 +25,11 @@ def put_and_wait(
     put_async: Callable[[str, bytes, Callback], None], execution_id: str, data: bytes
 ) -> None:
     """A group-committed write made synchronous: return once durable, or raise its error."""
-    box: list[BaseException | None] = []
-    event = threading.Event()
-
-    def done(exc: BaseException | None) -> None:
-        box.append(exc)
-        event.set()
-
-    put_async(execution_id, data, done)
-    event.wait()
-    if box[0] is not None:
-        raise box[0]
+    written: OneShot[BaseException | None] = OneShot()
+    put_async(execution_id, data, written.set)
+    written.wait()
+    if written.value is not None:
+        raise written.value
 
 
 def check_execution_id(execution_id: str) -> str:

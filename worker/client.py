@@ -26,6 +26,7 @@ import threading
 import time
 from typing import Unpack, overload
 
+from runtime.oneshot import OneShot
 from runtime.response import AgentResponse
 from worker.amqp import ClientConnection
 from worker.calls import (
@@ -64,23 +65,16 @@ log = logging.getLogger("intentus.client")
 
 
 class _Call:
-    __slots__ = ("_lock", "body", "confirmed", "error", "event", "link", "wait")
+    __slots__ = ("answer", "confirmed", "link", "wait")
 
     def __init__(self, *, wait: bool, link: object) -> None:
         self.wait = wait
         self.link = link
         self.confirmed = False
-        self.event = threading.Event()
-        self.body: bytes | None = None
-        self.error: ClientError | None = None
-        self._lock = threading.Lock()
+        self.answer: OneShot[tuple[bytes | None, ClientError | None]] = OneShot()
 
     def settle(self, body: bytes | None, error: ClientError | None) -> None:
-        with self._lock:
-            if self.event.is_set():
-                return
-            self.body, self.error = body, error
-            self.event.set()
+        self.answer.set((body, error))
 
 
 class IntentusClient(ClientBase):
@@ -173,13 +167,15 @@ class IntentusClient(ClientBase):
             if not conn.alive:  # died between the check above and registering the call
                 raise fresh(conn.link.lost or ConnectionLost("the client connection is not open"))
             conn.publish(request, lambda error: Calls.on_confirm(call, error))
-            if not call.event.wait(max(0.0, deadline - time.monotonic())):
+            if not call.answer.wait(max(0.0, deadline - time.monotonic())):
                 raise timeout_error(request, timeout, confirmed=call.confirmed)
         finally:
             self._calls.remove(request.correlation_id, call)
-        if call.error is not None:
-            raise fresh(call.error)
-        return call.body
+        assert call.answer.value is not None
+        body, error = call.answer.value
+        if error is not None:
+            raise fresh(error)
+        return body
 
     def close(self) -> None:
         with self._connect_lock:

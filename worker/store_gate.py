@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 
 from runtime.errors import RecordStoreError
+from runtime.oneshot import OneShot
 from worker.pipeline import Decision, Delivery
 
 log = logging.getLogger("intentus.worker")
@@ -71,18 +72,10 @@ class StoreGate:
             except RecordStoreError:
                 return None
         for index, (delivery, decision) in enumerate(held):
-            outcome: list[bool] = []
-            finished = threading.Event()
-
-            def stored(
-                ok: bool, box: list[bool] = outcome, event: threading.Event = finished
-            ) -> None:
-                box.append(ok)
-                event.set()
-
-            write(delivery, decision, stored)
+            stored: OneShot[bool] = OneShot()
+            write(delivery, decision, stored.set)
             # A write still running after the wait settles itself: it responds, or holds again.
-            if not finished.wait(RESUME_WRITE_WAIT_S) or not outcome[0]:
+            if not stored.wait(RESUME_WRITE_WAIT_S) or not stored.value:
                 with self._lock:
                     self._held.extend(held[index + 1 :])
                 return None
