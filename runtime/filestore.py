@@ -129,9 +129,6 @@ class FileRecordStore(GroupCommit):
         return True
 
     # -- paths ---------------------------------------------------------------------------
-    def folder_for(self, execution_id: str) -> str:
-        return os.path.join(self.root, execution_id[5:8])
-
     def path_for(self, execution_id: str) -> str:
         check_execution_id(execution_id)
         return os.path.join(self.root, execution_id[5:8], execution_id + ".json")

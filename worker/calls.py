@@ -14,13 +14,13 @@ from typing import Any, Literal, Protocol, Required, TypedDict
 
 from runtime.canonical import dumps
 from runtime.response import AgentResponse
-from worker.config import DEFAULT_AMQP_URL
+from worker.config import DEFAULT_AMQP_URL, DEFAULT_QUEUE, REPLY_TIMEOUT_S
 from worker.errors import ClientClosed, ClientError, ConnectionLost, RequestTimeout
 from worker.intents import amqp_priority, build_envelope, check_traceparent, new_traceparent
 
 log = logging.getLogger("intentus.client")
 
-DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_TIMEOUT_S = REPLY_TIMEOUT_S
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 
 Payload = Mapping[str, Any] | None
@@ -232,7 +232,7 @@ class ClientBase:
         self,
         url: str = DEFAULT_AMQP_URL,
         *,
-        queue: str = "intentus.requests",
+        queue: str = DEFAULT_QUEUE,
         source: str = "client",
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
     ) -> None:

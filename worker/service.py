@@ -21,6 +21,7 @@ from runtime.engine import Outcome
 from runtime.errors import RecordExists, RecordStoreError
 from runtime.invoker import Abandoned
 from runtime.middleware import Middleware
+from runtime.outcome import DUPLICATE_KINDS
 from runtime.policy import Policy
 from runtime.registry import AgentRegistry
 from worker import tracing
@@ -371,7 +372,7 @@ class Worker:
         metrics = self.metrics
         intent = metrics.intent_label(outcome.intent)
         metrics.child(metrics.intents, intent, outcome.status, outcome.error_code or "").inc()
-        if outcome.kind in ("replayed", "conflict", "denied", "in_doubt"):
+        if outcome.kind in DUPLICATE_KINDS:
             metrics.duplicates.labels(outcome.kind).inc()
         elif outcome.kind == "rejected":
             metrics.rejected.labels(outcome.error_code or "unknown").inc()

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
+from worker.config import DEFAULT_QUEUE
 from worker.pipeline import Delivery, Reply
 from worker.transport import Confirm, Listeners
 
@@ -55,7 +56,7 @@ class _Events(Generic[_T]):
 class MemoryTransport:
     """`worker.transport.Transport` in memory, with an I/O thread of its own."""
 
-    def __init__(self, queue_name: str = "intentus.requests") -> None:
+    def __init__(self, queue_name: str = DEFAULT_QUEUE) -> None:
         self.queue_name = queue_name
         self.generation = 0
         self.consuming = False

@@ -47,10 +47,6 @@ _open_lock = threading.Lock()
 _local = threading.local()
 
 
-def installed() -> bool:
-    return trace is not None
-
-
 def _disabled_by_env() -> bool:
     return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
 
