@@ -2,11 +2,12 @@
 
     .venv/bin/python bench/router.py [--n N] [--durable-n N] [--threads 8] [--repeat 3]
 
-Rows: a bare function call, a bare thread hand-off (the floor any enforced per-agent timeout
-pays: the handler runs on another thread), seed-style routing (validate, order, call inline,
-no record, no timeout), then the runtime with the memory store, the durable file store on one
-thread, and the durable file store with N threads routing concurrently (amortised: wall time /
-total requests). Each figure is the best of `--repeat` runs; the machine is shared and noisy,
+Rows: a bare function call, a bare thread hand-off (the floor `route_intent` pays to enforce a
+deadline: its handlers run on another thread), seed-style routing (validate, order, call inline,
+no record, no timeout), then the runtime with the memory store (`route_intent`, and
+`process_inline`, the worker's path: handler inline, deadline kept by the watchdog), the durable
+file store on one thread, and the durable file store with N threads routing concurrently
+(amortised: wall time / total requests). Each figure is the best of `--repeat` runs; the machine is shared and noisy,
 so compare the ratios more than the absolute numbers.
 """
 
@@ -113,6 +114,19 @@ def runtime_single(n: int, registry: AgentRegistry, records_dir: str | None, tag
         rt.close()
 
 
+def worker_path(n: int, registry: AgentRegistry, tag: str) -> float:
+    """What a worker's routing thread does per request: `process_inline` (handler on this
+    thread, the watchdog keeping its deadline), then the memory store's commit."""
+    rt = IntentusRuntime(registry, None, worker_id=f"bench-{tag}")
+    bodies = [request(i, tag) for i in range(n)]
+    done = rt.commit_sync
+    try:
+        rt.process_inline(request(-1, tag), deliver=done)
+        return per_op(n, lambda i: rt.process_inline(bodies[i], deliver=done))
+    finally:
+        rt.close()
+
+
 def runtime_threads(
     n: int, threads: int, registry: AgentRegistry, records_dir: str, tag: str
 ) -> float:
@@ -180,6 +194,11 @@ def main() -> None:
         (
             "route_intent, memory store, 1 thread",
             best(r, lambda: runtime_single(n, registry, None, tag())),
+            40.0,
+        ),
+        (
+            "process_inline (the worker's path), memory store, 1 thread",
+            best(r, lambda: worker_path(n, registry, tag())),
             40.0,
         ),
         (
