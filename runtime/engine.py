@@ -357,10 +357,16 @@ class IntentusRuntime:
         recorder.event("FINAL_RESPONSE", final_event(response))
         if self.middleware:
             answer = AgentResponse.model_validate(response)
-            run_after(self.middleware, request.envelope, answer, self.observer)
+            run_after(self.middleware, request.envelope, answer, observer=self.observer)
         seconds = latency_ms / 1000.0
         error_code = None if out.error is None else out.error["code"]
-        self.observer.routed(intent, strategy, response["status"], error_code, seconds)
+        self.observer.routed(
+            intent,
+            strategy=strategy,
+            status=response["status"],
+            error_code=error_code,
+            seconds=seconds,
+        )
         body = response_body(response)
         header = request.header(kind="execution", worker_id=self.worker_id)
         trace = trace_of(

@@ -280,7 +280,7 @@ def trace_from_traceparent(traceparent: str | None) -> str | None:
 
 
 def normalise(
-    envelope: IntentEnvelope, received_at: datetime, ctx: RequestContext, body: bytes
+    envelope: IntentEnvelope, *, received_at: datetime, ctx: RequestContext, body: bytes
 ) -> IntentEnvelope:
     """Fill in every default that depends on the receipt (ids, timestamps), in place."""
     meta = envelope.metadata

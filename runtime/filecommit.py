@@ -70,7 +70,7 @@ class PendingRecord:
         "tmp",
     )
 
-    def __init__(self, execution_id: str, data: bytes, final: str, done: Callback) -> None:
+    def __init__(self, execution_id: str, *, data: bytes, final: str, done: Callback) -> None:
         self.execution_id = execution_id
         self.data = data
         self.final = final

@@ -202,7 +202,7 @@ class FileRecordStore(GroupCommit):
                 closed = True
             else:
                 closed = False
-                self._queue.append(PendingRecord(execution_id, data, final, done))
+                self._queue.append(PendingRecord(execution_id, data=data, final=final, done=done))
                 self._wake.notify()
         if closed:
             done(RecordStoreError("record store is closed"))

@@ -300,7 +300,12 @@ def read(
                 f"message of {len(body)} bytes exceeds the limit of {max_message_bytes} bytes",
             )
         data = decode_json(body)
-        return normalise(validate_envelope(data, body), arrival.received, arrival.context, body)
+        return normalise(
+            validate_envelope(data, body),
+            received_at=arrival.received,
+            ctx=arrival.context,
+            body=body,
+        )
     except EnvelopeError as exc:
         if not body and isinstance(request, (bytes, bytearray, memoryview, str)):
             body = (

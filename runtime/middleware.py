@@ -42,6 +42,7 @@ def run_after(
     chain: Sequence[Middleware],
     envelope: IntentEnvelope,
     response: AgentResponse,
+    *,
     observer: Observer,
 ) -> None:
     for mw in reversed(chain):

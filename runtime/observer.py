@@ -12,7 +12,7 @@ class Observer:
         """An agent attempt (numbered from 1 within the request) is about to run."""
 
     def attempt_finished(
-        self, agent: str, status: str, error_code: str | None, seconds: float
+        self, agent: str, *, status: str, error_code: str | None, seconds: float
     ) -> None:
         """One agent attempt ended (status `success` or `error`)."""
 
@@ -26,6 +26,12 @@ class Observer:
         """A middleware hook raised; the request went on."""
 
     def routed(
-        self, intent: str, strategy: str, status: str, error_code: str | None, seconds: float
+        self,
+        intent: str,
+        *,
+        strategy: str,
+        status: str,
+        error_code: str | None,
+        seconds: float,
     ) -> None:
         """A request that was routed (not a duplicate answer) finished."""

@@ -98,11 +98,11 @@ class IndexedRecordStore(Protocol):
     `search` returns `(executionId, record bytes)` newest first (createdAt descending, then
     executionId descending), at most `limit` of them (None: all), and how many match in all;
     its `text` matches a whole id (an index lookup). A store may also offer
-    `counts_by_status(flt)`, with every field of the filter applied but status.
+    `counts_by_status(record_filter)`, with every field of the filter applied but status.
     """
 
     def search(
-        self, flt: RecordFilter, *, limit: int | None, offset: int
+        self, record_filter: RecordFilter, *, limit: int | None, offset: int
     ) -> tuple[list[tuple[str, bytes]], int]: ...
 
 
@@ -160,9 +160,9 @@ def _window(rows: list[dict[str, Any]], limit: int | None, offset: int) -> list[
 
 
 def _indexed_search(
-    store: IndexedRecordStore, flt: RecordFilter, limit: int | None, offset: int
+    store: IndexedRecordStore, record_filter: RecordFilter, *, limit: int | None, offset: int
 ) -> tuple[list[dict[str, Any]], int]:
-    found, total = store.search(flt, limit=limit, offset=offset)
+    found, total = store.search(record_filter, limit=limit, offset=offset)
     return [_row_of_bytes(eid, data) for eid, data in found], total
 
 
@@ -176,14 +176,14 @@ def _row_of_bytes(execution_id: str, data: bytes) -> dict[str, Any]:
     return row(record)
 
 
-def _indexed_counts(store: IndexedRecordStore, flt: RecordFilter) -> dict[str, int]:
+def _indexed_counts(store: IndexedRecordStore, record_filter: RecordFilter) -> dict[str, int]:
     own = getattr(store, "counts_by_status", None)
     if own is not None:
-        return dict(own(flt))
+        return dict(own(record_filter))
     counts = {}
     for status in STATUSES:
         # limit 0: only the count, which the store takes from its indexes.
-        _rows, n = store.search(replace(flt, status=status), limit=0, offset=0)
+        _rows, n = store.search(replace(record_filter, status=status), limit=0, offset=0)
         if n:
             counts[status] = n
     return counts
@@ -191,25 +191,27 @@ def _indexed_counts(store: IndexedRecordStore, flt: RecordFilter) -> dict[str, i
 
 def search(
     store: RecordStore | IndexedRecordStore,
-    flt: RecordFilter,
+    record_filter: RecordFilter,
     *,
     limit: int | None,
     offset: int = 0,
 ) -> tuple[list[dict[str, Any]], int]:
-    """Rows matching `flt`, newest first, `limit` (None: all) from `offset`; and how many
+    """Rows matching `record_filter`, newest first, `limit` (None: all) from `offset`; and how many
     match in all."""
     _check_window(limit, offset)
     if isinstance(store, IndexedRecordStore):
-        return _indexed_search(store, flt, limit, offset)
-    matched = [r for r in _scan(store) if flt.matches(r)]
+        return _indexed_search(store, record_filter, limit=limit, offset=offset)
+    matched = [r for r in _scan(store) if record_filter.matches(r)]
     return _window(matched, limit, offset), len(matched)
 
 
-def counts_by_status(store: RecordStore | IndexedRecordStore, flt: RecordFilter) -> dict[str, int]:
-    """How many records match each status, with every field of `flt` applied but status."""
+def counts_by_status(
+    store: RecordStore | IndexedRecordStore, record_filter: RecordFilter
+) -> dict[str, int]:
+    """How many records match each status, with every field of `record_filter` applied but status."""
     if isinstance(store, IndexedRecordStore):
-        return _indexed_counts(store, flt.without_status())
-    others = flt.without_status()
+        return _indexed_counts(store, record_filter.without_status())
+    others = record_filter.without_status()
     return _count([r for r in _scan(store) if others.matches(r)])
 
 
@@ -218,20 +220,24 @@ def _count(rows: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def page(
-    store: RecordStore | IndexedRecordStore, flt: RecordFilter, *, limit: int, offset: int = 0
+    store: RecordStore | IndexedRecordStore,
+    record_filter: RecordFilter,
+    *,
+    limit: int,
+    offset: int = 0,
 ) -> Page:
     """`search` and `counts_by_status` together; a scanned store is read only once."""
     _check_window(limit, offset)
     if isinstance(store, IndexedRecordStore):
-        rows, total = _indexed_search(store, flt, limit, offset)
+        rows, total = _indexed_search(store, record_filter, limit=limit, offset=offset)
         return Page(
             rows=rows,
             total=total,
-            counts=_indexed_counts(store, flt.without_status()),
+            counts=_indexed_counts(store, record_filter.without_status()),
             indexed=True,
         )
-    others = [r for r in _scan(store) if flt.without_status().matches(r)]
-    matched = [r for r in others if flt.matches(r)]
+    others = [r for r in _scan(store) if record_filter.without_status().matches(r)]
+    matched = [r for r in others if record_filter.matches(r)]
     return Page(
         rows=_window(matched, limit, offset),
         total=len(matched),

@@ -87,6 +87,7 @@ class Verification:
 def verify(
     execution_id: str,
     record: dict[str, Any] | None,
+    *,
     registry: AgentRegistry | None = None,
     policy: Policy | None = None,
 ) -> Verification:
@@ -169,7 +170,13 @@ def verify(
             notes.append(ROUTING_UNCHECKED)
         else:
             problems.extend(
-                _determinism(record, envelope, header, registry, policy or Policy.allow_all())
+                _determinism(
+                    record,
+                    envelope=envelope,
+                    header=header,
+                    registry=registry,
+                    policy=policy or Policy.allow_all(),
+                )
             )
     return Verification(execution_id, problems, notes)
 
@@ -191,6 +198,7 @@ def recorded_agents(record: dict[str, Any]) -> set[str]:
 
 def _determinism(
     record: dict[str, Any],
+    *,
     envelope: dict[str, Any],
     header: dict[str, Any],
     registry: AgentRegistry,

@@ -191,7 +191,7 @@ class Router:
 
                 def timed_out(result: AttemptResult) -> None:
                     self.invoker.carry_on(
-                        partial(self.execute_inline, steps, finish, (result, True))
+                        partial(self.execute_inline, steps, finish, resume=(result, True))
                     )
 
                 result = self.invoker.call_inline(
@@ -230,7 +230,7 @@ class Router:
             rec.event("AGENT_ATTEMPT_START", {"agent": name, "attempt": attempts})
             self.observer.attempt_started(name, attempts)
             result, timed_out = yield AttemptCall(agent, route.fresh(), self.timeout_for(agent))
-            self._end(rec, name, attempts, result, timed_out=timed_out)
+            self._end(rec, name, number=attempts, result=result, timed_out=timed_out)
             last = (name, result)
             if result.status == "success":
                 last_success = last
@@ -268,9 +268,9 @@ class Router:
         self,
         rec: ExecutionRecorder,
         name: str,
+        *,
         number: int,
         result: AttemptResult,
-        *,
         timed_out: bool,
     ) -> None:
         payload: dict[str, Any] = {
@@ -284,7 +284,9 @@ class Router:
         if timed_out:
             payload["abandoned"] = True
         rec.event("AGENT_ATTEMPT_END", payload)
-        self.observer.attempt_finished(name, result.status, result.error_code, result.seconds)
+        self.observer.attempt_finished(
+            name, status=result.status, error_code=result.error_code, seconds=result.seconds
+        )
 
     def _parallel(self, route: Route) -> RouteOutcome:
         agents, p, rec = route.agents, route.plan, route.recorder
@@ -313,13 +315,17 @@ class Router:
                 if not nearest.detach():
                     continue  # it returned just now; its completion is in the queue
                 result = self.invoker.timeout_result(nearest)
-                self._end(rec, nearest.agent, pending.pop(nearest), result, timed_out=True)
+                self._end(
+                    rec, nearest.agent, number=pending.pop(nearest), result=result, timed_out=True
+                )
                 results[nearest.agent] = result
                 continue
             if finished not in pending:
                 continue  # already timed out and recorded
             result = finished.result()
-            self._end(rec, finished.agent, pending.pop(finished), result, timed_out=False)
+            self._end(
+                rec, finished.agent, number=pending.pop(finished), result=result, timed_out=False
+            )
             results[finished.agent] = result
             if result.status == "success":
                 winner = (finished.agent, result)

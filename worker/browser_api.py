@@ -95,7 +95,7 @@ class RecordQueries:
 
     def verify(self, params: Params) -> dict[str, Any]:
         execution_id, record = records.find(self.store, _required(params, "id"))
-        result = records.verify(execution_id, record, self.registry, self.policy)
+        result = records.verify(execution_id, record, registry=self.registry, policy=self.policy)
         return {
             "executionId": execution_id,
             "ok": result.ok,

@@ -165,10 +165,10 @@ def records_verify(args: argparse.Namespace, store: RecordStore) -> int:
         raise ConfigError("give an ID or --all, not both")
     if args.id:
         execution_id, record = records.find(store, args.id)
-        results = [records.verify(execution_id, record, registry, policy)]
+        results = [records.verify(execution_id, record, registry=registry, policy=policy)]
     elif args.all:
         results = [
-            records.verify(execution_id, record, registry, policy)
+            records.verify(execution_id, record, registry=registry, policy=policy)
             for execution_id, record in records.iter_records(store)
         ]
     else:
@@ -182,13 +182,14 @@ def records_verify(args: argparse.Namespace, store: RecordStore) -> int:
         "problems": {r.execution_id: r.problems for r in failed},
         "routingUnchecked": [r.execution_id for r in unchecked],
     }
-    lines = _verify_lines(args, cfg.agents, results, unchecked)
+    lines = _verify_lines(args, agents=cfg.agents, results=results, unchecked=unchecked)
     output(report, as_json=args.json, lines=lines)
     return EXIT_OK if not failed else EXIT_ERROR
 
 
 def _verify_lines(
     args: argparse.Namespace,
+    *,
     agents: str,
     results: list[records.Verification],
     unchecked: list[records.Verification],

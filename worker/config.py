@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -21,13 +21,21 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 @dataclass(frozen=True)
 class Option:
-    """One setting: its environment variable, flag, help text, type and default."""
+    """One setting: its help text and default; its type is the default's, and its environment
+    variable and flag follow from its name (`queue_type`: `INTENTUS_QUEUE_TYPE`,
+    `--queue-type`)."""
 
-    env: str
-    flag: str
     help: str
-    kind: type = str
-    default: Any = None
+    default: Any
+    env: str = ""
+    flag: str = ""
+
+    @property
+    def kind(self) -> type:
+        return type(self.default)
+
+    def named(self, name: str) -> Option:
+        return replace(self, env=f"INTENTUS_{name.upper()}", flag="--" + name.replace("_", "-"))
 
     def help_text(self) -> str:
         """The flag's `--help` line: what it is, its default, and its variable."""
@@ -39,105 +47,44 @@ class Option:
 
 # The one declaration of every setting: Config's defaults, the flags, their help and
 # docs/contract.md (checked by tests/unit/test_contract_doc.py) all come from here.
-OPTIONS: dict[str, Option] = {
+_DECLARED: dict[str, Option] = {
     "amqp_url": Option(
-        "INTENTUS_AMQP_URL",
-        "--amqp-url",
-        "broker URL (amqp:// or amqps://)",
-        str,
-        "amqp://guest:guest@localhost:5672/%2F",
+        help="broker URL (amqp:// or amqps://)", default="amqp://guest:guest@localhost:5672/%2F"
     ),
-    "queue": Option("INTENTUS_QUEUE", "--queue", "request queue", str, "intentus.requests"),
-    "queue_type": Option("INTENTUS_QUEUE_TYPE", "--queue-type", "quorum or classic", str, "quorum"),
-    "reply_queue": Option(
-        "INTENTUS_REPLY_QUEUE",
-        "--reply-queue",
-        'default reply queue ("" disables)',
-        str,
-        "intentus.replies",
-    ),
-    "records_dir": Option(
-        "INTENTUS_RECORDS_DIR",
-        "--records-dir",
-        "execution records folder",
-        str,
-        ".intentusnet/records",
-    ),
+    "queue": Option(help="request queue", default="intentus.requests"),
+    "queue_type": Option(help="quorum or classic", default="quorum"),
+    "reply_queue": Option(help='default reply queue ("" disables)', default="intentus.replies"),
+    "records_dir": Option(help="execution records folder", default=".intentusnet/records"),
     "records_url": Option(
-        "INTENTUS_RECORDS_URL",
-        "--records-url",
-        "PostgreSQL execution store (postgresql://...; unset: files in the records folder)",
-        str,
-        "",
+        help="PostgreSQL execution store (postgresql://...; unset: files in the records folder)",
+        default="",
     ),
-    "agents": Option(
-        "INTENTUS_AGENTS",
-        "--agents",
-        "agents as module:attribute (default: built-in demo agents)",
-        str,
-        "",
-    ),
-    "policy_file": Option("INTENTUS_POLICY_FILE", "--policy-file", "policy JSON file", str, ""),
-    "concurrency": Option(
-        "INTENTUS_CONCURRENCY", "--concurrency", "requests routed at once", int, 8
-    ),
-    "prefetch": Option(
-        "INTENTUS_PREFETCH", "--prefetch", "unacknowledged deliveries held at once", int, 64
-    ),
+    "agents": Option(help="agents as module:attribute (default: built-in demo agents)", default=""),
+    "policy_file": Option(help="policy JSON file", default=""),
+    "concurrency": Option(help="requests routed at once", default=8),
+    "prefetch": Option(help="unacknowledged deliveries held at once", default=64),
     "agent_timeout_s": Option(
-        "INTENTUS_AGENT_TIMEOUT_S",
-        "--agent-timeout-s",
-        "default per-agent deadline (seconds)",
-        float,
-        defaults.AGENT_TIMEOUT_S,
+        help="default per-agent deadline (seconds)", default=defaults.AGENT_TIMEOUT_S
     ),
     "max_message_bytes": Option(
-        "INTENTUS_MAX_MESSAGE_BYTES",
-        "--max-message-bytes",
-        "largest request body accepted",
-        int,
-        defaults.MAX_MESSAGE_BYTES,
+        help="largest request body accepted", default=defaults.MAX_MESSAGE_BYTES
     ),
     "metrics_addr": Option(
-        "INTENTUS_METRICS_ADDR",
-        "--metrics-addr",
-        "host:port for /metrics, /healthz, /readyz",
-        str,
-        "127.0.0.1:9464",
+        help="host:port for /metrics, /healthz, /readyz", default="127.0.0.1:9464"
     ),
-    "shutdown_grace_s": Option(
-        "INTENTUS_SHUTDOWN_GRACE_S",
-        "--shutdown-grace-s",
-        "time to finish in-flight work on SIGTERM",
-        float,
-        30.0,
-    ),
-    "log_format": Option("INTENTUS_LOG_FORMAT", "--log-format", "text or json", str, "text"),
-    "log_level": Option(
-        "INTENTUS_LOG_LEVEL", "--log-level", "debug, info, warning or error", str, "info"
-    ),
-    "worker_id": Option(
-        "INTENTUS_WORKER_ID",
-        "--worker-id",
-        "unique id of this worker (default hostname-pid)",
-        str,
-        "",
-    ),
+    "shutdown_grace_s": Option(help="time to finish in-flight work on SIGTERM", default=30.0),
+    "log_format": Option(help="text or json", default="text"),
+    "log_level": Option(help="debug, info, warning or error", default="info"),
+    "worker_id": Option(help="unique id of this worker (default hostname-pid)", default=""),
     "delivery_limit": Option(
-        "INTENTUS_DELIVERY_LIMIT",
-        "--delivery-limit",
-        "quorum queues: deliveries before the broker dead-letters a message",
-        int,
-        20,
+        help="quorum queues: deliveries before the broker dead-letters a message", default=20
     ),
     "queue_max_priority": Option(
-        "INTENTUS_QUEUE_MAX_PRIORITY",
-        "--queue-max-priority",
-        "classic queues: declare x-max-priority (0 = no priorities; 9 keeps all four apart)",
-        int,
-        0,
+        help="classic queues: declare x-max-priority (0 = no priorities; 9 keeps all four apart)",
+        default=0,
     ),
 }
+OPTIONS: dict[str, Option] = {name: option.named(name) for name, option in _DECLARED.items()}
 
 
 def _default(name: str) -> Any:

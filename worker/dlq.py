@@ -186,7 +186,7 @@ class DeadLetter:
 
 
 def select(
-    letters: list[DeadLetter], ids: list[str], reason_glob: str | None, every: bool
+    letters: list[DeadLetter], *, ids: list[str], reason_glob: str | None, every: bool
 ) -> list[DeadLetter]:
     """The letters named by id (requestId, messageId, correlationId or executionId) or whose
     reason matches the glob, or all of them."""
@@ -268,7 +268,7 @@ def main(args: argparse.Namespace, out: TextIO | None = None, stdin: TextIO | No
     if command == "requeue" and args.all and (args.ids or args.reason):
         raise ConfigError("--all selects everything: give no ids or --reason with it")
     if command == "purge":
-        return _purge(cfg, args.yes, out, stdin)
+        return _purge(cfg, yes=args.yes, out=out, stdin=stdin)
     with DeadLetterQueue(cfg) as dlq:
         letters = [DeadLetter(m) for m in dlq.take(args.limit)]
         now = time.time()
@@ -293,7 +293,12 @@ def main(args: argparse.Namespace, out: TextIO | None = None, stdin: TextIO | No
                 for detail in details:
                     _show(detail, out)
             return EXIT_OK
-        return _requeue(dlq, cfg.queue, select(letters, args.ids, args.reason, args.all), out)
+        return _requeue(
+            dlq,
+            queue=cfg.queue,
+            chosen=select(letters, ids=args.ids, reason_glob=args.reason, every=args.all),
+            out=out,
+        )
 
 
 def _show(detail: dict[str, Any], out: TextIO) -> None:
@@ -308,7 +313,7 @@ def _show(detail: dict[str, Any], out: TextIO) -> None:
     out.write(f"body ({detail['bodyEncoding']}):\n{detail['body']}\n")
 
 
-def _requeue(dlq: DeadLetterQueue, queue: str, chosen: list[DeadLetter], out: TextIO) -> int:
+def _requeue(dlq: DeadLetterQueue, *, queue: str, chosen: list[DeadLetter], out: TextIO) -> int:
     done = 0
     for letter in chosen:
         try:
@@ -327,7 +332,7 @@ def _requeue(dlq: DeadLetterQueue, queue: str, chosen: list[DeadLetter], out: Te
     return EXIT_OK
 
 
-def _purge(cfg: configuration.Config, yes: bool, out: TextIO, stdin: TextIO) -> int:
+def _purge(cfg: configuration.Config, *, yes: bool, out: TextIO, stdin: TextIO) -> int:
     with DeadLetterQueue(cfg) as dlq:
         if not yes:
             if not stdin.isatty():

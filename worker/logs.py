@@ -13,7 +13,8 @@ from urllib.parse import quote
 from runtime.clock import format_timestamp
 from worker.config import mask_url
 
-_STD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+_BLANK = logging.LogRecord(name="", level=0, pathname="", lineno=0, msg="", args=(), exc_info=None)
+_STD = set(vars(_BLANK)) | {"message", "asctime"}  # what is not an `extra` field
 
 
 class Scrub(logging.Filter):

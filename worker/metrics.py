@@ -140,7 +140,7 @@ class Metrics(Observer):
         for reason in ("PROTOCOL_ERROR", "VALIDATION_ERROR", "PAYLOAD_TOO_LARGE"):
             self.rejected.labels(reason)
 
-    def child(self, metric: Any, *values: str) -> Any:
+    def child(self, metric: Any, values: tuple[str, ...]) -> Any:
         """`metric.labels(*values)`, cached: the label sets here are bounded (unknown names
         become one label), and a dictionary hit costs a fraction of `labels()`."""
         key = (id(metric), values)
@@ -173,11 +173,11 @@ class Metrics(Observer):
 
     # -- runtime Observer ----------------------------------------------------------------
     def attempt_finished(
-        self, agent: str, status: str, error_code: str | None, seconds: float
+        self, agent: str, *, status: str, error_code: str | None, seconds: float
     ) -> None:
         label = self.agent_label(agent)
-        self.child(self.agent_attempts, label, status).inc()
-        self.child(self.agent_duration, label).observe(seconds)
+        self.child(self.agent_attempts, (label, status)).inc()
+        self.child(self.agent_duration, (label,)).observe(seconds)
 
     def fallback(self, intent: str) -> None:
         self.fallbacks.labels(self.intent_label(intent)).inc()
@@ -191,6 +191,12 @@ class Metrics(Observer):
         self.middleware_errors.labels(hook).inc()
 
     def routed(
-        self, intent: str, strategy: str, status: str, error_code: str | None, seconds: float
+        self,
+        intent: str,
+        *,
+        strategy: str,
+        status: str,
+        error_code: str | None,
+        seconds: float,
     ) -> None:
-        self.child(self.route_duration, self.intent_label(intent), strategy).observe(seconds)
+        self.child(self.route_duration, (self.intent_label(intent), strategy)).observe(seconds)

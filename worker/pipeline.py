@@ -84,7 +84,12 @@ def reply_for(outcome: Outcome, delivery: Delivery, default_reply_queue: str) ->
     }
     if delivery.traceparent:
         headers["traceparent"] = delivery.traceparent
-    return Reply(destination, outcome.body, delivery.correlation_id or outcome.request_id, headers)
+    return Reply(
+        routing_key=destination,
+        body=outcome.body,
+        correlation_id=delivery.correlation_id or outcome.request_id,
+        headers=headers,
+    )
 
 
 def decide(runtime: IntentusRuntime, delivery: Delivery, default_reply_queue: str) -> Decision:

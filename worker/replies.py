@@ -42,7 +42,7 @@ class Responder:
 
         def confirmed(which: str, result: str) -> None:
             if which == "reply":
-                self.metrics.child(self.metrics.replies, result).inc()
+                self.metrics.child(self.metrics.replies, (result,)).inc()
             if result == "failed":
                 state["failed"] = True
             state["left"] -= 1

@@ -157,7 +157,7 @@ class Worker:
 
     def _shutdown(self) -> int:
         self._stopping = True
-        self.conn.call(lambda: self.conn.set_consuming(False))
+        self.conn.call(lambda: self.conn.set_consuming(on=False))
         self._hand_back_queued()
         for delivery in self.parking.drain():
             self._hand_back(delivery)
@@ -192,9 +192,9 @@ class Worker:
             self._inflight += 1
         self._jobs.put(delivery)
 
-    def _on_consuming(self, on: bool) -> None:
+    def _on_consuming(self, *, consuming: bool) -> None:
         # Deliveries of a lost channel are dropped by their generation in _pipeline_loop.
-        self.metrics.broker_connected.set(1 if on else 0)
+        self.metrics.broker_connected.set(1 if consuming else 0)
 
     def _on_cancel(self) -> None:
         self.metrics.consumer_cancels.inc()
@@ -204,7 +204,7 @@ class Worker:
         for _stale in self.parking.drop_stale(self.conn.generation):
             self._done()  # redelivered on the new channel; nothing to settle on the old one
         if not self.store_gate.ok or self._stopping:
-            self.conn.set_consuming(False)
+            self.conn.set_consuming(on=False)
 
     def _done(self) -> None:
         """A delivery is finished with (settled, handed back or dropped as stale)."""
@@ -371,7 +371,7 @@ class Worker:
         outcome = decision.outcome
         metrics = self.metrics
         intent = metrics.intent_label(outcome.intent)
-        metrics.child(metrics.intents, intent, outcome.status, outcome.error_code or "").inc()
+        metrics.child(metrics.intents, (intent, outcome.status, outcome.error_code or "")).inc()
         if outcome.kind in DUPLICATE_KINDS:
             metrics.duplicates.labels(outcome.kind).inc()
         elif outcome.kind == "rejected":
@@ -386,7 +386,7 @@ class Worker:
 
     def _request_pause(self) -> None:
         """Stop taking new deliveries while the store fails."""
-        self.conn.call(lambda: self.conn.set_consuming(False))
+        self.conn.call(lambda: self.conn.set_consuming(on=False))
 
     def _try_resume(self) -> None:
         waiting = self.store_gate.try_resume(self._write, self.runtime.store.check_writable)
@@ -395,4 +395,4 @@ class Worker:
         for delivery in waiting:
             self._jobs.put(delivery)
         if not self._stopping:
-            self.conn.call(lambda: self.conn.set_consuming(True))
+            self.conn.call(lambda: self.conn.set_consuming(on=True))

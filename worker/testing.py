@@ -174,7 +174,7 @@ class MemoryTransport:
             held, self._held_confirms = self._held_confirms, []
             for done in held:
                 done("failed")
-            self._set_state(False)
+            self._set_state(on=False)
             self._set_state(self._want)
             self.listeners.on_reconnect()
             self._pump()
@@ -187,7 +187,7 @@ class MemoryTransport:
         def cancel() -> None:
             self.cancelled = True
             self.listeners.on_cancel()
-            self._set_state(False)
+            self._set_state(on=False)
             if redeclare:
                 self.cancelled = False
                 self._set_state(self._want)
@@ -240,7 +240,7 @@ class MemoryTransport:
         self._pump()
 
     def _close(self) -> None:
-        self._set_state(False)
+        self._set_state(on=False)
         self._connected = False
         self._ready.extendleft(reversed([self._redelivery(d) for d in self._unsettled.values()]))
         self._unsettled.clear()
@@ -249,7 +249,7 @@ class MemoryTransport:
         if on != self.consuming:
             self.consuming = on
             self.events.append(("consume", on))
-            self.listeners.on_state(on)
+            self.listeners.on_state(consuming=on)
 
     def _pump(self) -> None:
         while self.consuming and self._ready:

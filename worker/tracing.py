@@ -160,9 +160,9 @@ class _TracingObserver:
         self._attempts().append(_Attempt(agent, attempt, time.time_ns()))
 
     def attempt_finished(
-        self, agent: str, status: str, error_code: str | None, seconds: float
+        self, agent: str, *, status: str, error_code: str | None, seconds: float
     ) -> None:
-        self._inner.attempt_finished(agent, status, error_code, seconds)
+        self._inner.attempt_finished(agent, status=status, error_code=error_code, seconds=seconds)
         for a in self._attempts():
             if a.agent == agent and not a.end_ns:
                 a.end_ns = max(a.start_ns, time.time_ns())
@@ -171,9 +171,17 @@ class _TracingObserver:
                 break
 
     def routed(
-        self, intent: str, strategy: str, status: str, error_code: str | None, seconds: float
+        self,
+        intent: str,
+        *,
+        strategy: str,
+        status: str,
+        error_code: str | None,
+        seconds: float,
     ) -> None:
-        self._inner.routed(intent, strategy, status, error_code, seconds)
+        self._inner.routed(
+            intent, strategy=strategy, status=status, error_code=error_code, seconds=seconds
+        )
         attempts, _local.attempts = self._attempts(), []
         end = time.time_ns()
         start = min([end - int(seconds * 1e9), *(a.start_ns for a in attempts)])

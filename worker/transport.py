@@ -18,8 +18,12 @@ Confirm = Callable[[str], None]
 """Called on the I/O thread with "confirmed", "unroutable" or "failed"."""
 
 
-def _ignore(*_args: object) -> None:
+def _ignore(*_args: object, **_kwargs: object) -> None:
     return None
+
+
+class StateListener(Protocol):
+    def __call__(self, *, consuming: bool) -> None: ...
 
 
 @dataclass(slots=True)
@@ -27,8 +31,8 @@ class Listeners:
     """What a transport tells the worker, always on its I/O thread."""
 
     on_delivery: Callable[[Delivery], None] = _ignore
-    on_state: Callable[[bool], None] = _ignore
-    """Consuming (True) or not (False)."""
+    on_state: StateListener = _ignore
+    """Whether the transport is consuming now."""
     on_reconnect: Callable[[], None] = _ignore
     on_cancel: Callable[[], None] = _ignore
     """The broker cancelled the consumer."""

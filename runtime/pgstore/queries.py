@@ -58,26 +58,26 @@ class RecordQueries(Connected):
             raise self._error("cannot list records", exc) from None
 
     def search(
-        self, flt: RecordFilter, *, limit: int | None, offset: int = 0
+        self, record_filter: RecordFilter, *, limit: int | None, offset: int = 0
     ) -> tuple[list[tuple[str, bytes]], int]:
-        """Records matching `flt` (ids compared whole), newest first, at most `limit` (None:
+        """Records matching `record_filter` (ids compared whole), newest first, at most `limit` (None:
         all), and how many match in all."""
         clauses = ["record IS NOT NULL"]
         params: list[Any] = []
         for column in _INDEXED:
-            value = getattr(flt, column)
+            value = getattr(record_filter, column)
             if value:
                 clauses.append(f"{column} = %s")
                 params.append(value)
-        if flt.since is not None:
+        if record_filter.since is not None:
             clauses.append("created_at >= %s")
-            params.append(flt.since)
-        if flt.until is not None:
+            params.append(record_filter.since)
+        if record_filter.until is not None:
             clauses.append("created_at < %s")
-            params.append(flt.until)
-        if flt.text:
+            params.append(record_filter.until)
+        if record_filter.text:
             clauses.append("(execution_id = %s OR request_id = %s OR correlation_id = %s)")
-            params += [flt.text, flt.text, flt.text]
+            params += [record_filter.text, record_filter.text, record_filter.text]
         cond = " AND ".join(clauses)
         try:
             with self.pool.connection() as conn:

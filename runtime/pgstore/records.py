@@ -42,7 +42,9 @@ _INSERT_RECORD = f"""
 class _Pending:
     __slots__ = ("data", "done", "execution_id", "owner")
 
-    def __init__(self, execution_id: str, data: bytes, owner: str | None, done: Callback) -> None:
+    def __init__(
+        self, execution_id: str, *, data: bytes, owner: str | None, done: Callback
+    ) -> None:
         self.execution_id = execution_id
         self.data = data
         self.owner = owner
@@ -78,7 +80,7 @@ class RecordWrites(Connected):
                 closed = True
             else:
                 closed = False
-                self._queue.append(_Pending(execution_id, data, owner, done))
+                self._queue.append(_Pending(execution_id, data=data, owner=owner, done=done))
                 self._wake.notify()
         if closed:
             done(RecordStoreError("record store is closed or read-only"))

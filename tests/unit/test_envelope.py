@@ -20,7 +20,12 @@ RECEIVED = datetime(2024, 1, 15, 10, 30, 0, 123456, tzinfo=UTC)
 
 
 def parse(raw: bytes, ctx: RequestContext | None = None) -> IntentEnvelope:
-    return normalise(validate_envelope(decode_json(raw)), RECEIVED, ctx or RequestContext(), raw)
+    return normalise(
+        validate_envelope(decode_json(raw)),
+        received_at=RECEIVED,
+        ctx=ctx or RequestContext(),
+        body=raw,
+    )
 
 
 def rejected(data: Any) -> EnvelopeError:

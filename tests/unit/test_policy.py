@@ -19,7 +19,7 @@ def subject(user: str | None = None, **env: Any) -> PolicySubject:
     e = validate_envelope(envelope(**env))
     from datetime import UTC, datetime
 
-    normalise(e, datetime(2024, 1, 1, tzinfo=UTC), RequestContext(), b"")
+    normalise(e, received_at=datetime(2024, 1, 1, tzinfo=UTC), ctx=RequestContext(), body=b"")
     return PolicySubject.of(e, user)
 
 

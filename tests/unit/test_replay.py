@@ -62,7 +62,7 @@ class TestVerify:
         """A fresh record passes integrity and determinism checks."""
         rt, reg = setup
         out, record = routed(rt, request_id="r1", strategy="FALLBACK")
-        result = verify(out.execution_id, record, reg, rt.policy)
+        result = verify(out.execution_id, record, registry=reg, policy=rt.policy)
         assert result.ok, result.problems
 
     def test_rejected_record_verifies(self, setup) -> None:
@@ -70,7 +70,7 @@ class TestVerify:
         rt, reg = setup
         out = rt.process(b"{broken", None)
         rt.commit_sync(out)
-        assert verify(out.execution_id, stored(rt, out.execution_id), reg).ok
+        assert verify(out.execution_id, stored(rt, out.execution_id), registry=reg).ok
 
     def test_tampered_envelope(self, setup) -> None:
         """Changing the recorded envelope breaks the envelopeHash check."""
@@ -107,7 +107,7 @@ class TestVerify:
         changed = AgentRegistry()
         changed.register("a", lambda e: {}, intents=["ProcessIntent"], node_priority=500)
         changed.register("b", lambda e: {}, intents=["ProcessIntent"])
-        problems = verify(out.execution_id, record, changed).problems
+        problems = verify(out.execution_id, record, registry=changed).problems
         assert any("not reproducible" in p for p in problems)
 
     def test_unknown_agents_leave_routing_unchecked(self, setup) -> None:
@@ -116,7 +116,7 @@ class TestVerify:
         out, record = routed(rt, request_id="r1", strategy="FALLBACK")
         other = AgentRegistry()
         other.register("echo", lambda e: {}, intents=["ProcessIntent"])
-        result = verify(out.execution_id, record, other)
+        result = verify(out.execution_id, record, registry=other)
         assert result.ok, result.problems
         assert result.notes == [ROUTING_UNCHECKED]
 
@@ -126,7 +126,7 @@ class TestVerify:
         out, record = routed(rt, request_id="r1", strategy="FALLBACK")
         shrunk = AgentRegistry()
         shrunk.register("b", lambda e: {}, intents=["ProcessIntent"])
-        result = verify(out.execution_id, record, shrunk)
+        result = verify(out.execution_id, record, registry=shrunk)
         assert any("not reproducible" in p for p in result.problems)
         assert result.notes == []
 
@@ -136,7 +136,7 @@ class TestVerify:
         out, record = routed(rt, request_id="r1", intent="NoSuchIntent")
         other = AgentRegistry()
         other.register("x", lambda e: {}, intents=["NoSuchIntent"])
-        result = verify(out.execution_id, record, other)
+        result = verify(out.execution_id, record, registry=other)
         assert any("not reproducible" in p for p in result.problems)
 
     def test_policy_change_breaks_determinism(self, setup) -> None:
@@ -144,7 +144,7 @@ class TestVerify:
         rt, reg = setup
         out, record = routed(rt, request_id="r1", strategy="FALLBACK")
         policy = load_policy({"rules": [{"id": "x", "action": "deny", "agents": ["a"]}]})
-        assert not verify(out.execution_id, record, reg, policy).ok
+        assert not verify(out.execution_id, record, registry=reg, policy=policy).ok
 
     def test_unparseable(self) -> None:
         """A record that did not parse is reported as such."""

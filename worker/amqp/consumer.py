@@ -176,7 +176,7 @@ class ConsumerConnection:
         self.generation += 1  # every delivery tag of the old channel is now stale
         self._publisher.detach()
         if was_consuming:
-            self.listeners.on_state(False)
+            self.listeners.on_state(consuming=False)
 
     def _on_channel_open(self, channel: Channel) -> None:
         self._channel = channel
@@ -225,7 +225,7 @@ class ConsumerConnection:
             return  # once cancelled, the re-declare's callback consumes
         self._consumer_tag = self._channel.basic_consume(self.cfg.queue, self._on_message)
         self.consuming = True
-        self.listeners.on_state(True)
+        self.listeners.on_state(consuming=True)
 
     def _on_cancelled(self, frame: Any) -> None:
         """(I/O thread) The broker ended our consumer: the queue was deleted, or its quorum
@@ -240,7 +240,7 @@ class ConsumerConnection:
         self.consuming = False
         self.cancelled = True
         self.listeners.on_cancel()
-        self.listeners.on_state(False)
+        self.listeners.on_state(consuming=False)
         if self._stopping:
             return
         channel = self._channel
@@ -264,7 +264,7 @@ class ConsumerConnection:
         elif self._channel is not None and self._consumer_tag is not None:
             tag, self._consumer_tag = self._consumer_tag, None
             self.consuming = False
-            self.listeners.on_state(False)
+            self.listeners.on_state(consuming=False)
             try:
                 self._channel.basic_cancel(tag)
             except Exception as exc:
