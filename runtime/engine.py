@@ -362,7 +362,7 @@ class IntentusRuntime:
         error_code = None if out.error is None else out.error["code"]
         self.observer.routed(
             intent,
-            strategy=strategy,
+            strategy,
             status=response["status"],
             error_code=error_code,
             seconds=seconds,

@@ -26,12 +26,6 @@ class Observer:
         """A middleware hook raised; the request went on."""
 
     def routed(
-        self,
-        intent: str,
-        *,
-        strategy: str,
-        status: str,
-        error_code: str | None,
-        seconds: float,
+        self, intent: str, strategy: str, *, status: str, error_code: str | None, seconds: float
     ) -> None:
         """A request that was routed (not a duplicate answer) finished."""

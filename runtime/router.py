@@ -85,6 +85,26 @@ class RouteOutcome:
     def status(self) -> str:
         return "error" if self.error is not None else "success"
 
+    @classmethod
+    def of(
+        cls,
+        agent: str,
+        result: AttemptResult,
+        *,
+        attempts: int,
+        reason: RouteReason,
+        try_order: list[str],
+    ) -> RouteOutcome:
+        """The route's answer is `agent`'s attempt `result`."""
+        return cls(
+            payload=result.payload,
+            error=result.error,
+            agent=agent,
+            attempts=attempts,
+            reason=reason,
+            try_order=try_order,
+        )
+
 
 def plan(envelope: IntentEnvelope, candidates: Sequence[str], decision: PolicyDecision) -> Plan:
     routing = envelope.routing
@@ -236,32 +256,21 @@ class Router:
                 last_success = last
                 if stop_on_success:
                     reason = p.reason if index == 0 else "fallback_attempt"
-                    return RouteOutcome(
-                        payload=result.payload,
-                        error=None,
-                        agent=name,
-                        attempts=attempts,
-                        reason=reason,
-                        try_order=p.try_order,
+                    return RouteOutcome.of(
+                        name, result, attempts=attempts, reason=reason, try_order=p.try_order
                     )
         assert last is not None
         if strategy is RoutingStrategy.BROADCAST and last_success is not None:
-            return RouteOutcome(
-                payload=last_success[1].payload,
-                error=None,
-                agent=last_success[0],
+            return RouteOutcome.of(
+                last_success[0],
+                last_success[1],
                 attempts=attempts,
                 reason="broadcast_last_success",
                 try_order=p.try_order,
             )
         reason = p.reason if strategy is RoutingStrategy.DIRECT else "all_failed"
-        return RouteOutcome(
-            payload=None,
-            error=last[1].error,
-            agent=last[0],
-            attempts=attempts,
-            reason=reason,
-            try_order=p.try_order,
+        return RouteOutcome.of(
+            last[0], last[1], attempts=attempts, reason=reason, try_order=p.try_order
         )
 
     def _end(
@@ -337,19 +346,17 @@ class Router:
             )
         attempts = len(p.try_order)
         if winner is not None:
-            return RouteOutcome(
-                payload=winner[1].payload,
-                error=None,
-                agent=winner[0],
+            return RouteOutcome.of(
+                winner[0],
+                winner[1],
                 attempts=attempts,
                 reason="parallel_first_success",
                 try_order=p.try_order,
             )
         last_name = p.try_order[-1]
-        return RouteOutcome(
-            payload=None,
-            error=results[last_name].error,
-            agent=last_name,
+        return RouteOutcome.of(
+            last_name,
+            results[last_name],
             attempts=attempts,
             reason="all_failed",
             try_order=p.try_order,

@@ -191,12 +191,6 @@ class Metrics(Observer):
         self.middleware_errors.labels(hook).inc()
 
     def routed(
-        self,
-        intent: str,
-        *,
-        strategy: str,
-        status: str,
-        error_code: str | None,
-        seconds: float,
+        self, intent: str, strategy: str, *, status: str, error_code: str | None, seconds: float
     ) -> None:
         self.child(self.route_duration, (self.intent_label(intent), strategy)).observe(seconds)

@@ -171,17 +171,9 @@ class _TracingObserver:
                 break
 
     def routed(
-        self,
-        intent: str,
-        *,
-        strategy: str,
-        status: str,
-        error_code: str | None,
-        seconds: float,
+        self, intent: str, strategy: str, *, status: str, error_code: str | None, seconds: float
     ) -> None:
-        self._inner.routed(
-            intent, strategy=strategy, status=status, error_code=error_code, seconds=seconds
-        )
+        self._inner.routed(intent, strategy, status=status, error_code=error_code, seconds=seconds)
         attempts, _local.attempts = self._attempts(), []
         end = time.time_ns()
         start = min([end - int(seconds * 1e9), *(a.start_ns for a in attempts)])

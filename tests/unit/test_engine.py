@@ -392,7 +392,7 @@ class CountingObserver(Observer):
     def middleware_error(self, middleware: str, hook: str) -> None:
         self.errors.append((middleware, hook))
 
-    def routed(self, intent, *, strategy, status, error_code, seconds) -> None:  # type: ignore[no-untyped-def]
+    def routed(self, intent, strategy, *, status, error_code, seconds) -> None:  # type: ignore[no-untyped-def]
         self.routed_calls.append((intent, strategy, status))
 
 
