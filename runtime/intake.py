@@ -18,7 +18,6 @@ from runtime.canonical import (
     request_id_for_body,
     trace_id_for,
 )
-from runtime.claims import Claim
 from runtime.envelope import (
     IntentEnvelope,
     RequestContext,
@@ -209,13 +208,12 @@ class Refused(Exception):
         worker_id: str,
     ) -> Outcome:
         """The structured error for this message, and its record if its claim is won."""
-        refused = self
-        request_id = refused.request_id
+        request_id = self.request_id
         execution_id = execution_id_for(request_id)
-        trace_id = refused.trace_id(request_id)
-        intent = refused.intent
+        trace_id = self.trace_id(request_id)
+        intent = self.intent
         recorder = ExecutionRecorder(monotonic, arrival.started)
-        error = refused.error
+        error = self.error
         response = response_dict(
             payload=None,
             error=error_dict(error.code, error.message, error.details()),
@@ -231,11 +229,8 @@ class Refused(Exception):
         record = None
         # Recorded only under a claim we win: a malformed twin never writes over, or in
         # place of, the record of the request whose requestId it carries.
-        claim: Claim | None = store.claim(
-            execution_id, user_id=arrival.context.user_id or "", fingerprint=None
-        )
-        if claim is not None and not claim.won:
-            claim = None
+        taken = store.claim(execution_id, user_id=arrival.context.user_id or "", fingerprint=None)
+        claim = taken if taken.won else None
         if claim is not None:
             recorder.event(
                 "INTENT_RECEIVED",
@@ -259,7 +254,7 @@ class Refused(Exception):
                 intent=intent,
                 strategy=None,
                 reason="invalid_request",
-                raw=raw_body_fields(refused.body),
+                raw=raw_body_fields(self.body),
             )
         return Outcome(
             kind="rejected",

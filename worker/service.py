@@ -244,6 +244,10 @@ class Worker:
                 rest()
             except Abandoned:
                 return  # a later handler of the same request overstayed too
+            except Exception:
+                # A bug of ours past the deadline: the delivery stays unacked (the broker
+                # redelivers it when the channel goes), but the pool must keep its size.
+                log.exception("internal error while finishing a timed-out request")
             self._pipeline_loop()
 
         threading.Thread(target=run, name="intentus-pipeline-carry-on", daemon=True).start()
