@@ -1,4 +1,9 @@
-"""End-to-end benchmark: our worker over RabbitMQ against a bare pika echo worker.
+"""End-to-end benchmark: our worker over RabbitMQ against two bare pika echo workers.
+
+The contenders are compared with the equal-durability echo (`durable-echo`: quorum queue,
+persistent replies, publisher confirms, each request acked only after its reply is confirmed),
+which does the broker work the worker does and nothing else; `baseline`, the tuned echo with
+no confirms, shows the box's ceiling.
 
 Each round runs every case, and within a case each contender in turn (baseline, then ours),
 so A B A B over the rounds; ratios are taken within one round. Every contender gets its own
@@ -54,12 +59,13 @@ class Case:
     contenders: tuple[str, ...]
 
 
+ECHOES = ("baseline", "durable-echo")
 CASES = {
     "600B-w256": Case(
-        "600 B, window 256", 600, 256, 10_000, 1_000, ("baseline", "file", "memory", "postgres")
+        "600 B, window 256", 600, 256, 10_000, 1_000, (*ECHOES, "file", "memory", "postgres")
     ),
-    "64KiB-w64": Case("64 KiB, window 64", 64 * 1024 + 600, 64, 2_000, 200, ("baseline", "file")),
-    "600B-w1": Case("600 B, window 1", 600, 1, 2_000, 200, ("baseline", "file", "postgres")),
+    "64KiB-w64": Case("64 KiB, window 64", 64 * 1024 + 600, 64, 2_000, 200, (*ECHOES, "file")),
+    "600B-w1": Case("600 B, window 1", 600, 1, 2_000, 200, (*ECHOES, "file", "postgres")),
 }
 PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DURABLE = ("file", "postgres", "before")  # contenders compared with memory's throughput
@@ -132,14 +138,15 @@ class Contender:
     def start(self) -> int:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         logf = open(self.log, "wb")  # noqa: SIM115 - lives as long as the process
-        if self.kind == "baseline":
+        if self.kind in ECHOES:
             _admin(
                 lambda ch: ch.queue_declare(
                     self.queue, durable=True, arguments={"x-queue-type": "quorum"}
                 )
             )
             self.proc = subprocess.Popen(
-                [PY, "-m", "bench.baseline", "--queue", self.queue],
+                [PY, "-m", "bench.baseline", "--queue", self.queue]
+                + (["--durable"] if self.kind == "durable-echo" else []),
                 cwd=ROOT,
                 stdout=subprocess.PIPE,
                 stderr=logf,
@@ -263,7 +270,7 @@ def run_table(cases: list[str], rounds: int, scale: float) -> dict[str, Any]:
                 r = measure(kind, case.size, case.window, n, int(case.warmup * scale), key)
                 got[kind] = r
                 print(f"round {rnd} {case.name:18} {kind:8} {r.line()}", flush=True)
-            base = got.get("baseline")
+            base, peer = got.get("baseline"), got.get("durable-echo")
             for kind, r in got.items():
                 rows.append(
                     {
@@ -272,6 +279,7 @@ def run_table(cases: list[str], rounds: int, scale: float) -> dict[str, Any]:
                         "contender": kind,
                         "msgs_per_s": r.msgs_per_s,
                         "vs_baseline": r.msgs_per_s / base.msgs_per_s if base else None,
+                        "vs_durable_echo": r.msgs_per_s / peer.msgs_per_s if peer else None,
                         "vs_memory": (
                             r.msgs_per_s / got["memory"].msgs_per_s if "memory" in got else None
                         ),
@@ -295,24 +303,24 @@ def _us(value: float | None) -> str:
     return "" if value is None else f"{value:.0f}"
 
 
+def _ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
 def print_table(data: dict[str, Any]) -> None:
     print()
     print(
-        "| round | case | worker | msgs/s | vs baseline | vs memory | "
+        "| round | case | worker | msgs/s | vs durable echo | vs baseline | vs memory | "
         "worker CPU µs/req | broker CPU µs/req | database CPU µs/req | p50 ms | p99 ms | lost | "
         "mismatched |"
     )
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in data["rows"]:
-        vs_b = f"{r['vs_baseline']:.2f}" if r["vs_baseline"] is not None else ""
-        vs_m = (
-            f"{r['vs_memory']:.2f}"
-            if r["vs_memory"] is not None and r["contender"] in DURABLE
-            else ""
-        )
+        vs_m = r["vs_memory"] if r["contender"] in DURABLE else None
         print(
             f"| {r['round']} | {CASES[r['case']].name} | {r['contender']} | "
-            f"{r['msgs_per_s']:.0f} | {vs_b} | {vs_m} | {r['worker_us_per_req']:.0f} | "
+            f"{r['msgs_per_s']:.0f} | {_ratio(r.get('vs_durable_echo'))} | "
+            f"{_ratio(r['vs_baseline'])} | {_ratio(vs_m)} | {r['worker_us_per_req']:.0f} | "
             f"{r['broker_us_per_req']:.0f} | {_us(r.get('database_us_per_req'))} | "
             f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
             f"{r['lost']} | {r['mismatched']} |"
@@ -320,10 +328,10 @@ def print_table(data: dict[str, Any]) -> None:
     print()
     print("Medians over rounds:")
     print(
-        "| case | worker | msgs/s | vs baseline | vs memory | worker CPU µs/req | "
-        "database CPU µs/req | p50 ms | p99 ms |"
+        "| case | worker | msgs/s | vs durable echo | vs baseline | vs memory | "
+        "worker CPU µs/req | database CPU µs/req | p50 ms | p99 ms |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     keys = dict.fromkeys((r["case"], r["contender"]) for r in data["rows"])
     for case, kind in keys:
         sel = [r for r in data["rows"] if r["case"] == case and r["contender"] == kind]
@@ -332,13 +340,12 @@ def print_table(data: dict[str, Any]) -> None:
             vals = [r[f] for r in sel if r.get(f) is not None]
             return statistics.median(vals) if vals else None
 
-        med_b, med_m = med("vs_baseline"), med("vs_memory")
+        med_m = med("vs_memory") if kind in DURABLE else None
         print(
             f"| {CASES[case].name} | {kind} | {med('msgs_per_s'):.0f} | "
-            f"{'' if med_b is None else f'{med_b:.2f}'} | "
-            f"{'' if med_m is None or kind not in DURABLE else f'{med_m:.2f}'} | "
-            f"{med('worker_us_per_req'):.0f} | {_us(med('database_us_per_req'))} | "
-            f"{med('p50_ms'):.2f} | {med('p99_ms'):.2f} |"
+            f"{_ratio(med('vs_durable_echo'))} | {_ratio(med('vs_baseline'))} | "
+            f"{_ratio(med_m)} | {med('worker_us_per_req'):.0f} | "
+            f"{_us(med('database_us_per_req'))} | {med('p50_ms'):.2f} | {med('p99_ms'):.2f} |"
         )
 
 
@@ -396,8 +403,8 @@ def main() -> None:
     )
     ap.add_argument(
         "--contenders",
-        help="run only these contenders, comma-separated (baseline, file, memory, postgres, "
-        "before, before-memory)",
+        help="run only these contenders, comma-separated (baseline, durable-echo, file, memory, "
+        "postgres, before, before-memory)",
     )
     ap.add_argument(
         "--pg-url",

@@ -113,3 +113,26 @@ class TestEndToEndBench:
             assert (row["lost"], row["mismatched"]) == (0, 0)
         assert rows["postgres"]["database_us_per_req"] > 0
         assert set(pg.execute(pg.PG_URL, query)) <= before
+
+    def test_contenders_are_compared_with_the_equal_durability_echo(
+        self, broker: None, tmp_path: Path
+    ) -> None:
+        """The durable echo answers every request, and every contender gets its ratio to it."""
+        results = tmp_path / "e2e.json"
+        args = ["--cases", "600B-w256", "--scale", "0.02", "--rounds", "1"]
+        args += ["--contenders", "durable-echo,memory", "--json", str(results)]
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.e2e", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        rows = {r["contender"]: r for r in json.loads(results.read_text())["rows"]}
+        assert set(rows) == {"durable-echo", "memory"}
+        for row in rows.values():
+            assert (row["lost"], row["mismatched"]) == (0, 0)
+        assert rows["durable-echo"]["vs_durable_echo"] == 1.0
+        assert rows["memory"]["vs_durable_echo"] > 0
+        assert "vs durable echo" in proc.stdout
