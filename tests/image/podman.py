@@ -72,8 +72,9 @@ def prepare() -> Podman:
 
 
 def build(podman: Podman) -> subprocess.CompletedProcess[str]:
-    """Build deploy/Dockerfile on the local base image (docker format keeps HEALTHCHECK)."""
-    return podman.run(
+    """Build deploy/Dockerfile on the local base image (docker format keeps HEALTHCHECK),
+    then drop the images earlier builds left untagged, so the storage does not grow."""
+    result = podman.run(
         "build",
         "--file",
         str(DOCKERFILE),
@@ -90,6 +91,9 @@ def build(podman: Podman) -> subprocess.CompletedProcess[str]:
         timeout=600,
         check=False,
     )
+    if result.returncode == 0:
+        podman.run("image", "prune", "--force", check=False)
+    return result
 
 
 @dataclass
