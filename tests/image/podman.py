@@ -73,11 +73,15 @@ def prepare() -> Podman:
 
 def build(podman: Podman) -> subprocess.CompletedProcess[str]:
     """Build deploy/Dockerfile on the local base image (docker format keeps HEALTHCHECK),
-    then drop the images earlier builds left untagged, so the storage does not grow."""
+    then drop untagged images older than a day (earlier builds), so the storage does not
+    grow; recent ones are the layer cache of the next build."""
     result = podman.run(
         "build",
         "--file",
         str(DOCKERFILE),
+        # Docker reads <Dockerfile>.dockerignore by itself; this podman needs to be told.
+        "--ignorefile",
+        str(DOCKERFILE.with_name("Dockerfile.dockerignore")),
         "--build-arg",
         f"BASE_IMAGE={podman.base_image}",
         "--pull=never",
@@ -92,7 +96,7 @@ def build(podman: Podman) -> subprocess.CompletedProcess[str]:
         check=False,
     )
     if result.returncode == 0:
-        podman.run("image", "prune", "--force", check=False)
+        podman.run("image", "prune", "--force", "--filter", "until=24h", check=False)
     return result
 
 
