@@ -97,6 +97,14 @@ def dockerfile_env(commands: list[Any]) -> dict[str, str]:
     return env
 
 
+def dockerfile_base_image() -> str:
+    """The default of the Dockerfile's global `ARG BASE_IMAGE` (declared before any FROM)."""
+    commands = list(parsed_dockerfile())
+    first_from = min(i for i, c in enumerate(commands) if c.cmd == "FROM")
+    args = dict(v.split("=", 1) for c in commands[:first_from] if c.cmd == "ARG" for v in c.value)
+    return args["BASE_IMAGE"]
+
+
 def duration_s(text: str) -> float:
     total = 0.0
     for amount, unit in re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text):
@@ -210,6 +218,16 @@ class TestComposeModel:
                     assert Path(volume["source"]).exists(), volume["source"]
         build = worker["build"]
         assert (Path(build["context"]) / build["dockerfile"]).resolve() == DOCKERFILE.resolve()
+        # The image the test suite builds and runs: same Dockerfile, same default base.
+        assert build["args"] == {"BASE_IMAGE": dockerfile_base_image()}
+
+    def test_base_image_from_the_environment(self) -> None:
+        """BASE_IMAGE (from the shell or deploy/.env) reaches the worker's build, as the
+        Dockerfile's build argument of the same name."""
+        result = self.resolved(COMPOSE_FILE, env={"BASE_IMAGE": "localhost/base:bookworm"})
+        assert result.returncode == 0, result.stderr
+        build = json.loads(result.stdout)["services"]["worker"]["build"]
+        assert build["args"] == {"BASE_IMAGE": "localhost/base:bookworm"}
 
     def test_postgres_password_from_the_environment(self) -> None:
         """POSTGRES_PASSWORD (from the shell or deploy/.env) reaches the server and the workers."""
@@ -382,9 +400,17 @@ class TestDockerfile:
     """The image definition, parsed by BuildKit's parser."""
 
     def test_multi_stage_slim_non_root(self) -> None:
+        """Both stages on BASE_IMAGE, by default the official slim Python image of the
+        package's minimum version; the final stage runs as a non-root uid."""
         froms = [c for c in parsed_dockerfile() if c.cmd == "FROM"]
         assert len(froms) == 2
-        assert all("-slim" in c.value[0] for c in froms)
+        assert [c.value[0] for c in froms] == ["${BASE_IMAGE}", "${BASE_IMAGE}"]
+        base = dockerfile_base_image()
+        requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+            "requires-python"
+        ]
+        minimum = re.search(r">=\s*(\d+\.\d+)", requires)
+        assert minimum is not None and base == f"python:{minimum[1]}-slim"
         (user,) = [c for c in final_stage() if c.cmd == "USER"]
         uid = user.value[0].split(":")[0]
         assert uid.isdigit() and int(uid) != 0
