@@ -9,6 +9,7 @@ from typing import Any
 from runtime.pgstore.connection import Connected
 from runtime.pgstore.schema import TABLE, one_row
 from runtime.query import RecordFilter
+from runtime.replay import stat_key
 
 #: The RecordFilter fields compared with indexed columns of the same name.
 _INDEXED = ("intent", "status", "error_code", "agent")
@@ -114,7 +115,7 @@ class RecordQueries(Connected):
                         + (" AND error_code IS NOT NULL" if column == "error_code" else "")
                         + f" GROUP BY {column}"
                     ).fetchall()
-                    out[key] = {str(name): int(n) for name, n in rows}
+                    out[key] = {stat_key(name): int(n) for name, n in rows}
         except self._psycopg.Error as exc:
             raise self._error("cannot count records", exc) from None
         return out
