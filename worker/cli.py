@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--no-wait",
         action="store_true",
-        help="exit once the broker confirmed the request; print its requestId",
+        help="exit once the broker confirmed the request; print its requestId and the "
+        "correlation id its reply will carry (the requestId when it fits in 255 bytes)",
     )
     configuration.add_arguments(s, ["amqp_url", "queue"])
 
@@ -195,7 +196,9 @@ def _payload(text: str) -> dict[str, Any]:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
+    from worker.calls import correlation_id_for
     from worker.client import IntentusClient
+    from worker.intents import new_request_id
 
     cfg = configuration.load(args)
     payload = _payload(args.payload)
@@ -214,8 +217,19 @@ def cmd_send(args: argparse.Namespace) -> int:
         }
         try:
             if args.no_wait:
-                request_id = client.send_intent(name, payload, wait=False, **options)
-                print(json.dumps({"published": True, "queue": cfg.queue, "requestId": request_id}))
+                # Chosen here to be printed: the reply (on the default reply queue) carries
+                # this correlation id, the requestId itself whenever it fits the property.
+                request_id = args.request_id or new_request_id()
+                correlation_id = correlation_id_for(request_id)
+                options.update(request_id=request_id, correlation_id=correlation_id)
+                client.send_intent(name, payload, wait=False, **options)
+                published = {
+                    "published": True,
+                    "queue": cfg.queue,
+                    "requestId": request_id,
+                    "correlationId": correlation_id,
+                }
+                print(json.dumps(published))
                 return EXIT_OK
             response = client.send_intent(name, payload, **options)
         except ValueError as exc:  # a malformed --traceparent

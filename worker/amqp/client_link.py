@@ -221,7 +221,9 @@ class ClientLink:
             del self._pending[sequence]
             self._sequence -= 1
             error: ClientError
-            if isinstance(exc, pika.exceptions.AMQPError):
+            # Encoding happens before anything is written: the connection is still fine.
+            encoding = isinstance(exc, pika.exceptions.ShortStringTooLong)
+            if isinstance(exc, pika.exceptions.AMQPError) and not encoding:
                 error = ConnectionLost(f"publish failed: {describe(exc)}")
             else:
                 error = PublishFailed(f"the request could not be encoded: {describe(exc)}")
