@@ -138,10 +138,14 @@ class TestGenerations:
         # The owner runs until the test lets it finish: what is checked while it runs cannot
         # depend on how long the steps before took (a fixed sleep lost that race when the
         # machine was busy, and the copies were answered before they could be seen parked).
-        release = threading.Event()
+        # The copy is sent once the owner runs: two copies claimed at the very same instant
+        # test the engine's twin handling, not lost channels (and, until the engine registers
+        # an id before claiming it, one of them could be answered in doubt).
+        entered, release = threading.Event(), threading.Event()
 
         @registry.agent("gated", intents=["GatedIntent"])
         def gated(env: Any) -> dict[str, Any]:
+            entered.set()
             release.wait(60)
             return {"released": True}
 
@@ -150,6 +154,7 @@ class TestGenerations:
         held = request("gen-park", intent="GatedIntent")
         try:
             t.publish(held, reply_to="rq")
+            assert entered.wait(10)
             t.publish(held, reply_to="rq")
             parking = running.worker.parking
             assert t.wait_for(lambda: len(parking) == 1)
