@@ -20,6 +20,7 @@ from tests.support.workerproc import ROOT
 class Dist:
     wheel: Path
     sdist: Path
+    log: str  # what the build printed
 
 
 @dataclass(frozen=True)
@@ -72,13 +73,14 @@ def source_files() -> list[str]:
     return sorted(p for p in out.split("\0") if p and (ROOT / p).is_file())
 
 
-def _checked(cmd: list[str | Path], *, cwd: Path, env: dict[str, str] | None = None) -> None:
+def _checked(cmd: list[str | Path], *, cwd: Path, env: dict[str, str] | None = None) -> str:
     proc = subprocess.run(
         [str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, check=False
     )
     if proc.returncode != 0:
         command = " ".join(map(str, cmd))
         pytest.fail(f"{command} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="session")
@@ -91,10 +93,10 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Dist:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, target)
     out = base / "out"
-    _checked([sys.executable, "-m", "build", "--outdir", out, src], cwd=base)
+    log = _checked([sys.executable, "-m", "build", "--outdir", out, src], cwd=base)
     (wheel,) = out.glob("*.whl")
     (sdist,) = out.glob("*.tar.gz")
-    return Dist(wheel=wheel, sdist=sdist)
+    return Dist(wheel=wheel, sdist=sdist, log=log)
 
 
 @pytest.fixture(scope="session")

@@ -48,6 +48,11 @@ def test_the_checkout_has_what_the_packages_must_carry() -> None:
     assert {"worker.amqp.consumer", "runtime.pgstore"} <= modules()
 
 
+def test_the_build_uses_nothing_its_backend_has_deprecated(dist: Dist) -> None:
+    """A deprecation in the build configuration is a build that stops working later."""
+    assert "deprecated" not in dist.log.lower(), dist.log
+
+
 def test_the_wheel_holds_every_module_static_file_and_py_typed(dist: Dist) -> None:
     names = set(zipfile.ZipFile(dist.wheel).namelist())
     missing = [p for p in shipped_files() if p not in names]
