@@ -9,7 +9,6 @@ from typing import Any
 from runtime.pgstore.connection import Connected
 from runtime.pgstore.schema import TABLE, one_row
 from runtime.query import RecordFilter
-from runtime.replay import stat_key
 
 #: The RecordFilter fields compared with indexed columns of the same name.
 _INDEXED = ("intent", "status", "error_code", "agent")
@@ -95,6 +94,8 @@ class RecordQueries(Connected):
 
     def stats(self) -> dict[str, Any]:
         """Counts by status, kind, intent, agent and error code (index scans, no parsing)."""
+        from runtime.replay import stat_key  # names a missing intent or agent as files do
+
         out: dict[str, Any] = {}
         try:
             with self.pool.connection() as conn:
