@@ -130,8 +130,8 @@ class Request:
         same_request: bool = True,
     ) -> Outcome:
         """An answer with `error` and no agent; of another request's id (`same_request`
-        false: a conflict) it names no intent or strategy."""
-        intent = self.intent if same_request else None
+        false: a conflict) the reply names no strategy. The outcome keeps this request's
+        intent either way: it is what was asked for, and what metrics count it under."""
         strategy = self.strategy if same_request else None
         response = response_dict(
             payload=None,
@@ -152,7 +152,7 @@ class Request:
             trace_id=self.trace_id,
             response=response,
             body=response_body(response),
-            intent=intent,
+            intent=self.intent,
             strategy=strategy,
         )
 

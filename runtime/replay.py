@@ -290,6 +290,14 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+#: How stats name a record without an intent or agent (rejected input, say): never "None".
+NO_NAME = "(none)"
+
+
+def stat_key(value: object) -> str:
+    return NO_NAME if value is None else str(value)
+
+
 def stats(store: RecordStore) -> dict[str, Any]:
     own = getattr(store, "stats", None)
     if own is not None:  # an indexed backend counts without reading every record
@@ -307,10 +315,10 @@ def stats(store: RecordStore) -> dict[str, Any]:
             unreadable += 1
             continue
         s = summary(record)
-        by_status[str(s["status"])] += 1
-        by_intent[str(s["intent"])] += 1
-        by_agent[str(s["agent"])] += 1
-        by_kind[str(s["kind"])] += 1
+        by_status[stat_key(s["status"])] += 1
+        by_intent[stat_key(s["intent"])] += 1
+        by_agent[stat_key(s["agent"])] += 1
+        by_kind[stat_key(s["kind"])] += 1
         if s["errorCode"]:
             by_error[str(s["errorCode"])] += 1
     return {
@@ -326,6 +334,7 @@ def stats(store: RecordStore) -> dict[str, Any]:
 
 __all__ = [
     "MISSING",
+    "NO_NAME",
     "ROUTING_UNCHECKED",
     "RequestContext",
     "Verification",

@@ -118,7 +118,7 @@ class AsyncIntentusClient(ClientBase):
         conn = await self._connection(deadline)  # bounded by the deadline itself
         future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
         call = _Call(wait=request.reply, link=conn, future=future)
-        self._calls.add(request.correlation_id, call)
+        request = self._register(request, call)
         try:
             conn.publish(request, lambda error: calls.Calls.on_confirm(call, error))
             remaining = max(0.0, deadline - time.monotonic())

@@ -9,7 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol, Required, TypedDict
 
 from runtime.canonical import dumps
@@ -26,6 +26,31 @@ DEFAULT_CONNECT_TIMEOUT_S = 10.0
 Payload = Mapping[str, Any] | None
 
 
+#: AMQP short strings (message_id, correlation_id) hold at most this many bytes; a requestId
+#: may be longer (up to 1024 characters): it always travels in the envelope.
+SHORT_STRING_BYTES = 255
+
+
+def fits_property(value: str) -> bool:
+    return len(value.encode()) <= SHORT_STRING_BYTES
+
+
+def correlation_id_for(request_id: str) -> str:
+    """A request's default correlation id: its requestId when that fits in the AMQP
+    property (so a reply read elsewhere, `send --no-wait`'s, is matched by the requestId the
+    caller knows), else a generated one."""
+    return request_id if fits_property(request_id) else uuid.uuid4().hex
+
+
+def _checked_property(name: str, value: str | None) -> str | None:
+    if value is not None and not fits_property(value):
+        raise ValueError(
+            f"{name}: at most {SHORT_STRING_BYTES} bytes (an AMQP short string), "
+            f"got {len(value.encode())}"
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class ClientRequest:
     """One request as a client hands it to its link."""
@@ -33,10 +58,12 @@ class ClientRequest:
     queue: str
     body: bytes
     correlation_id: str
-    message_id: str
+    message_id: str | None  # the requestId when it fits the property, else none
     reply: bool
     headers: dict[str, Any]
     priority: int | None
+    request_id: str = ""
+    correlation_chosen: bool = True  # by the caller: never replaced (see ClientBase._register)
 
 
 class IntentOptions(TypedDict, total=False):
@@ -106,42 +133,50 @@ def intent_request(
     traceparent = envelope_fields.pop("traceparent", None)
     envelope_fields["source"] = envelope_fields.get("source") or source
     priority = amqp_priority(envelope_fields.get("priority"))
+    _checked_property("correlation_id", correlation_id)
     envelope = build_envelope(intent_name, payload, **envelope_fields)
+    request_id: str = envelope["metadata"]["requestId"]
     return ClientRequest(
         queue=queue,
         body=dumps(envelope),
-        correlation_id=correlation_id or uuid.uuid4().hex,
-        message_id=envelope["metadata"]["requestId"],
+        correlation_id=correlation_id or correlation_id_for(request_id),
+        message_id=request_id if fits_property(request_id) else None,
         reply=wait,
         headers={
             "traceparent": check_traceparent(traceparent) if traceparent else new_traceparent()
         },
         priority=priority,
+        request_id=request_id,
+        correlation_chosen=bool(correlation_id),
     )
 
 
 def raw_request(queue: str, body: bytes, options: RawOptions) -> ClientRequest:
     """The request of one `send_raw`: a fresh `traceparent` unless its headers have one."""
     _check_keywords("send_raw", options, RawOptions.__optional_keys__)
-    correlation_id = options.get("correlation_id") or uuid.uuid4().hex
+    chosen = _checked_property("correlation_id", options.get("correlation_id"))
+    correlation_id = chosen or uuid.uuid4().hex
+    message_id = _checked_property("message_id", options.get("message_id")) or correlation_id
     return ClientRequest(
         queue=queue,
         body=body,
         correlation_id=correlation_id,
-        message_id=options.get("message_id") or correlation_id,
+        message_id=message_id,
         reply=options.get("wait", True),
         headers={"traceparent": new_traceparent(), **(options.get("headers") or {})},
         priority=options.get("priority"),
+        request_id=message_id,
+        correlation_chosen=bool(chosen),
     )
 
 
 def answer(request: ClientRequest, body: bytes | None) -> AgentResponse | str:
     """What `send_intent` returns: the reply, or without one the requestId."""
-    return request.message_id if body is None else AgentResponse.from_json(body)
+    return request.request_id if body is None else AgentResponse.from_json(body)
 
 
 def timeout_error(request: ClientRequest, timeout: float, *, confirmed: bool) -> RequestTimeout:
-    request_id = request.message_id
+    request_id = request.request_id
     if request.reply:
         what = f"no reply to requestId {request_id!r} within {timeout:g} s"
         if not confirmed:
@@ -179,10 +214,15 @@ class Calls:
         self._lock = threading.Lock()
 
     def add(self, correlation_id: str, call: Call) -> None:
+        if not self.try_add(correlation_id, call):
+            raise ClientError(f"correlation id {correlation_id!r} is already in flight")
+
+    def try_add(self, correlation_id: str, call: Call) -> bool:
         with self._lock:
             if correlation_id in self._calls:
-                raise ClientError(f"correlation id {correlation_id!r} is already in flight")
+                return False
             self._calls[correlation_id] = call
+            return True
 
     def remove(self, correlation_id: str, call: Call) -> None:
         with self._lock:
@@ -256,6 +296,18 @@ class ClientBase:
         if not isinstance(error, ClientClosed):
             log.info("%s", error)  # every waiter gets it raised; no need to shout twice
         self._calls.fail(error, conn)
+
+    def _register(self, request: ClientRequest, call: Call) -> ClientRequest:
+        """Put `call` in flight under the request's correlation id. The same requestId sent
+        again while its first send still waits gets a generated correlation id instead of
+        its default (the requestId), so each caller gets its own reply."""
+        if self._calls.try_add(request.correlation_id, call):
+            return request
+        if request.correlation_chosen:
+            raise ClientError(f"correlation id {request.correlation_id!r} is already in flight")
+        request = replace(request, correlation_id=uuid.uuid4().hex, correlation_chosen=True)
+        self._calls.add(request.correlation_id, call)
+        return request
 
     def _connect_budget(self, deadline: float) -> float:
         """The time left to connect in, within the request's deadline."""

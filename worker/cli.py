@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -88,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--no-wait",
         action="store_true",
-        help="exit once the broker confirmed the request; print its requestId",
+        help="exit once the broker confirmed the request; print its requestId and the "
+        "correlation id its reply will carry (the requestId when it fits in 255 bytes)",
     )
     configuration.add_arguments(s, ["amqp_url", "queue"])
 
@@ -104,10 +106,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _run(argv)
+    except BrokenPipeError:
+        # The reader left early (`intentus ... | head`): nothing more can be said on stdout.
+        # Point it at /dev/null so the interpreter's final flush cannot fail again; exit 1
+        # as Python itself does for a broken pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # here, where a broken pipe is caught, not at exit
+        return code
     except WorkerError as exc:
         print(f"intentus: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -180,7 +196,9 @@ def _payload(text: str) -> dict[str, Any]:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
+    from worker.calls import correlation_id_for
     from worker.client import IntentusClient
+    from worker.intents import new_request_id
 
     cfg = configuration.load(args)
     payload = _payload(args.payload)
@@ -199,8 +217,19 @@ def cmd_send(args: argparse.Namespace) -> int:
         }
         try:
             if args.no_wait:
-                request_id = client.send_intent(name, payload, wait=False, **options)
-                print(json.dumps({"published": True, "queue": cfg.queue, "requestId": request_id}))
+                # Chosen here to be printed: the reply (on the default reply queue) carries
+                # this correlation id, the requestId itself whenever it fits the property.
+                request_id = args.request_id or new_request_id()
+                correlation_id = correlation_id_for(request_id)
+                options.update(request_id=request_id, correlation_id=correlation_id)
+                client.send_intent(name, payload, wait=False, **options)
+                published = {
+                    "published": True,
+                    "queue": cfg.queue,
+                    "requestId": request_id,
+                    "correlationId": correlation_id,
+                }
+                print(json.dumps(published))
                 return EXIT_OK
             response = client.send_intent(name, payload, **options)
         except ValueError as exc:  # a malformed --traceparent

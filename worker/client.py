@@ -142,7 +142,8 @@ class IntentusClient(ClientBase):
         `priority` LOW, NORMAL (default), HIGH or CRITICAL, also published as the AMQP
         priority (see PRIORITIES); `source` defaults to the client's; `request_id` defaults
         to a new unique id (re-sending one gets its recorded answer, nothing runs twice);
-        `correlation_id` defaults to a new unique id; `traceparent` (W3C) defaults to a new
+        `correlation_id` defaults to the requestId (a new unique id when the requestId is
+        longer than the 255 bytes the property holds); `traceparent` (W3C) defaults to a new
         trace, and is sent as the `traceparent` header. Raises RequestTimeout after
         `timeout` seconds, ConnectionLost, PublishFailed or ClientClosed.
         """
@@ -162,7 +163,7 @@ class IntentusClient(ClientBase):
         deadline = time.monotonic() + timeout
         conn = self._connection(deadline)
         call = _Call(wait=request.reply, link=conn)
-        self._calls.add(request.correlation_id, call)
+        request = self._register(request, call)
         try:
             if not conn.alive:  # died between the check above and registering the call
                 raise fresh(conn.link.lost or ConnectionLost("the client connection is not open"))

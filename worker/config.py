@@ -163,6 +163,26 @@ def mask_url(url: str) -> str:
     return _URL_PASSWORD.sub(r"\1***@", url)
 
 
+def url_problem(url: str) -> str | None:
+    """Why `url` cannot be read as scheme://user:password@host:port/path, or None.
+
+    An unencoded "/", "?" or "#" in the password ends the URL's authority early: what
+    follows would be taken for the port, path, query or fragment, and a fragment of the
+    password for the password. The answer repeats no part of the URL: it may be a secret."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        parts = None
+    if parts is None or "@" in parts.path + parts.query + parts.fragment:
+        return (
+            "cannot be read as scheme://user:password@host:port/...: percent-encode any of "
+            ": / ? # @ [ ] % and spaces in the user name and password (# as %23, / as %2F, "
+            "? as %3F, @ as %40, % as %25)"
+        )
+    return None
+
+
 def option_error(name: str, why: str) -> ConfigError:
     """A configuration error in the one format used everywhere: `INTENTUS_X (--x): why`."""
     opt = OPTIONS[name]
@@ -239,6 +259,10 @@ def validate(cfg: Config) -> None:
         raise bad("log_format", f"must be text or json, got {cfg.log_format!r}")
     if cfg.log_level.lower() not in LOG_LEVELS:
         raise bad("log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {cfg.log_level!r}")
+    for name, url in (("amqp_url", cfg.amqp_url), ("records_url", cfg.records_url)):
+        problem = url_problem(url) if url else None
+        if problem:
+            raise bad(name, problem)
     if cfg.records_url and urlsplit(cfg.records_url).scheme not in ("postgresql", "postgres"):
         raise bad(
             "records_url",

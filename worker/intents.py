@@ -37,6 +37,10 @@ def check_traceparent(traceparent: str) -> str:
     return value
 
 
+def new_request_id() -> str:
+    return f"req-{uuid.uuid4().hex}"
+
+
 def build_envelope(
     intent_name: str,
     payload: Mapping[str, Any] | None = None,
@@ -63,7 +67,7 @@ def build_envelope(
     if tags:
         context["tags"] = list(tags)
     metadata: dict[str, Any] = {
-        "requestId": request_id or f"req-{uuid.uuid4().hex}",
+        "requestId": request_id or new_request_id(),
         "source": source,
     }
     if trace_id:

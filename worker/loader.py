@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sys
+from collections.abc import Callable
 
 from runtime.errors import PolicyError
 from runtime.policy import Policy, load_policy
@@ -36,12 +38,49 @@ def load_agents(spec: str) -> AgentRegistry:
             "agents", f"module {module_name!r} has no attribute {attribute!r}"
         ) from None
     if callable(value) and not isinstance(value, AgentRegistry):
-        value = value()
+        value = _from_factory(spec, value)
     if not isinstance(value, AgentRegistry):
-        raise option_error("agents", f"{spec} is a {type(value).__name__}, not an AgentRegistry")
+        raise option_error(
+            "agents",
+            f"expected an AgentRegistry (or a function of no arguments returning one), "
+            f"but {spec} is {_described(value)}",
+        )
     if len(value) == 0:
         raise option_error("agents", f"{spec} has no agents registered")
     return value
+
+
+def _described(value: object) -> str:
+    kind = type(value).__name__
+    return f"a {kind}" if kind[:1].lower() not in "aeiou" else f"an {kind}"
+
+
+def _from_factory(spec: str, factory: Callable[..., object]) -> object:
+    """Call a factory of no arguments; anything else (an agent's handler, most often) is
+    named for what it is instead of failing with the TypeError of a wrong call."""
+    try:
+        inspect.signature(factory).bind()
+    except TypeError:
+        raise option_error(
+            "agents",
+            f"expected an AgentRegistry (or a function of no arguments returning one), but "
+            f"{spec} is a {type(factory).__name__} taking arguments {_signature(factory)}: an "
+            f"agent's handler? Register it on an AgentRegistry with @registry.agent(...) "
+            f"and name the registry",
+        ) from None
+    except ValueError:  # no signature to read (some builtins): just call it
+        pass
+    try:
+        return factory()
+    except Exception as exc:
+        raise option_error("agents", f"{spec}() raised {type(exc).__name__}: {exc}") from None
+
+
+def _signature(value: Callable[..., object]) -> str:
+    try:
+        return str(inspect.signature(value))
+    except (TypeError, ValueError):
+        return "(...)"
 
 
 def load_policy_file(path: str) -> Policy:

@@ -94,6 +94,8 @@ class RecordQueries(Connected):
 
     def stats(self) -> dict[str, Any]:
         """Counts by status, kind, intent, agent and error code (index scans, no parsing)."""
+        from runtime.replay import stat_key  # names a missing intent or agent as files do
+
         out: dict[str, Any] = {}
         try:
             with self.pool.connection() as conn:
@@ -114,7 +116,7 @@ class RecordQueries(Connected):
                         + (" AND error_code IS NOT NULL" if column == "error_code" else "")
                         + f" GROUP BY {column}"
                     ).fetchall()
-                    out[key] = {str(name): int(n) for name, n in rows}
+                    out[key] = {stat_key(name): int(n) for name, n in rows}
         except self._psycopg.Error as exc:
             raise self._error("cannot count records", exc) from None
         return out

@@ -21,17 +21,17 @@ def test_demo_commands_can_be_pasted(tmp_path: Path) -> None:
     require_broker()
     queue = unique("it-demo")
     env = {k: v for k, v in os.environ.items() if not k.startswith("INTENTUS_")}
+    metrics_addr = f"127.0.0.1:{free_port()}"
     env.update(
         {
-            "INTENTUS_QUEUE": queue,
             "INTENTUS_REPLY_QUEUE": f"{queue}.replies",
             "INTENTUS_RECORDS_DIR": str(tmp_path / "records"),
-            "INTENTUS_METRICS_ADDR": f"127.0.0.1:{free_port()}",
+            "INTENTUS_METRICS_ADDR": metrics_addr,
         }
     )
     try:
         done = subprocess.run(
-            ["bash", "deploy/local/demo", "--once"],
+            ["bash", "deploy/local/demo", "--once", "--queue", queue],
             cwd=str(ROOT),
             env=env,
             capture_output=True,
@@ -50,3 +50,8 @@ def test_demo_commands_can_be_pasted(tmp_path: Path) -> None:
     assert '\'{"text": "A long text' in done.stdout
     assert ". .venv/bin/activate" in done.stdout
     assert (tmp_path / "worker.log").is_file()
+    # what it uses is said, not assumed: the queue chosen, its reply queue, the port
+    assert f"request queue:   {queue}" in done.stdout
+    assert f"reply queue:     {queue}.replies" in done.stdout
+    assert f"metrics address: {metrics_addr}" in done.stdout
+    assert "processed" in done.stdout or '"status": "success"' in done.stdout

@@ -19,7 +19,7 @@ from pika.channel import Channel
 from worker.amqp.connect import PERSISTENT, describe, parameters, translated
 from worker.amqp.publisher import settle_confirmed
 from worker.calls import ClientRequest
-from worker.config import mask_url
+from worker.config import mask_url, url_problem
 from worker.errors import ClientClosed, ClientError, ConnectionLost, PublishFailed
 
 log = logging.getLogger("intentus.amqp")
@@ -72,6 +72,9 @@ class ClientLink:
 
     def open(self, factory: Callable[..., Any]) -> Any:
         """Start connecting with `factory` (pika.SelectConnection or AsyncioConnection)."""
+        problem = url_problem(self.url)
+        if problem:
+            raise ClientError(f"invalid broker URL: {problem}")
         try:
             params = parameters(self.url, self.name)
         except (ValueError, TypeError, pika.exceptions.AMQPError) as exc:
@@ -218,7 +221,9 @@ class ClientLink:
             del self._pending[sequence]
             self._sequence -= 1
             error: ClientError
-            if isinstance(exc, pika.exceptions.AMQPError):
+            # Encoding happens before anything is written: the connection is still fine.
+            encoding = isinstance(exc, pika.exceptions.ShortStringTooLong)
+            if isinstance(exc, pika.exceptions.AMQPError) and not encoding:
                 error = ConnectionLost(f"publish failed: {describe(exc)}")
             else:
                 error = PublishFailed(f"the request could not be encoded: {describe(exc)}")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
+from runtime import AgentRegistry
 from tests.unit.worker.conftest import FlakyStore, Running, request
 from worker.errors import EXIT_OK
 
@@ -127,24 +130,64 @@ class TestGenerations:
         assert t.generation == 1
         assert running.worker.metrics.broker_reconnects._value.get() == 1
 
-    def test_parked_deliveries_of_a_lost_channel_are_dropped(self, start: Start) -> None:
+    def test_parked_deliveries_of_a_lost_channel_are_dropped(
+        self, start: Start, registry: AgentRegistry
+    ) -> None:
         """A duplicate parked behind a running request is let go when its channel is lost
         (the broker redelivers it), instead of waiting for the owner with a stale tag."""
+        # The owner runs until the test lets it finish: what is checked while it runs cannot
+        # depend on how long the steps before took (a fixed sleep lost that race when the
+        # machine was busy, and the copies were answered before they could be seen parked).
+        # The copy is sent once the owner runs: two copies claimed at the very same instant
+        # test the engine's twin handling, not lost channels (and, until the engine registers
+        # an id before claiming it, one of them could be answered in doubt).
+        entered, release = threading.Event(), threading.Event()
+
+        @registry.agent("gated", intents=["GatedIntent"])
+        def gated(env: Any) -> dict[str, Any]:
+            entered.set()
+            release.wait(60)
+            return {"released": True}
+
         running = start(concurrency=2)
         t = running.transport
-        slow = request("gen-park", intent="SleepIntent", seconds=1.5)
-        t.publish(slow, reply_to="rq")
-        t.publish(slow, reply_to="rq")
-        parking = running.worker.parking
-        assert t.wait_for(lambda: len(parking) == 1)
-        t.lose_connection()
-        assert t.wait_for(lambda: t.generation == 1)
-        # both redelivered copies wait for the running one, and nothing of the lost channel
-        assert t.wait_for(
-            lambda: [d.generation for d in parking.deliveries()] == [1, 1], timeout=1.0
-        ), [d.generation for d in parking.deliveries()]
-        assert t.wait_for(lambda: len(t.replies) >= 2, timeout=10)
+        held = request("gen-park", intent="GatedIntent")
+        try:
+            t.publish(held, reply_to="rq")
+            assert entered.wait(10)
+            t.publish(held, reply_to="rq")
+            parking = running.worker.parking
+            assert t.wait_for(lambda: len(parking) == 1)
+            t.lose_connection()
+            assert t.wait_for(lambda: t.generation == 1)
+            # both redelivered copies wait for the running one, and nothing of the lost channel
+            assert t.wait_for(lambda: [d.generation for d in parking.deliveries()] == [1, 1]), [
+                d.generation for d in parking.deliveries()
+            ]
+            assert t.replies == []
+        finally:
+            release.set()
+        assert t.wait_for(lambda: len(t.replies) >= 2)
         assert len({r.body for r in t.replies}) == 1
+
+
+class TestMetrics:
+    def test_idempotency_conflict_is_counted_under_its_registered_intent(
+        self, start: Start
+    ) -> None:
+        """The conflicting request asked for a registered intent: that is its label."""
+        running = start()
+        t = running.transport
+        t.publish(request("conflict-1", document_id="doc-1"), reply_to="rq")
+        assert t.wait_for(lambda: len(t.replies) == 1)
+        t.publish(request("conflict-1", document_id="doc-2"), reply_to="rq")
+        assert t.wait_for(lambda: len(t.replies) == 2)
+        codes = [(json.loads(r.body)["error"] or {}).get("code") for r in t.replies]
+        assert codes == [None, "IDEMPOTENCY_CONFLICT"]
+        intents = running.worker.metrics.intents
+        conflict = intents.labels("ProcessIntent", "error", "IDEMPOTENCY_CONFLICT")
+        assert conflict._value.get() == 1
+        assert intents.labels("unknown", "error", "IDEMPOTENCY_CONFLICT")._value.get() == 0
 
 
 class TestConsumerCancel:
