@@ -74,6 +74,10 @@ class RecordStoreError(IntentusError):
     """The record store cannot read or write."""
 
 
+class RecordUnstorable(RecordStoreError):
+    """The store refuses this one record (a value it cannot hold); it works for the others."""
+
+
 class RecordExists(RecordStoreError):
     """A record with this executionId already exists; records are never rewritten."""
 

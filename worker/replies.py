@@ -4,11 +4,68 @@ dead letter, wait for their confirms, then ack (or nack for redelivery if one fa
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+from runtime.errors import ErrorCode
+from runtime.response import error_dict, response_body, response_dict
 from worker import tracing
 from worker.metrics import Metrics
-from worker.pipeline import Decision, Delivery
+from worker.pipeline import Decision, Delivery, Reply
 from worker.transport import Transport
+
+
+def error_instead(
+    reply: Reply,
+    response: dict[str, Any],
+    *,
+    code: ErrorCode,
+    message: str,
+    details: dict[str, Any],
+) -> Reply:
+    """The same reply (destination, correlation id, headers) with an error in place of the
+    response: its metadata kept, so the error names the execution it stands for."""
+    meta = response.get("metadata") or {}
+    body = response_body(
+        response_dict(
+            payload=None,
+            error=error_dict(code, message, details),
+            execution_id=str(meta.get("execution_id", "")),
+            request_id=meta.get("request_id"),
+            trace_id=meta.get("trace_id"),
+            agent=meta.get("agent"),
+            strategy=meta.get("strategy"),
+            attempts=int(meta.get("attempts") or 0),
+            latency_ms=float(meta.get("latency_ms") or 0.0),
+            replayable=bool(meta.get("replayable")),
+        )
+    )
+    return Reply(
+        routing_key=reply.routing_key,
+        body=body,
+        correlation_id=reply.correlation_id,
+        headers={**reply.headers, "x-intentus-status": "error"},
+    )
+
+
+def unstorable(decision: Decision, why: str) -> Decision:
+    """The answer to a message whose record the store refuses (a value it cannot hold): an
+    error reply and a dead letter. An agent that ran is never run again for its requestId (its
+    claim stays, so a duplicate is answered EXECUTION_IN_DOUBT), and this reply says the same;
+    without an agent, the answer already is an error and goes as it is."""
+    outcome = decision.outcome
+    reply = decision.reply
+    if reply is not None and outcome.agent_ran:
+        reply = error_instead(
+            reply,
+            outcome.response,
+            code=ErrorCode.EXECUTION_IN_DOUBT,
+            message=(
+                f"the record of this execution could not be stored ({why}); its agent may have"
+                " run, and is not run again for this requestId"
+            ),
+            details={"execution_id": outcome.execution_id},
+        )
+    return Decision(outcome, reply, f"record not stored: {why}")
 
 
 class Responder:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from runtime.engine import Outcome
-from runtime.errors import RecordExists, RecordStoreError
+from runtime.errors import RecordExists, RecordStoreError, RecordUnstorable
 from runtime.invoker import Abandoned
 from runtime.middleware import Middleware
 from runtime.outcome import DUPLICATE_KINDS
@@ -32,7 +32,7 @@ from worker.health import HealthServer
 from worker.metrics import Metrics
 from worker.parking import ParkingLot
 from worker.pipeline import Decision, Delivery, context_of, redecide
-from worker.replies import Responder
+from worker.replies import Responder, unstorable
 from worker.runtime_setup import open_runtime
 from worker.store_gate import StoreGate
 from worker.transport import Listeners, Transport
@@ -356,6 +356,16 @@ class Worker:
                 again = self.runtime.after_lost_race(outcome)
                 self.metrics.duplicates.labels("replayed").inc()
                 self.responder.respond(delivery, redecide(again, delivery, self.cfg.reply_queue))
+            elif isinstance(exc, RecordUnstorable):
+                # This record's fault, not the store's: fail this message alone.
+                self.metrics.record_write_errors.inc()
+                log.error(
+                    "%s; answering and dead-lettering that message",
+                    exc,
+                    extra={"request_id": outcome.request_id, "trace_id": outcome.trace_id},
+                )
+                self.runtime.finish(outcome, recorded=False)
+                self.responder.respond(delivery, unstorable(decision, str(exc)))
             else:
                 self.metrics.record_write_errors.inc()
                 log.error(
@@ -366,7 +376,7 @@ class Worker:
                 )
                 self.store_gate.hold(delivery, decision)
             if stored is not None:
-                stored(exc is None or isinstance(exc, RecordExists))
+                stored(exc is None or isinstance(exc, (RecordExists, RecordUnstorable)))
 
         record_span = tracing.record(delivery, outcome)
         self.runtime.store.put_async(outcome.execution_id, outcome.record, recorded)
