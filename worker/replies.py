@@ -3,15 +3,19 @@ dead letter, wait for their confirms, then ack (or nack for redelivery if one fa
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from runtime.errors import ErrorCode
 from runtime.response import error_dict, response_body, response_dict
 from worker import tracing
+from worker.config import MAX_REPLY_BYTES
 from worker.metrics import Metrics
 from worker.pipeline import Decision, Delivery, Reply
 from worker.transport import Transport
+
+log = logging.getLogger("intentus.worker")
 
 
 def error_instead(
@@ -71,13 +75,55 @@ def unstorable(decision: Decision, why: str) -> Decision:
 class Responder:
     """Replies for one worker; `finished()` is called once per delivery it was handed."""
 
-    def __init__(self, conn: Transport, metrics: Metrics, *, finished: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        conn: Transport,
+        metrics: Metrics,
+        *,
+        finished: Callable[[], None],
+        max_reply_bytes: int = MAX_REPLY_BYTES,
+    ) -> None:
         self.conn = conn
         self.metrics = metrics
         self.finished = finished
+        self.max_reply_bytes = max_reply_bytes
+
+    def fitting(self, decision: Decision) -> Decision:
+        """The decision with a reply the broker accepts: a response over the limit (recorded
+        whole already) is answered RESPONSE_TOO_LARGE, naming its executionId."""
+        reply = decision.reply
+        if reply is None or len(reply.body) <= self.max_reply_bytes:
+            return decision
+        outcome = decision.outcome
+        self.metrics.replies_too_large.inc()
+        log.warning(
+            "the response of %s is %d bytes, over the reply limit of %d: answering %s",
+            outcome.execution_id,
+            len(reply.body),
+            self.max_reply_bytes,
+            ErrorCode.RESPONSE_TOO_LARGE.value,
+            extra={"request_id": outcome.request_id, "trace_id": outcome.trace_id},
+        )
+        too_large = error_instead(
+            reply,
+            outcome.response,
+            code=ErrorCode.RESPONSE_TOO_LARGE,
+            message=(
+                f"the response is {len(reply.body)} bytes, more than the broker accepts as a"
+                f" message ({self.max_reply_bytes} bytes); it is recorded in full in"
+                f" {outcome.execution_id}"
+            ),
+            details={
+                "execution_id": outcome.execution_id,
+                "response_bytes": len(reply.body),
+                "limit_bytes": self.max_reply_bytes,
+            },
+        )
+        return Decision(outcome, too_large, decision.dead_letter_reason)
 
     def respond(self, delivery: Delivery, decision: Decision) -> None:
         """(any thread) Reply, confirm and settle on the I/O thread."""
+        decision = self.fitting(decision)
         if not self.conn.call(lambda: self._respond(delivery, decision)):
             self.finished()
 

@@ -74,7 +74,9 @@ class Worker:
         self.parking = ParkingLot(self.runtime, self._unpark)
         self._threads: list[threading.Thread] = []
         self.conn: Transport = transport if transport is not None else ConsumerConnection(cfg)
-        self.responder = Responder(self.conn, self.metrics, finished=self._done)
+        self.responder = Responder(
+            self.conn, self.metrics, finished=self._done, max_reply_bytes=cfg.max_reply_bytes
+        )
         self.conn.bind(
             Listeners(
                 on_delivery=self._on_delivery,

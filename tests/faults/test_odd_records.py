@@ -5,6 +5,8 @@ than the broker accepts. Each gets its answer; the worker stays ready and keeps 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -125,3 +127,59 @@ def test_a_record_the_database_refuses_fails_that_message_alone(
     assert ask(wire, queue_name, "req-after-poison", n=1)["status"] == "success"
     assert w.ready()
     assert "Traceback" not in w.logs()
+
+
+REPLY_LIMIT = 65_536
+
+
+def test_a_reply_over_the_broker_limit_is_answered_response_too_large(
+    start_worker: Callable[..., WorkerProcess],
+    agent_env: dict[str, str],
+    queue_name: str,
+    exec_log: Path,
+    wire: Wire,
+    tmp_path: Path,
+) -> None:
+    """The response is recorded whole; the caller is told it is too large and where its record
+    is, on the first answer and on a re-send; the message is settled, never redelivered."""
+    w = start_worker(
+        env={**agent_env, "INTENTUS_MAX_REPLY_BYTES": str(REPLY_LIMIT)},
+        records_dir=tmp_path / "records",
+    )
+    rid = "req-big-reply"
+    size = 3 * REPLY_LIMIT
+    for _ in range(2):  # the first answer, then a re-send answered from the record
+        answer = ask(wire, queue_name, rid, "BigIntent", bytes=size)
+        assert answer["status"] == "error", str(answer)[:300]
+        assert answer["error"]["code"] == "RESPONSE_TOO_LARGE", answer["error"]
+        eid = execution_id_for(rid)
+        assert answer["metadata"]["execution_id"] == eid
+        assert answer["error"]["details"]["execution_id"] == eid
+        assert answer["error"]["details"]["limit_bytes"] == REPLY_LIMIT
+        assert answer["error"]["details"]["response_bytes"] > size
+        assert eid in answer["error"]["message"]
+    assert runs(exec_log, rid) == 1
+    record = json.loads(next((tmp_path / "records").rglob(f"{eid}.json")).read_bytes())
+    assert record["finalResponse"]["status"] == "success"
+    assert len(record["finalResponse"]["payload"]["blob"]) == size
+    replayed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "worker",
+            "records",
+            "replay",
+            eid,
+            "--records-dir",
+            str(tmp_path / "records"),
+        ],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    assert json.loads(replayed) == record["finalResponse"]
+    assert wire.nothing_on(f"{queue_name}.dlq", wait=0.5)
+    small = ask(wire, queue_name, "req-small-reply", "BigIntent", bytes=10)
+    assert small["status"] == "success"
+    assert w.ready()
+    assert w.metric("intentus_replies_too_large_total") == 2
