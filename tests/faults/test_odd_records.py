@@ -183,3 +183,25 @@ def test_a_reply_over_the_broker_limit_is_answered_response_too_large(
     assert small["status"] == "success"
     assert w.ready()
     assert w.metric("intentus_replies_too_large_total") == 2
+
+
+@pytest.mark.slow
+def test_a_reply_over_the_brokers_own_default_limit(
+    start_worker: Callable[..., WorkerProcess],
+    agent_env: dict[str, str],
+    queue_name: str,
+    exec_log: Path,
+    wire: Wire,
+) -> None:
+    """With the default setting, a response over RabbitMQ's default max_message_size (128 MiB)
+    is answered RESPONSE_TOO_LARGE at once; published, it would close the channel on every
+    attempt and end dead-lettered with no answer."""
+    w = start_worker(env=agent_env)
+    rid = "req-129-mib"
+    answer = ask(wire, queue_name, rid, "BigIntent", bytes=129 * 1024 * 1024)
+    assert answer["error"]["code"] == "RESPONSE_TOO_LARGE", str(answer)[:300]
+    assert answer["error"]["details"]["limit_bytes"] == 128 * 1024 * 1024
+    assert runs(exec_log, rid) == 1
+    assert wire.nothing_on(f"{queue_name}.dlq", wait=0.5)
+    assert "PRECONDITION_FAILED" not in w.logs()
+    assert w.ready()

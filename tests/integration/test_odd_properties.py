@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +215,11 @@ ODD_HEADERS: dict[str, dict[str, Any]] = {
     "delivery_count_negative": {"x-delivery-count": -3},
     "delivery_count_huge": {"x-delivery-count": 2**62},
     "delivery_count_list": {"x-delivery-count": [1, 2]},
+    "key_not_utf8": {
+        b"\xff-key": "v",
+        "x-nested": {"deep": {"deeper": [b"\x00", Decimal("1.5"), None]}},
+    },
+    "long_values": {"x-long": "v" * 65_536, "x-bytes": b"\xff" * 300},
 }
 
 
