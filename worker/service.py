@@ -70,7 +70,7 @@ class Worker:
         self._stop = threading.Event()
         self._stopping = False
         self._signals = 0
-        self.store_gate = StoreGate(pause=self._request_pause)
+        self.store_gate = StoreGate(pause=self._request_pause, give_up=self._unstorable)
         self.parking = ParkingLot(self.runtime, self._unpark)
         self._threads: list[threading.Thread] = []
         self.conn: Transport = transport if transport is not None else ConsumerConnection(cfg)
@@ -359,15 +359,8 @@ class Worker:
                 self.metrics.duplicates.labels("replayed").inc()
                 self.responder.respond(delivery, redecide(again, delivery, self.cfg.reply_queue))
             elif isinstance(exc, RecordUnstorable):
-                # This record's fault, not the store's: fail this message alone.
                 self.metrics.record_write_errors.inc()
-                log.error(
-                    "%s; answering and dead-lettering that message",
-                    exc,
-                    extra={"request_id": outcome.request_id, "trace_id": outcome.trace_id},
-                )
-                self.runtime.finish(outcome, recorded=False)
-                self.responder.respond(delivery, unstorable(decision, str(exc)))
+                self._unstorable(delivery, decision, str(exc))
             else:
                 self.metrics.record_write_errors.inc()
                 log.error(
@@ -382,6 +375,18 @@ class Worker:
 
         record_span = tracing.record(delivery, outcome)
         self.runtime.store.put_async(outcome.execution_id, outcome.record, recorded)
+
+    def _unstorable(self, delivery: Delivery, decision: Decision, why: str) -> None:
+        """Its record is its own fault, not the store's: fail this message alone."""
+        outcome = decision.outcome
+        log.error(
+            "record %s not stored: %s; answering and dead-lettering that message",
+            outcome.execution_id,
+            why,
+            extra={"request_id": outcome.request_id, "trace_id": outcome.trace_id},
+        )
+        self.runtime.finish(outcome, recorded=False)
+        self.responder.respond(delivery, unstorable(decision, why))
 
     def _count(self, decision: Decision) -> None:
         outcome = decision.outcome

@@ -205,3 +205,52 @@ def test_a_reply_over_the_brokers_own_default_limit(
     assert wire.nothing_on(f"{queue_name}.dlq", wait=0.5)
     assert "PRECONDITION_FAILED" not in w.logs()
     assert w.ready()
+
+
+def test_a_record_refused_for_no_stated_reason_is_given_up_while_the_store_works(
+    start_worker: Callable[..., WorkerProcess],
+    agent_env: dict[str, str],
+    queue_name: str,
+    exec_log: Path,
+    database: str,
+    wire: Wire,
+) -> None:
+    """The database fails one record with an error that does not say it is that record's (an
+    internal error, as a value over a server limit may give): the worker pauses as for a store
+    fault, but as the store takes every other write, it gives that record up after a few
+    tries (an error reply, a dead letter) instead of retrying it forever, and resumes."""
+    w = start_worker(env={**agent_env, "INTENTUS_RECORDS_URL": database})
+    pg.execute(
+        database,
+        """CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          IF NEW.request_id = 'refused' THEN
+            RAISE EXCEPTION 'cannot hold this one' USING ERRCODE = 'XX000';
+          END IF;
+          RETURN NEW;
+        END $$""",
+    )
+    pg.execute(
+        database,
+        "CREATE TRIGGER refuse BEFORE UPDATE OR INSERT ON intentus_executions"
+        " FOR EACH ROW EXECUTE FUNCTION refuse()",
+    )
+    wire.publish(
+        queue_name,
+        body_of(envelope("ProcessIntent", {"n": 1}, request_id="refused")),
+        correlation_id="c-refused",
+    )
+    for i in range(3):
+        wire.publish(
+            queue_name,
+            body_of(envelope("ProcessIntent", {"n": i}, request_id=f"req-beside-{i}")),
+            correlation_id=f"c-beside-{i}",
+        )
+    got = wire.replies(4, timeout=60)
+    refused = got.pop("c-refused").json
+    assert refused["error"]["code"] == "EXECUTION_IN_DOUBT", refused
+    assert all(r.json["status"] == "success" for r in got.values())
+    assert wire.get(f"{queue_name}.dlq").props.correlation_id == "c-refused"
+    assert runs(exec_log, "refused") == 1
+    assert w.wait_until(w.ready, timeout=15)
+    assert ask(wire, queue_name, "req-after-refused", n=1)["status"] == "success"
