@@ -27,12 +27,13 @@ from runtime.registry import AgentRegistry
 from worker import tracing
 from worker.amqp import ConsumerConnection
 from worker.config import Config, describe
+from worker.error_replies import unstorable
 from worker.errors import EXIT_GRACE_EXPIRED, EXIT_OK, EXIT_SECOND_SIGNAL
 from worker.health import HealthServer
 from worker.metrics import Metrics
 from worker.parking import ParkingLot
 from worker.pipeline import Decision, Delivery, context_of, redecide
-from worker.replies import Responder, unstorable
+from worker.replies import Responder
 from worker.runtime_setup import open_runtime
 from worker.store_gate import StoreGate
 from worker.transport import Listeners, Transport
@@ -70,7 +71,7 @@ class Worker:
         self._stop = threading.Event()
         self._stopping = False
         self._signals = 0
-        self.store_gate = StoreGate(pause=self._request_pause, give_up=self._unstorable)
+        self.store_gate = StoreGate(pause=self._request_pause)
         self.parking = ParkingLot(self.runtime, self._unpark)
         self._threads: list[threading.Thread] = []
         self.conn: Transport = transport if transport is not None else ConsumerConnection(cfg)
@@ -378,14 +379,7 @@ class Worker:
 
     def _unstorable(self, delivery: Delivery, decision: Decision, why: str) -> None:
         """Its record is its own fault, not the store's: fail this message alone."""
-        outcome = decision.outcome
-        log.error(
-            "record %s not stored: %s; answering and dead-lettering that message",
-            outcome.execution_id,
-            why,
-            extra={"request_id": outcome.request_id, "trace_id": outcome.trace_id},
-        )
-        self.runtime.finish(outcome, recorded=False)
+        self.runtime.finish(decision.outcome, recorded=False)
         self.responder.respond(delivery, unstorable(decision, why))
 
     def _count(self, decision: Decision) -> None:

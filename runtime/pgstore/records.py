@@ -128,10 +128,10 @@ class RecordWrites(Connected):
             with self.pool.connection() as conn, conn.transaction():
                 stored = self._write_rows(conn, batch)
         except Exception as exc:
-            if not self._refused_record(exc):
+            if not self._answered(exc):
                 raise
-            # A value one record holds was refused, and with it the whole transaction: write
-            # each alone, so that record fails by itself and its batch-mates are kept.
+            # The database refused the batch, maybe for a value one record holds: write each
+            # alone, so such a record fails by itself and its batch-mates are kept.
             log.warning(
                 "a batch of %d records was refused (%s); writing each alone", len(batch), exc
             )
@@ -148,8 +148,10 @@ class RecordWrites(Connected):
                     with conn.transaction():
                         stored = self._write_rows(conn, [item])
                 except Exception as exc:
-                    if not self._refused_record(exc):
-                        # The store itself failed now: the rest fail with it (held, retried).
+                    if not self._refused_record(exc) and not (
+                        self._answered(exc) and self._probe(conn)
+                    ):
+                        # The store itself fails: the rest fail with it (held, retried).
                         error = self._error("cannot commit records", exc)
                         return results + [error] * (len(batch) - index)
                     results.append(
@@ -197,6 +199,33 @@ class RecordWrites(Connected):
                 UnicodeError,
             ),
         )
+
+    def _answered(self, exc: BaseException) -> bool:
+        """Whether the database answered with an error, its session still usable (not a lost
+        connection, a shutdown or a resource running out: those are the store's)."""
+        psycopg = self._psycopg
+        if isinstance(exc, psycopg.errors.ProgramLimitExceeded):
+            return True
+        return isinstance(exc, psycopg.DatabaseError) and not isinstance(
+            exc, psycopg.OperationalError
+        )
+
+    def _probe(self, conn: Any) -> bool:
+        """Whether a row can be written to the table now: when it can, a record the database
+        refused for no stated reason of its data is refused for something it holds."""
+        try:
+            with conn.transaction():
+                conn.execute(
+                    f"INSERT INTO {TABLE} (execution_id, owner) VALUES (%s, %s)"
+                    " ON CONFLICT (execution_id) DO NOTHING",
+                    (f"probe-{self.owner}", self.owner),
+                )
+                conn.execute(
+                    f"DELETE FROM {TABLE} WHERE execution_id = %s", (f"probe-{self.owner}",)
+                )
+        except Exception:
+            return False
+        return True
 
     def check_writable(self) -> None:
         """Raise RecordStoreError unless a row can be written and committed now, and our

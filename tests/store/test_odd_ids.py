@@ -113,26 +113,48 @@ def test_rejected_message_with_a_nul_request_id_is_recorded(backend: Backend) ->
     assert calls.names == []
 
 
-def _poison(url: str) -> None:
-    """A value this database refuses for one row only, as a server-side limit would."""
+def _poison(url: str, how: str) -> None:
+    """A value this database refuses for one row only, as a server-side limit would: with a
+    constraint violation (a data error), or with an internal error that says nothing of the
+    data (as a value over some server limit may give)."""
+    if how == "constraint":
+        pg.execute(
+            url,
+            "ALTER TABLE intentus_executions ADD CONSTRAINT poison"
+            " CHECK (request_id IS DISTINCT FROM 'poison')",
+        )
+        return
     pg.execute(
         url,
-        "ALTER TABLE intentus_executions ADD CONSTRAINT poison"
-        " CHECK (request_id IS DISTINCT FROM 'poison')",
+        """CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          IF NEW.request_id = 'poison' THEN
+            RAISE EXCEPTION 'cannot hold this one' USING ERRCODE = 'XX000';
+          END IF;
+          RETURN NEW;
+        END $$""",
+    )
+    pg.execute(
+        url,
+        "CREATE TRIGGER poison BEFORE INSERT OR UPDATE ON intentus_executions"
+        " FOR EACH ROW EXECUTE FUNCTION poison()",
     )
 
 
-@pytest.mark.parametrize("together", [8, 40])
-def test_one_refused_record_fails_alone_not_its_batch(shared: Backend, together: int) -> None:
+@pytest.mark.parametrize("how", ["constraint", "internal"])
+@pytest.mark.parametrize("together", [1, 8, 40])
+def test_one_refused_record_fails_alone_not_its_batch(
+    shared: Backend, together: int, how: str
+) -> None:
     """The committer writes records together; the one the database refuses fails alone (as
     unstorable, not as the store being down), the others in its batch are durable."""
     if shared.kind != "postgres":
         pytest.skip("a per-row refusal is PostgreSQL's")
     store = shared.open()
-    _poison(shared.place)
+    _poison(shared.place, how)
     records = {}
     for i in range(together):
-        rid = "poison" if i == together // 2 else f"req-batch-{i}"
+        rid = "poison" if i == together // 2 else f"req-batch-{i}-{how}"
         records[execution_id_for(rid)] = json.dumps(
             {"header": {"requestId": rid, "executionId": execution_id_for(rid)}}
         ).encode()
