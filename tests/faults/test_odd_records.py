@@ -207,7 +207,7 @@ def test_a_reply_over_the_brokers_own_default_limit(
     assert w.ready()
 
 
-def test_a_record_refused_for_no_stated_reason_is_given_up_while_the_store_works(
+def test_a_record_refused_for_no_stated_reason_fails_alone_while_the_table_works(
     start_worker: Callable[..., WorkerProcess],
     agent_env: dict[str, str],
     queue_name: str,
@@ -216,9 +216,9 @@ def test_a_record_refused_for_no_stated_reason_is_given_up_while_the_store_works
     wire: Wire,
 ) -> None:
     """The database fails one record with an error that does not say it is that record's (an
-    internal error, as a value over a server limit may give): the worker pauses as for a store
-    fault, but as the store takes every other write, it gives that record up after a few
-    tries (an error reply, a dead letter) instead of retrying it forever, and resumes."""
+    internal error, as a value over a server limit may give): as the table takes a row
+    meanwhile, the record is at fault, not the store: an error reply and a dead letter for
+    that message, never a worker retrying it forever."""
     w = start_worker(env={**agent_env, "INTENTUS_RECORDS_URL": database})
     pg.execute(
         database,
