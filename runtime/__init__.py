@@ -24,6 +24,7 @@ from runtime.errors import (
     RecordExists,
     RecordNotFound,
     RecordStoreError,
+    RecordUnstorable,
     RegistryError,
 )
 from runtime.filestore import FileRecordStore
@@ -63,6 +64,7 @@ __all__ = [
     "RecordNotFound",
     "RecordStore",
     "RecordStoreError",
+    "RecordUnstorable",
     "RegistryError",
     "RequestContext",
     "ResponseMetadata",

@@ -113,6 +113,9 @@ class RequestContext:
     user_id: str | None = None
     traceparent: str | None = None
     redelivered: bool = False
+    # The transport could not use one of its properties (an id not UTF-8, say): the message
+    # is refused with this error before routing, like a body that is not a request.
+    refusal: EnvelopeError | None = None
 
 
 def _reject_constant(name: str) -> Any:

@@ -31,6 +31,7 @@ class ErrorCode(StrEnum):
     INTERNAL_AGENT_ERROR = "INTERNAL_AGENT_ERROR"
     EXECUTION_IN_DOUBT = "EXECUTION_IN_DOUBT"
     IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"
+    RESPONSE_TOO_LARGE = "RESPONSE_TOO_LARGE"
 
 
 class AgentError(Exception):
@@ -72,6 +73,10 @@ class RegistryError(IntentusError):
 
 class RecordStoreError(IntentusError):
     """The record store cannot read or write."""
+
+
+class RecordUnstorable(RecordStoreError):
+    """The store refuses this one record (a value it cannot hold); it works for the others."""
 
 
 class RecordExists(RecordStoreError):

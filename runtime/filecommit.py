@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from runtime.errors import RecordExists, RecordStoreError
+from runtime.errors import RecordExists, RecordStoreError, RecordUnstorable
 from runtime.store import Callback
 
 log = logging.getLogger("intentus.runtime.store")
@@ -139,13 +139,12 @@ class GroupCommit:
                     self._release(item)
                     raise
             except OSError as exc:
+                # Too large for a file here is this record's fault; anything else (disk full,
+                # permissions) is the store's.
+                error = RecordUnstorable if exc.errno == errno.EFBIG else RecordStoreError
                 self._report(
                     [item],
-                    [
-                        RecordStoreError(
-                            f"cannot write record {item.execution_id}: {exc.strerror or exc}"
-                        )
-                    ],
+                    [error(f"cannot write record {item.execution_id}: {exc.strerror or exc}")],
                 )
                 continue
             item.data = b""

@@ -295,6 +295,8 @@ def read(
                 f"message of {len(body)} bytes exceeds the limit of {max_message_bytes} bytes",
             )
         data = decode_json(body)
+        if arrival.context.refusal is not None:
+            raise arrival.context.refusal
         return normalise(
             validate_envelope(data, body),
             received_at=arrival.received,

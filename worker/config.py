@@ -17,6 +17,11 @@ from runtime import defaults
 from worker.errors import ConfigError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# RabbitMQ's default max_message_size (3.10 on). The broker does not tell a client its limit,
+# and a publish over it closes the channel (redelivering every unacked delivery), so the
+# worker checks a reply's size against its own setting before publishing.
+MAX_REPLY_BYTES = 128 * 1024 * 1024
+MIN_REPLY_BYTES = 4096  # room for the RESPONSE_TOO_LARGE answer itself
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,11 @@ _DECLARED: dict[str, Option] = {
     "max_message_bytes": Option(
         help="largest request body accepted", default=defaults.MAX_MESSAGE_BYTES
     ),
+    "max_reply_bytes": Option(
+        help="largest reply published (at most the broker's max_message_size); a larger"
+        " response is recorded whole and answered RESPONSE_TOO_LARGE",
+        default=MAX_REPLY_BYTES,
+    ),
     "metrics_addr": Option(
         help="host:port for /metrics, /healthz, /readyz", default="127.0.0.1:9464"
     ),
@@ -114,6 +124,7 @@ class Config:
     prefetch: int = _default("prefetch")
     agent_timeout_s: float = _default("agent_timeout_s")
     max_message_bytes: int = _default("max_message_bytes")
+    max_reply_bytes: int = _default("max_reply_bytes")
     metrics_addr: str = _default("metrics_addr")
     shutdown_grace_s: float = _default("shutdown_grace_s")
     log_format: str = _default("log_format")
@@ -253,6 +264,8 @@ def validate(cfg: Config) -> None:
         raise bad("agent_timeout_s", "must be a positive number of seconds")
     if cfg.max_message_bytes < 1:
         raise bad("max_message_bytes", "must be positive")
+    if cfg.max_reply_bytes < MIN_REPLY_BYTES:
+        raise bad("max_reply_bytes", f"must be at least {MIN_REPLY_BYTES}")
     if cfg.shutdown_grace_s < 0:
         raise bad("shutdown_grace_s", "must not be negative")
     if cfg.log_format not in ("text", "json"):

@@ -208,7 +208,11 @@ def build(cfg: Config) -> dict[str, Any]:
                         "AMQP properties read: reply_to (where the reply goes), correlation_id, "
                         "message_id (requestId fallback), user_id (checked by the broker; "
                         "usable by policy), priority (honoured by classic queues declared with "
-                        "x-max-priority), and the headers traceparent and x-delivery-count."
+                        "x-max-priority), and the headers traceparent and x-delivery-count. "
+                        "An id property (correlation_id, message_id, reply_to, user_id, "
+                        "content_type) that is not UTF-8 or contains NUL refuses the message "
+                        "with PROTOCOL_ERROR before routing; a malformed traceparent or "
+                        "x-delivery-count is ignored."
                     ),
                     "contentType": "application/json",
                     "correlationId": correlation,

@@ -95,6 +95,10 @@ class Metrics(Observer):
         self.replies = self._counter(
             "intentus_replies_published_total", "Replies published", ["outcome"]
         )
+        self.replies_too_large = self._counter(
+            "intentus_replies_too_large_total",
+            "Responses over the reply size limit, answered RESPONSE_TOO_LARGE",
+        )
         self.duplicates = self._counter(
             "intentus_duplicates_total",
             "Duplicate deliveries answered without running an agent",

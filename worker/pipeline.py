@@ -11,6 +11,7 @@ from typing import Any
 
 from runtime.engine import IntentusRuntime, Outcome
 from runtime.envelope import RequestContext
+from runtime.errors import EnvelopeError
 
 
 @dataclass(slots=True)
@@ -30,18 +31,18 @@ class Delivery:
     exchange: str = ""
     routing_key: str = ""
     properties: Any = None  # the transport's own properties object, for the dead-letter copy
+    refusal: EnvelopeError | None = None
+    """Why a property cannot be used (set by the transport): the message is refused."""
 
     @property
     def delivery_count(self) -> int:
         value = self.headers.get("x-delivery-count")
-        return value if isinstance(value, int) else 0
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
     @property
     def traceparent(self) -> str | None:
         value = self.headers.get("traceparent")
-        if isinstance(value, bytes):
-            value = value.decode("ascii", "replace")
-        return value if isinstance(value, str) else None
+        return value if isinstance(value, str) and value.isprintable() else None
 
 
 @dataclass(slots=True)
@@ -70,6 +71,7 @@ def context_of(delivery: Delivery) -> RequestContext:
         user_id=delivery.user_id or None,
         traceparent=delivery.traceparent,
         redelivered=delivery.redelivered or delivery.delivery_count > 0,
+        refusal=delivery.refusal,
     )
 
 

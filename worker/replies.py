@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from worker import tracing
+from worker.config import MAX_REPLY_BYTES
+from worker.error_replies import too_large
 from worker.metrics import Metrics
 from worker.pipeline import Decision, Delivery
 from worker.transport import Transport
@@ -14,13 +16,24 @@ from worker.transport import Transport
 class Responder:
     """Replies for one worker; `finished()` is called once per delivery it was handed."""
 
-    def __init__(self, conn: Transport, metrics: Metrics, *, finished: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        conn: Transport,
+        metrics: Metrics,
+        *,
+        finished: Callable[[], None],
+        max_reply_bytes: int = MAX_REPLY_BYTES,
+    ) -> None:
         self.conn = conn
         self.metrics = metrics
         self.finished = finished
+        self.max_reply_bytes = max_reply_bytes
 
     def respond(self, delivery: Delivery, decision: Decision) -> None:
         """(any thread) Reply, confirm and settle on the I/O thread."""
+        if decision.reply is not None and len(decision.reply.body) > self.max_reply_bytes:
+            self.metrics.replies_too_large.inc()
+            decision = too_large(decision, self.max_reply_bytes)
         if not self.conn.call(lambda: self._respond(delivery, decision)):
             self.finished()
 

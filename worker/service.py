@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from runtime.engine import Outcome
-from runtime.errors import RecordExists, RecordStoreError
+from runtime.errors import RecordExists, RecordStoreError, RecordUnstorable
 from runtime.invoker import Abandoned
 from runtime.middleware import Middleware
 from runtime.outcome import DUPLICATE_KINDS
@@ -27,6 +27,7 @@ from runtime.registry import AgentRegistry
 from worker import tracing
 from worker.amqp import ConsumerConnection
 from worker.config import Config, describe
+from worker.error_replies import unstorable
 from worker.errors import EXIT_GRACE_EXPIRED, EXIT_OK, EXIT_SECOND_SIGNAL
 from worker.health import HealthServer
 from worker.metrics import Metrics
@@ -74,7 +75,9 @@ class Worker:
         self.parking = ParkingLot(self.runtime, self._unpark)
         self._threads: list[threading.Thread] = []
         self.conn: Transport = transport if transport is not None else ConsumerConnection(cfg)
-        self.responder = Responder(self.conn, self.metrics, finished=self._done)
+        self.responder = Responder(
+            self.conn, self.metrics, finished=self._done, max_reply_bytes=cfg.max_reply_bytes
+        )
         self.conn.bind(
             Listeners(
                 on_delivery=self._on_delivery,
@@ -356,6 +359,9 @@ class Worker:
                 again = self.runtime.after_lost_race(outcome)
                 self.metrics.duplicates.labels("replayed").inc()
                 self.responder.respond(delivery, redecide(again, delivery, self.cfg.reply_queue))
+            elif isinstance(exc, RecordUnstorable):
+                self.metrics.record_write_errors.inc()
+                self._unstorable(delivery, decision, str(exc))
             else:
                 self.metrics.record_write_errors.inc()
                 log.error(
@@ -366,10 +372,15 @@ class Worker:
                 )
                 self.store_gate.hold(delivery, decision)
             if stored is not None:
-                stored(exc is None or isinstance(exc, RecordExists))
+                stored(exc is None or isinstance(exc, (RecordExists, RecordUnstorable)))
 
         record_span = tracing.record(delivery, outcome)
         self.runtime.store.put_async(outcome.execution_id, outcome.record, recorded)
+
+    def _unstorable(self, delivery: Delivery, decision: Decision, why: str) -> None:
+        """Its record is its own fault, not the store's: fail this message alone."""
+        self.runtime.finish(decision.outcome, recorded=False)
+        self.responder.respond(delivery, unstorable(decision, why))
 
     def _count(self, decision: Decision) -> None:
         outcome = decision.outcome

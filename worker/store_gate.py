@@ -1,6 +1,11 @@
 """While the execution store fails: hold what could not be recorded, keep new deliveries
 aside (not requeued, which would spend a delivery attempt each time), stop consuming, and
-resume only once every held record is durable."""
+resume only once every held record is durable.
+
+A held record that keeps failing while the store itself passes its probe is that record's
+fault, not the store's (a value over a limit the database reports as an internal error, say):
+after `GIVE_UP_AFTER` such tries it is given up (`give_up`), so one record never stalls the
+worker forever."""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from worker.pipeline import Decision, Delivery
 log = logging.getLogger("intentus.worker")
 
 RESUME_WRITE_WAIT_S = 5.0
+GIVE_UP_AFTER = 3  # failed writes of one record while the store is writable
 
 Write = Callable[[Delivery, Decision, Callable[[bool], None]], None]
 """Record a decision and respond; the callback says whether the record was stored."""
@@ -23,12 +29,19 @@ Write = Callable[[Delivery, Decision, Callable[[bool], None]], None]
 class StoreGate:
     """Whether the store works, and what waits for it; `pause()` stops consuming."""
 
-    def __init__(self, *, pause: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        *,
+        pause: Callable[[], None],
+        give_up: Callable[[Delivery, Decision, str], None] | None = None,
+    ) -> None:
         self._pause = pause
+        self._give_up = give_up
         self._lock = threading.Lock()
         self.ok = True
         self._held: list[tuple[Delivery, Decision]] = []
         self._waiting: list[Delivery] = []
+        self._strikes: dict[int, int] = {}  # id(decision) -> failed writes, store writable
 
     def claim_failed(self, delivery: Delivery) -> None:
         """Nothing ran for `delivery`: keep it until the store works again."""
@@ -75,7 +88,11 @@ class StoreGate:
             stored: OneShot[bool] = OneShot()
             write(delivery, decision, stored.set)
             # A write still running after the wait settles itself: it responds, or holds again.
-            if not stored.wait(RESUME_WRITE_WAIT_S) or not stored.value:
+            if not stored.wait(RESUME_WRITE_WAIT_S):
+                with self._lock:
+                    self._held.extend(held[index + 1 :])
+                return None
+            if not stored.value and not self._record_at_fault(delivery, decision, check_writable):
                 with self._lock:
                     self._held.extend(held[index + 1 :])
                 return None
@@ -83,10 +100,34 @@ class StoreGate:
             if self._held:
                 return None  # a write in flight when the store failed is held now; try later
             self.ok = True
+            self._strikes.clear()
             waiting, self._waiting = self._waiting, []
         log.info(
-            "records writable again: %d held records written; resuming with %d waiting deliveries",
+            "records writable again: %d held records settled; resuming with %d waiting deliveries",
             len(held),
             len(waiting),
         )
         return waiting
+
+    def _record_at_fault(
+        self, delivery: Delivery, decision: Decision, check_writable: Callable[[], None]
+    ) -> bool:
+        """Its write failed (and it is held again): True if it was given up as its own fault,
+        the store passing its probe for the `GIVE_UP_AFTER`th time meanwhile."""
+        if self._give_up is None:
+            return False
+        try:
+            check_writable()
+        except RecordStoreError:
+            return False  # the store fails: nothing is the record's fault yet
+        key = id(decision)
+        with self._lock:
+            strikes = self._strikes[key] = self._strikes.get(key, 0) + 1
+            if strikes < GIVE_UP_AFTER:
+                return False
+            del self._strikes[key]
+            self._held = [(d, h) for d, h in self._held if h is not decision]
+        why = f"the store takes other writes but failed this record {strikes} times"
+        log.error("%s: giving it up", why)
+        self._give_up(delivery, decision, why)
+        return True

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from runtime.pgstore.connection import Connected
-from runtime.pgstore.schema import TABLE, one_row
+from runtime.pgstore.schema import TABLE, index_text, one_row
 from runtime.query import RecordFilter
 
 #: The RecordFilter fields compared with indexed columns of the same name.
@@ -38,7 +38,7 @@ class RecordQueries(Connected):
                 row = conn.execute(
                     f"SELECT execution_id FROM {TABLE} WHERE correlation_id = %s"
                     " AND record IS NOT NULL ORDER BY created_at DESC LIMIT 1",
-                    (correlation_id,),
+                    (index_text(correlation_id),),
                 ).fetchone()
         except self._psycopg.Error as exc:
             raise self._error("cannot look up a correlationId", exc) from None
@@ -68,7 +68,7 @@ class RecordQueries(Connected):
             value = getattr(record_filter, column)
             if value:
                 clauses.append(f"{column} = %s")
-                params.append(value)
+                params.append(index_text(value))
         if record_filter.since is not None:
             clauses.append("created_at >= %s")
             params.append(record_filter.since)
@@ -77,7 +77,8 @@ class RecordQueries(Connected):
             params.append(record_filter.until)
         if record_filter.text:
             clauses.append("(execution_id = %s OR request_id = %s OR correlation_id = %s)")
-            params += [record_filter.text, record_filter.text, record_filter.text]
+            text = index_text(record_filter.text)
+            params += [text, text, text]
         cond = " AND ".join(clauses)
         try:
             with self.pool.connection() as conn:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
-from runtime.errors import RecordExists, RecordStoreError
+from runtime.errors import RecordExists, RecordStoreError, RecordUnstorable
 from runtime.pgstore.connection import Connected
 from runtime.pgstore.schema import TABLE, index_columns
 from runtime.store import check_execution_id, put_and_wait
@@ -37,6 +38,14 @@ _INSERT_RECORD = f"""
     VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
     ON CONFLICT (execution_id) DO NOTHING
     RETURNING execution_id"""
+
+
+def _owned(p: _Pending) -> tuple[str, str | None]:
+    return (p.execution_id, p.owner)
+
+
+def _unowned(p: _Pending) -> tuple[str]:
+    return (p.execution_id,)
 
 
 class _Pending:
@@ -115,26 +124,108 @@ class RecordWrites(Connected):
                     log.exception("record commit callback failed")
 
     def _commit(self, batch: list[_Pending]) -> list[BaseException | None]:
-        claimed = [p for p in batch if p.owner is not None]
-        unclaimed = [p for p in batch if p.owner is None]
-        stored: set[str] = set()
-        with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            for items, sql, extra in (
-                (claimed, _COMMIT_CLAIMED, lambda p: (p.execution_id, p.owner)),
-                (unclaimed, _INSERT_RECORD, lambda p: (p.execution_id,)),
-            ):
-                if not items:
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                stored = self._write_rows(conn, batch)
+        except Exception as exc:
+            if not self._answered(exc):
+                raise
+            # The database refused the batch, maybe for a value one record holds: write each
+            # alone, so such a record fails by itself and its batch-mates are kept.
+            log.warning(
+                "a batch of %d records was refused (%s); writing each alone", len(batch), exc
+            )
+            return self._commit_each(batch)
+        # Not stored: the claim is no longer ours (taken over while our liveness lapsed) or
+        # a record exists already. Write-once either way: answer from the stored record.
+        return [None if p.execution_id in stored else RecordExists(p.execution_id) for p in batch]
+
+    def _commit_each(self, batch: list[_Pending]) -> list[BaseException | None]:
+        results: list[BaseException | None] = []
+        with self.pool.connection() as conn:
+            for index, item in enumerate(batch):
+                try:
+                    with conn.transaction():
+                        stored = self._write_rows(conn, [item])
+                except Exception as exc:
+                    if not self._refused_record(exc) and not (
+                        self._answered(exc) and self._probe(conn)
+                    ):
+                        # The store itself fails: the rest fail with it (held, retried).
+                        error = self._error("cannot commit records", exc)
+                        return results + [error] * (len(batch) - index)
+                    results.append(
+                        RecordUnstorable(
+                            f"the PostgreSQL store refuses record {item.execution_id}: "
+                            + (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                        )
+                    )
                     continue
-                params = [(p.data, *index_columns(p.data), *extra(p)) for p in items]
+                results.append(
+                    None if item.execution_id in stored else RecordExists(item.execution_id)
+                )
+        return results
+
+    def _write_rows(self, conn: Any, items: list[_Pending]) -> set[str]:
+        """Write `items` in the connection's open transaction; the executionIds stored."""
+        stored: set[str] = set()
+        with conn.cursor() as cur:
+            for part, sql, extra in (
+                ([p for p in items if p.owner is not None], _COMMIT_CLAIMED, _owned),
+                ([p for p in items if p.owner is None], _INSERT_RECORD, _unowned),
+            ):
+                if not part:
+                    continue
+                params = [(p.data, *index_columns(p.data), *extra(p)) for p in part]
                 cur.executemany(sql, params, returning=True)
                 while True:
                     for (eid,) in cur.fetchall():
                         stored.add(eid)
                     if not cur.nextset():
                         break
-        # Not stored: the claim is no longer ours (taken over while our liveness lapsed) or
-        # a record exists already. Write-once either way: answer from the stored record.
-        return [None if p.execution_id in stored else RecordExists(p.execution_id) for p in batch]
+        return stored
+
+    def _refused_record(self, exc: BaseException) -> bool:
+        """Whether `exc` is the database refusing a value (of one record), not failing itself:
+        a data exception, a violated constraint, a value over a limit, or text that cannot be
+        encoded for it."""
+        errors = self._psycopg.errors
+        return isinstance(
+            exc,
+            (
+                self._psycopg.DataError,
+                self._psycopg.IntegrityError,
+                errors.ProgramLimitExceeded,
+                UnicodeError,
+            ),
+        )
+
+    def _answered(self, exc: BaseException) -> bool:
+        """Whether the database answered with an error, its session still usable (not a lost
+        connection, a shutdown or a resource running out: those are the store's)."""
+        psycopg = self._psycopg
+        if isinstance(exc, psycopg.errors.ProgramLimitExceeded):
+            return True
+        return isinstance(exc, psycopg.DatabaseError) and not isinstance(
+            exc, psycopg.OperationalError
+        )
+
+    def _probe(self, conn: Any) -> bool:
+        """Whether a row can be written to the table now: when it can, a record the database
+        refused for no stated reason of its data is refused for something it holds."""
+        try:
+            with conn.transaction():
+                conn.execute(
+                    f"INSERT INTO {TABLE} (execution_id, owner) VALUES (%s, %s)"
+                    " ON CONFLICT (execution_id) DO NOTHING",
+                    (f"probe-{self.owner}", self.owner),
+                )
+                conn.execute(
+                    f"DELETE FROM {TABLE} WHERE execution_id = %s", (f"probe-{self.owner}",)
+                )
+        except Exception:
+            return False
+        return True
 
     def check_writable(self) -> None:
         """Raise RecordStoreError unless a row can be written and committed now, and our

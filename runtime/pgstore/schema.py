@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from datetime import datetime
@@ -16,6 +17,10 @@ TABLE = "intentus_executions"
 VERSION_TABLE = "intentus_schema_version"
 SCHEMA_VERSION = 1
 _MIGRATION_LOCK = 0x1D7E57  # serialises schema set-up between workers starting together
+# The most UTF-8 bytes an indexed text column holds as is: every id of ASCII the contract
+# allows (1024 characters) fits whole, and any value fits a btree entry (at most 2704 bytes).
+MAX_INDEXED_BYTES = 1024
+HASHED = "~sha256:"  # starts an indexed value that stands for a longer or odd one
 
 # Each migration brings the schema from version i to i + 1; never edit one that shipped.
 MIGRATIONS: tuple[str, ...] = (
@@ -81,6 +86,29 @@ def mask(url: str, text: str) -> str:
     return text
 
 
+def index_text(value: Any) -> str | None:
+    """A value as its indexed text column holds it, and as a lookup must name it.
+
+    PostgreSQL's text refuses NUL (and text that is not UTF-8), and a btree entry holds at most
+    2704 bytes; the record itself is kept byte for byte beside it. So a value PostgreSQL cannot
+    index as is (or that starts like the stand-in, which keeps the mapping one-to-one) is
+    indexed as `~sha256:` and the hex digest of its UTF-8 bytes: still found by its whole value.
+    """
+    if not isinstance(value, str):
+        return None
+    try:
+        encoded = value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        encoded = b""
+        plain = False
+    else:
+        plain = len(encoded) <= MAX_INDEXED_BYTES and b"\x00" not in encoded
+    if plain and not value.startswith(HASHED):
+        return value
+    raw = encoded or value.encode("utf-8", "surrogatepass")
+    return HASHED + hashlib.sha256(raw).hexdigest()
+
+
 def index_columns(data: bytes) -> tuple[Any, ...]:
     """The indexed columns of a record (requestId ... createdAt), read from its bytes."""
     try:
@@ -99,13 +127,13 @@ def index_columns(data: bytes) -> tuple[Any, ...]:
     except ValueError:
         created = None
     return (
-        header.get("requestId"),
-        header.get("correlationId"),
-        intent,
-        response.get("status"),
-        (response.get("error") or {}).get("code"),
-        (response.get("metadata") or {}).get("agent"),
-        header.get("kind"),
+        index_text(header.get("requestId")),
+        index_text(header.get("correlationId")),
+        index_text(intent),
+        index_text(response.get("status")),
+        index_text((response.get("error") or {}).get("code")),
+        index_text((response.get("metadata") or {}).get("agent")),
+        index_text(header.get("kind")),
         created,
     )
 

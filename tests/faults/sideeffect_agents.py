@@ -76,3 +76,10 @@ def mix_c(envelope: Any) -> dict[str, Any]:
 def secret(envelope: Any) -> dict[str, Any]:
     _mark(envelope, "secret")
     return {"ok": True, "secret": "granted"}
+
+
+@registry.agent("big", intents=["BigIntent"])
+def big(envelope: Any) -> dict[str, Any]:
+    """A response of `bytes` bytes or so, from a small request."""
+    _mark(envelope, "big")
+    return {"ok": True, "blob": "x" * int(envelope.payload.get("bytes", 0))}

@@ -22,6 +22,7 @@ from pika.channel import Channel
 from worker.acks import AckBook
 from worker.amqp.connect import parameters
 from worker.amqp.mailbox import Mailbox
+from worker.amqp.properties import delivery_of
 from worker.amqp.publisher import ConfirmedPublisher
 from worker.amqp.topology import declare_topology, queue_arguments
 from worker.config import Config
@@ -275,21 +276,7 @@ class ConsumerConnection:
     ) -> None:
         self._acks.delivered(method.delivery_tag)
         self.listeners.on_delivery(
-            Delivery(
-                body=body,
-                tag=method.delivery_tag,
-                generation=self.generation,
-                redelivered=bool(method.redelivered),
-                reply_to=properties.reply_to,
-                correlation_id=properties.correlation_id,
-                message_id=properties.message_id,
-                user_id=properties.user_id,
-                content_type=properties.content_type,
-                headers=properties.headers or {},
-                exchange=method.exchange,
-                routing_key=method.routing_key,
-                properties=properties,
-            )
+            delivery_of(method, properties, body, generation=self.generation)
         )
 
     # -- I/O thread: settling ------------------------------------------------------------
