@@ -1,0 +1,347 @@
+"""Async agents in-process: every strategy mixed with sync agents, deadlines that cancel,
+PARALLEL stragglers cancelled, agents that raise or block the loop, `route_intent_async`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from runtime import AgentError, AgentRegistry, IntentusRuntime, Observer
+from runtime.engine import Outcome
+
+from .conftest import Calls, body, envelope, fail, ok, stored
+
+
+def aok(calls: Calls, name: str, delay: float = 0.0) -> Callable[[Any], Any]:
+    async def handler(env: Any) -> dict[str, Any]:
+        calls.add(name)
+        if delay:
+            await asyncio.sleep(delay)
+        return {"by": name}
+
+    return handler
+
+
+def registry_of(*agents: tuple[str, Any], **opts: dict[str, Any]) -> AgentRegistry:
+    reg = AgentRegistry()
+    for name, handler in agents:
+        reg.register(name, handler, intents=["ProcessIntent"], **opts.get(name, {}))
+    return reg
+
+
+def ends(record: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e["payload"] for e in record["events"] if e["type"] == "AGENT_ATTEMPT_END"]
+
+
+class TestRegistry:
+    def test_coroutine_functions_register_as_async(self) -> None:
+        reg = AgentRegistry()
+
+        @reg.agent("a", intents=["X"])
+        async def a(env: Any) -> dict[str, Any]:
+            return {}
+
+        @reg.agent("s", intents=["X"])
+        def s(env: Any) -> dict[str, Any]:
+            return {}
+
+        a_def, s_def = reg.get("a"), reg.get("s")
+        assert a_def is not None and s_def is not None
+        assert a_def.is_async and not s_def.is_async
+        assert a_def.describe()["async"] is True
+
+
+class TestStrategies:
+    def test_direct(self, make_runtime, calls: Calls) -> None:
+        rt = make_runtime(registry_of(("a", aok(calls, "a"))))
+        resp = rt.route_intent(envelope())
+        assert resp.status == "success" and resp.payload == {"by": "a"}
+        assert calls.names == ["a"]
+
+    def test_fallback_from_async_to_sync_and_back(self, make_runtime, calls: Calls) -> None:
+        async def afail(env: Any) -> dict[str, Any]:
+            calls.add("a")
+            raise AgentError("AGENT_UNAVAILABLE", "down")
+
+        rt = make_runtime(
+            registry_of(
+                ("a", afail),
+                ("b", fail(calls, "b")),
+                ("c", aok(calls, "c")),
+                a={"node_priority": 1},
+                b={"node_priority": 2},
+                c={"node_priority": 3},
+            )
+        )
+        resp = rt.route_intent(envelope(strategy="FALLBACK"))
+        assert resp.payload == {"by": "c"}
+        assert calls.names == ["a", "b", "c"]
+        record = stored(rt, resp.metadata.execution_id)
+        assert [e["error_code"] for e in ends(record)[:2]] == ["AGENT_UNAVAILABLE"] * 2
+        types = [e["type"] for e in record["events"]]
+        assert types.count("FALLBACK_TRIGGERED") == 2
+
+    def test_broadcast_mixed(self, make_runtime, calls: Calls) -> None:
+        rt = make_runtime(
+            registry_of(
+                ("a", ok(calls, "a")),
+                ("b", aok(calls, "b", delay=0.01)),
+                ("c", ok(calls, "c")),
+                ("d", aok(calls, "d")),
+            )
+        )
+        resp = rt.route_intent(envelope(strategy="BROADCAST"))
+        assert calls.names == ["a", "b", "c", "d"]
+        assert resp.payload == {"by": "d"} and resp.metadata.attempts == 4
+
+    def test_parallel_cancels_async_stragglers(self, make_runtime, calls: Calls) -> None:
+        cleaned = threading.Event()
+
+        async def slow(env: Any) -> dict[str, Any]:
+            calls.add("slow")
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cleaned.set()
+                raise
+            return {"by": "slow"}
+
+        rt = make_runtime(registry_of(("fast", aok(calls, "fast", delay=0.1)), ("slow", slow)))
+        resp = rt.route_intent(envelope(strategy="PARALLEL"))
+        assert resp.payload == {"by": "fast"}
+        assert cleaned.wait(5), "the straggler was not cancelled"
+        record = stored(rt, resp.metadata.execution_id)
+        abandoned = [
+            e["payload"] for e in record["events"] if e["type"] == "AGENT_ATTEMPT_ABANDONED"
+        ]
+        assert abandoned == [
+            {"agent": "slow", "attempt": 2, "reason": "first_success_elsewhere", "cancelled": True}
+        ]
+
+    def test_parallel_mixed_sync_and_async(self, make_runtime, calls: Calls) -> None:
+        async def afail(env: Any) -> dict[str, Any]:
+            calls.add("a")
+            raise AgentError("AGENT_ERROR", "no")
+
+        rt = make_runtime(registry_of(("a", afail), ("b", ok(calls, "b"))))
+        resp = rt.route_intent(envelope(strategy="PARALLEL"))
+        assert resp.payload == {"by": "b"}
+        assert sorted(calls.names) == ["a", "b"]
+
+
+class TestDeadlines:
+    def test_deadline_cancels_and_fallback_goes_on(self, make_runtime, calls: Calls) -> None:
+        seen: list[str] = []
+
+        async def hung(env: Any) -> dict[str, Any]:
+            calls.add("hung")
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                seen.append("cancelled")
+                await asyncio.sleep(0)  # cleanup may await
+                seen.append("cleaned up")
+                raise
+            return {}
+
+        rt = make_runtime(
+            registry_of(
+                ("hung", hung), ("b", ok(calls, "b")), hung={"timeout_s": 0.2, "node_priority": 1}
+            )
+        )
+        resp = rt.route_intent(envelope(strategy="FALLBACK"))
+        assert resp.payload == {"by": "b"}
+        deadline = time.monotonic() + 5
+        while len(seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert seen == ["cancelled", "cleaned up"]
+        first = ends(stored(rt, resp.metadata.execution_id))[0]
+        assert first["error_code"] == "AGENT_TIMEOUT"
+        assert first["cancelled"] is True and "abandoned" not in first
+        assert rt.invoker.abandoned() == 0
+
+    def test_timeout_alone(self, make_runtime) -> None:
+        async def hung(env: Any) -> dict[str, Any]:
+            await asyncio.sleep(30)
+            return {}
+
+        rt = make_runtime(registry_of(("a", hung), a={"timeout_s": 0.1}))
+        resp = rt.route_intent(envelope())
+        assert resp.error is not None and resp.error.code == "AGENT_TIMEOUT"
+
+
+class TestFailures:
+    def test_exception_is_internal_agent_error(self, make_runtime) -> None:
+        async def broken(env: Any) -> dict[str, Any]:
+            raise ValueError("boom")
+
+        rt = make_runtime(registry_of(("a", broken)))
+        resp = rt.route_intent(envelope())
+        assert resp.error is not None
+        assert (resp.error.code, resp.error.message) == ("INTERNAL_AGENT_ERROR", "boom")
+
+    @pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit, GeneratorExit])
+    def test_base_exceptions_do_not_stop_the_loop(self, make_runtime, calls: Calls, exc) -> None:
+        async def fatal(env: Any) -> dict[str, Any]:
+            raise exc()
+
+        rt = make_runtime(registry_of(("a", fatal), ("b", aok(calls, "b"))))
+        resp = rt.route_intent(envelope(target="a", request_id="r1"))
+        assert resp.error is not None and resp.error.code == "INTERNAL_AGENT_ERROR"
+        again = rt.route_intent(envelope(target="b", request_id="r2"))
+        assert again.payload == {"by": "b"}
+
+    def test_non_dict_result(self, make_runtime) -> None:
+        async def wrong(env: Any) -> Any:
+            return [1]
+
+        rt = make_runtime(registry_of(("a", wrong)))
+        resp = rt.route_intent(envelope())
+        assert resp.error is not None and resp.error.code == "INTERNAL_AGENT_ERROR"
+
+
+class Stalls(Observer):
+    def __init__(self) -> None:
+        self.stalls: list[float] = []
+        self.cancelled: list[str] = []
+
+    def loop_stalled(self, seconds: float) -> None:
+        self.stalls.append(seconds)
+
+    def attempt_cancelled(self, agent: str) -> None:
+        self.cancelled.append(agent)
+
+
+class TestLoop:
+    def test_routing_thread_is_released_while_the_agent_waits(self, make_runtime) -> None:
+        """process_inline hands the request to the loop and returns; the outcome is delivered
+        later, from another thread, once the agent finished."""
+        go = threading.Event()
+
+        async def waits(env: Any) -> dict[str, Any]:
+            while not go.is_set():
+                await asyncio.sleep(0.01)
+            return {"ok": True}
+
+        rt = make_runtime(registry_of(("a", waits)))
+        delivered: list[tuple[Outcome, str]] = []
+        done = threading.Event()
+
+        def deliver(outcome: Outcome) -> None:
+            delivered.append((outcome, threading.current_thread().name))
+            done.set()
+
+        rt.process_inline(body(envelope()), deliver=deliver)
+        assert delivered == []  # returned while the agent still waits
+        go.set()
+        assert done.wait(5)
+        outcome, thread = delivered[0]
+        assert outcome.response["payload"] == {"ok": True}
+        assert thread != threading.current_thread().name
+
+    def test_blocking_agent_is_reported_and_the_loop_survives(
+        self, make_runtime, calls: Calls, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        observer = Stalls()
+
+        async def blocks(env: Any) -> dict[str, Any]:
+            time.sleep(1.2)  # a mistake: blocks the event loop
+            return {"blocked": True}
+
+        rt = make_runtime(
+            registry_of(("blocker", blocks), ("b", aok(calls, "b"))), observer=observer
+        )
+        with caplog.at_level(logging.WARNING, logger="intentus.runtime.aio"):
+            resp = rt.route_intent(envelope(target="blocker", request_id="r1"))
+        assert resp.payload == {"blocked": True}
+        assert observer.stalls and max(observer.stalls) >= 0.5
+        warning = [r for r in caplog.records if "blocked" in r.getMessage()]
+        assert warning and "blocker" in warning[0].getMessage()
+        assert rt.route_intent(envelope(target="b", request_id="r2")).payload == {"by": "b"}
+
+    def test_cancellations_are_observed(self, make_runtime) -> None:
+        observer = Stalls()
+
+        async def hung(env: Any) -> dict[str, Any]:
+            await asyncio.sleep(30)
+            return {}
+
+        rt = make_runtime(registry_of(("a", hung), a={"timeout_s": 0.1}), observer=observer)
+        rt.route_intent(envelope())
+        assert observer.cancelled == ["a"]
+
+
+class TestRouteIntentAsync:
+    def test_from_a_users_loop(self, make_runtime) -> None:
+        """Many requests in flight on the caller's own loop; async agents run on it (they use
+        a primitive bound to it), and sync steps never block it."""
+        state = {"now": 0, "max": 0}
+        gates: list[asyncio.Event] = []
+
+        async def agent(env: Any) -> dict[str, Any]:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+            await gates[0].wait()  # an asyncio.Event of the caller's loop
+            state["now"] -= 1
+            return {"n": env.payload["n"]}
+
+        def sync(env: Any) -> dict[str, Any]:
+            return {"sync": True}
+
+        rt: IntentusRuntime = make_runtime(
+            registry_of(("a", agent), ("s", sync), a={"node_priority": 1})
+        )
+
+        async def main() -> list[Any]:
+            gates.append(asyncio.Event())
+            tasks = [
+                asyncio.create_task(
+                    rt.route_intent_async(
+                        envelope(payload={"n": i}, request_id=f"r{i}", target="a")
+                    )
+                )
+                for i in range(40)
+            ]
+            while state["max"] < 40:
+                await asyncio.sleep(0.01)  # the loop keeps running meanwhile
+            gates[0].set()
+            answers = await asyncio.gather(*tasks)
+            answers.append(await rt.route_intent_async(envelope(target="s", request_id="rs")))
+            return answers
+
+        answers = asyncio.run(asyncio.wait_for(main(), 20))
+        assert [a.payload for a in answers[:40]] == [{"n": i} for i in range(40)]
+        assert answers[40].payload == {"sync": True}
+        assert state["max"] == 40
+
+    def test_duplicate_of_an_inflight_request_is_answered_from_its_record(
+        self, make_runtime, calls: Calls
+    ) -> None:
+        async def slow(env: Any) -> dict[str, Any]:
+            calls.add("a")
+            await asyncio.sleep(0.3)
+            return {"once": True}
+
+        rt = make_runtime(registry_of(("a", slow)))
+
+        async def main() -> list[Any]:
+            return list(
+                await asyncio.gather(
+                    rt.route_intent_async(envelope(request_id="same")),
+                    rt.route_intent_async(envelope(request_id="same")),
+                )
+            )
+
+        first, second = asyncio.run(asyncio.wait_for(main(), 20))
+        assert calls.names == ["a"]
+        assert first.model_dump() == second.model_dump()
+        assert json.loads(rt.store.get(first.metadata.execution_id) or b"{}")["finalResponse"][
+            "payload"
+        ] == {"once": True}
