@@ -5,13 +5,25 @@ by mistake, SIGTERM with async agents in flight."""
 from __future__ import annotations
 
 import signal
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.faults.load import Publisher, executions, figures, report, request
+from tests.faults.load import (
+    Message,
+    Publisher,
+    body_of,
+    envelope,
+    executions,
+    figures,
+    report,
+    request,
+)
 from tests.integration.wire import execution_id, load_record
+from tests.support import pg
 from tests.support.broker import queue_depth
 
 pytestmark = pytest.mark.integration
@@ -186,3 +198,61 @@ def test_sigterm_past_the_grace_cancels_async_agents(
         record = load_record(w2.records_dir, execution_id(m.request_id))
         assert record["finalResponse"]["error"]["code"] == "EXECUTION_IN_DOUBT"
     assert queue_depth(queue_name) == 0
+
+
+@pytest.fixture(params=["files", "postgres"])
+def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    if request.param == "postgres":
+        with pg.temporary_database() as url:
+            yield {"INTENTUS_RECORDS_URL": url}
+        return
+    yield {"INTENTUS_RECORDS_DIR": str(tmp_path / "shared-records")}
+
+
+def twins(n: int, reply_to: str, sleep_s: float) -> list[Message]:
+    out = []
+    for _ in range(n):
+        rid = f"arace-{uuid.uuid4().hex[:12]}"
+        body = body_of(envelope("AwaitIntent", {"sleep_s": sleep_s}, request_id=rid))
+        out += [Message(body, uuid.uuid4().hex, request_id=rid, reply_to=reply_to) for _ in "ab"]
+    return out
+
+
+def test_race_of_three_workers_with_async_agents(
+    start_worker, replies, exec_log, async_env, store_env, queue_name, tmp_path
+):
+    """Three workers, each requestId sent twice at once, the agent async: one execution and
+    one answer per requestId, on either store."""
+    env = {**async_env, **store_env}
+    workers = [start_worker(records_dir=tmp_path / "shared-records", env=env) for _ in range(3)]
+    messages = twins(100, replies.queue, sleep_s=0.2)
+    publish(queue_name, messages)
+    assert replies.wait_for({m.correlation_id for m in messages}, timeout=60)
+    fig = report(figures("async-race-twins", messages, replies, exec_log, workers=len(workers)))
+    assert fig["lost"] == 0 and fig["executed_twice"] == 0, fig
+    assert fig["inconsistent_replies"] == 0 and fig["codes"] == {"success": 200}, fig
+    answers: dict[str | None, set[bytes]] = {}
+    for m in messages:
+        reply = replies.first(m.correlation_id)
+        assert reply is not None
+        answers.setdefault(m.request_id, set()).add(reply.body)
+    assert all(len(bodies) == 1 for bodies in answers.values())
+
+
+def test_sigkill_with_async_agents_in_flight(
+    start_worker, replies, exec_log, async_env, store_env, queue_name, tmp_path
+):
+    """SIGKILL while 100 async agents wait: the next worker answers every request, those
+    that had started in doubt (from a record), none run twice, none lost."""
+    env = {**async_env, **store_env}
+    w = start_worker(records_dir=tmp_path / "shared-records", env=env)
+    messages = [request("AwaitIntent", {"sleep_s": 30}, replies.queue) for _ in range(100)]
+    publish(queue_name, messages)
+    assert w.wait_until(lambda: ran(exec_log, "await") == 100, timeout=30)
+    w.kill()
+    start_worker(records_dir=tmp_path / "shared-records", env=env)
+    cids = {m.correlation_id for m in messages}
+    assert replies.wait_for(cids, timeout=60)
+    fig = report(figures("async-sigkill", messages, replies, exec_log))
+    assert fig["lost"] == 0 and fig["executed_twice"] == 0, fig
+    assert fig["codes"] == {"EXECUTION_IN_DOUBT": 100}, fig
