@@ -335,7 +335,7 @@ class AsyncAgents:
         except asyncio.CancelledError:
             if attempt.ending is not None:
                 raise  # we cancelled it: deadline, straggler or shutdown
-            message = f"agent '{attempt.agent}' was cancelled by its own code"
+            message = f"agent '{attempt.agent}' was cancelled before its deadline"
             return None, error_dict(ErrorCode.INTERNAL_AGENT_ERROR, message, {})
         except BaseException as exc:  # nothing an agent raises may stop the loop
             return None, agent_failure(exc, attempt.envelope, attempt.agent)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from runtime.aio import AsyncAgents
 from runtime.envelope import RequestContext
@@ -40,7 +40,6 @@ async def route_intent_async(
             while not await asyncio.to_thread(runtime.settled, outcome):
                 await asyncio.sleep(_POLL_S)
             outcome = await _process(runtime, loop, envelope, context)
-        outcome = await asyncio.to_thread(runtime.commit_sync, outcome)
     finally:
         AsyncAgents.reset(token)
     return AgentResponse.model_validate(outcome.response)
@@ -52,7 +51,8 @@ async def _process(
     envelope: Incoming,
     context: RequestContext | None,
 ) -> Outcome:
-    """`process_inline` on a thread; its outcome, from whichever thread delivers it."""
+    """`process_inline` on a thread; its outcome, recorded durably by whichever thread
+    delivers it: even if the caller stops waiting, a request that ran ends in its record."""
     answer: asyncio.Future[Outcome] = loop.create_future()
 
     def settle(outcome: Outcome | None, exc: BaseException | None) -> None:
@@ -64,7 +64,13 @@ async def _process(
             answer.set_result(outcome)  # type: ignore[arg-type]
 
     def deliver(outcome: Outcome) -> None:
-        loop.call_soon_threadsafe(settle, outcome, None)
+        try:
+            if not outcome.parked:
+                outcome = runtime.commit_sync(outcome)
+        except BaseException as exc:
+            _tell(loop, settle, None, exc)
+            return
+        _tell(loop, settle, outcome, None)
 
     def run() -> None:
         try:
@@ -72,8 +78,15 @@ async def _process(
         except Abandoned:
             pass  # a sync agent overstayed: the request was delivered from another thread
         except BaseException as exc:  # the caller gets it (RecordStoreError…)
-            loop.call_soon_threadsafe(settle, None, exc)
+            _tell(loop, settle, None, exc)
 
     # Not awaited: a sync agent stuck past its deadline keeps this thread, not the caller.
     loop.run_in_executor(None, contextvars.copy_context().run, run)
     return await answer
+
+
+def _tell(loop: asyncio.AbstractEventLoop, settle: Any, *args: Any) -> None:
+    try:
+        loop.call_soon_threadsafe(settle, *args)
+    except RuntimeError:
+        pass  # the caller's loop is closed: nobody waits for the answer (it is recorded)

@@ -130,10 +130,20 @@ class TestStrategies:
             calls.add("a")
             raise AgentError("AGENT_ERROR", "no")
 
-        rt = make_runtime(registry_of(("a", afail), ("b", ok(calls, "b"))))
+        def slow_ok(env: Any) -> dict[str, Any]:
+            time.sleep(0.2)  # a has failed by then: both attempts end in the record
+            calls.add("b")
+            return {"by": "b"}
+
+        rt = make_runtime(registry_of(("a", afail), ("b", slow_ok)))
         resp = rt.route_intent(envelope(strategy="PARALLEL"))
         assert resp.payload == {"by": "b"}
         assert sorted(calls.names) == ["a", "b"]
+        record = stored(rt, resp.metadata.execution_id)
+        assert [(e["agent"], e["status"]) for e in ends(record)] == [
+            ("a", "error"),
+            ("b", "success"),
+        ]
 
 
 class TestDeadlines:
@@ -345,3 +355,29 @@ class TestRouteIntentAsync:
         assert json.loads(rt.store.get(first.metadata.execution_id) or b"{}")["finalResponse"][
             "payload"
         ] == {"once": True}
+
+    def test_a_caller_that_stops_waiting_still_gets_the_request_recorded(
+        self, make_runtime, calls: Calls
+    ) -> None:
+        """The caller cancels its await while the agent runs: the request still ends in a
+        durable record (and its claim is released), so a retry is answered from it."""
+        finished = threading.Event()
+
+        async def slow(env: Any) -> dict[str, Any]:
+            calls.add("a")
+            await asyncio.sleep(0.3)
+            finished.set()
+            return {"done": True}
+
+        rt = make_runtime(registry_of(("a", slow)))
+
+        async def give_up() -> None:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(rt.route_intent_async(envelope(request_id="gone")), 0.05)
+            await asyncio.sleep(0.6)  # the loop runs on; the agent finishes meanwhile
+
+        asyncio.run(give_up())
+        assert finished.wait(5)
+        again = rt.route_intent(envelope(request_id="gone"))
+        assert again.payload == {"done": True}
+        assert calls.names == ["a"]
