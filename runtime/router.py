@@ -8,18 +8,18 @@ only PARALLEL's winner depends on timing.
 from __future__ import annotations
 
 import contextvars
-import queue
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from runtime.aio import AsyncAgents, AsyncAttempt, Ending
 from runtime.envelope import IntentEnvelope, RoutingStrategy
 from runtime.errors import ErrorCode
-from runtime.invoker import Abandoned, AgentInvoker, Attempt, AttemptResult
+from runtime.invoker import Abandoned, AgentInvoker, AttemptResult
 from runtime.observer import Observer
+from runtime.parallel import run_parallel
 from runtime.policy import PolicyDecision
 from runtime.recorder import ExecutionRecorder
 from runtime.registry import AgentDefinition
@@ -188,7 +188,14 @@ class Router:
     def execute(self, route: Route) -> RouteOutcome:
         """Run the plan, each handler on a pool thread (or, async, on the loop), and wait."""
         if route.envelope.routing.strategy is RoutingStrategy.PARALLEL:
-            return self._parallel(route)
+            name, result, reason = run_parallel(self, route)
+            return RouteOutcome.of(
+                name,
+                result,
+                attempts=len(route.plan.try_order),
+                reason=reason,
+                try_order=route.plan.try_order,
+            )
         steps = self.steps(route)
         try:
             call = next(steps)
@@ -295,7 +302,7 @@ class Router:
             rec.event("AGENT_ATTEMPT_START", {"agent": name, "attempt": attempts})
             self.observer.attempt_started(name, attempts)
             result, ending = yield AttemptCall(agent, route.fresh(), self.timeout_for(agent))
-            self._end(rec, name, number=attempts, result=result, ending=ending)
+            self.end_attempt(rec, name, number=attempts, result=result, ending=ending)
             last = (name, result)
             if result.status == "success":
                 last_success = last
@@ -318,7 +325,7 @@ class Router:
             last[0], last[1], attempts=attempts, reason=reason, try_order=p.try_order
         )
 
-    def _end(
+    def end_attempt(
         self,
         rec: ExecutionRecorder,
         name: str,
@@ -340,87 +347,4 @@ class Router:
         rec.event("AGENT_ATTEMPT_END", payload)
         self.observer.attempt_finished(
             name, status=result.status, error_code=result.error_code, seconds=result.seconds
-        )
-
-    def _parallel(self, route: Route) -> RouteOutcome:
-        agents, p, rec = route.agents, route.plan, route.recorder
-        done: queue.SimpleQueue[Attempt | AsyncAttempt] = queue.SimpleQueue()
-        pending: dict[Attempt | AsyncAttempt, int] = {}
-        results: dict[str, AttemptResult] = {}
-        runner = self.aio.current()
-        for number, name in enumerate(p.try_order, start=1):
-            agent = agents[name]
-            rec.event("AGENT_ATTEMPT_START", {"agent": name, "attempt": number})
-            self.observer.attempt_started(name, number)
-            attempt: Attempt | AsyncAttempt
-            if agent.is_async:  # its deadline is kept by the loop, which then ends it
-                attempt = runner.start(
-                    name,
-                    agent.handler,
-                    envelope=route.fresh(),
-                    timeout_s=self.timeout_for(agent),
-                    on_end=done.put,
-                )
-            else:
-                attempt = self.invoker.start(
-                    name,
-                    agent.handler,
-                    envelope=route.fresh(),
-                    timeout_s=self.timeout_for(agent),
-                    notify=cast("queue.SimpleQueue[Attempt]", done),
-                )
-            pending[attempt] = number
-        mono = time.monotonic
-        winner: tuple[str, AttemptResult] | None = None
-        while pending and winner is None:
-            nearest = min(pending, key=lambda a: a.deadline)
-            wait = nearest.deadline - mono()
-            try:
-                finished = done.get(timeout=None if wait == float("inf") else max(0.0, wait))
-            except queue.Empty:
-                assert isinstance(nearest, Attempt)  # async attempts have no deadline here
-                if not nearest.detach():
-                    continue  # it returned just now; its completion is in the queue
-                result = self.invoker.timeout_result(nearest)
-                number = pending.pop(nearest)
-                self._end(rec, nearest.agent, number=number, result=result, ending="abandoned")
-                results[nearest.agent] = result
-                continue
-            if finished not in pending:
-                continue  # already timed out and recorded
-            result = finished.result()
-            ending: Ending = "returned"
-            if isinstance(finished, AsyncAttempt) and finished.ending == "cancelled":
-                ending = "cancelled"
-            number = pending.pop(finished)
-            self._end(rec, finished.agent, number=number, result=result, ending=ending)
-            results[finished.agent] = result
-            if result.status == "success":
-                winner = (finished.agent, result)
-        for straggler, number in sorted(pending.items(), key=lambda item: item[1]):
-            detached = straggler.detach()
-            event: dict[str, Any] = {
-                "agent": straggler.agent,
-                "attempt": number,
-                "reason": "first_success_elsewhere",
-            }
-            if detached and isinstance(straggler, AsyncAttempt):
-                event["cancelled"] = True  # its task was cancelled, not left running
-            rec.event("AGENT_ATTEMPT_ABANDONED", event)
-        attempts = len(p.try_order)
-        if winner is not None:
-            return RouteOutcome.of(
-                winner[0],
-                winner[1],
-                attempts=attempts,
-                reason="parallel_first_success",
-                try_order=p.try_order,
-            )
-        last_name = p.try_order[-1]
-        return RouteOutcome.of(
-            last_name,
-            results[last_name],
-            attempts=attempts,
-            reason="all_failed",
-            try_order=p.try_order,
         )
