@@ -210,7 +210,8 @@ class AsyncAgents:
         try:
             ended.get(timeout=timeout_s + _FORCE_S)
         except queue.Empty:
-            if self.cancel(attempt):
+            # Not ended in time (a blocked loop), or ended by `shutdown`, which tells no one.
+            if self.cancel(attempt) or attempt.ending == "shutdown":
                 return expired_result(agent, timeout_s, self.monotonic() - attempt.started), (
                     "cancelled"
                 )

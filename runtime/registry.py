@@ -74,7 +74,7 @@ class AgentDefinition:
 
 def is_coroutine_function(handler: Handler) -> bool:
     """An `async def` function, a partial of one, or an object whose `__call__` is one."""
-    method = type(handler).__dict__.get("__call__")  # an object's own async __call__
+    method = inspect.getattr_static(type(handler), "__call__", None)  # an object's, inherited too
     return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(method)
 
 

@@ -57,6 +57,20 @@ class TestRegistry:
         assert a_def.is_async and not s_def.is_async
         assert a_def.describe()["async"] is True
 
+    def test_objects_with_an_async_call_are_async(self, make_runtime) -> None:
+        class Base:
+            async def __call__(self, env: Any) -> dict[str, Any]:
+                await asyncio.sleep(0)
+                return {"object": True}
+
+        class Agent(Base):
+            pass
+
+        reg = registry_of(("o", Agent()))
+        definition = reg.get("o")
+        assert definition is not None and definition.is_async
+        assert make_runtime(reg).route_intent(envelope()).payload == {"object": True}
+
 
 class TestStrategies:
     def test_direct(self, make_runtime, calls: Calls) -> None:
@@ -381,3 +395,25 @@ class TestRouteIntentAsync:
         again = rt.route_intent(envelope(request_id="gone"))
         assert again.payload == {"done": True}
         assert calls.names == ["a"]
+
+
+class TestShutdown:
+    def test_a_caller_waiting_on_a_cancelled_agent_is_answered(self, make_runtime) -> None:
+        """`route_intent` waiting on an async agent that shutdown cancelled gets AGENT_TIMEOUT
+        (by its deadline plus the forcing margin), instead of waiting forever."""
+
+        async def hung(env: Any) -> dict[str, Any]:
+            await asyncio.sleep(30)
+            return {}
+
+        rt = make_runtime(registry_of(("a", hung), a={"timeout_s": 1.0}))
+        answers: list[Any] = []
+        caller = threading.Thread(target=lambda: answers.append(rt.route_intent(envelope())))
+        caller.start()
+        deadline = time.monotonic() + 5
+        while rt.aio.inflight() == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert rt.aio.shutdown(wait_s=1.0) == 1
+        caller.join(10)
+        assert not caller.is_alive()
+        assert answers[0].error.code == "AGENT_TIMEOUT"
