@@ -30,7 +30,7 @@ from runtime.aio_route import route_intent_async
 from runtime.claims import Claim, ClaimState, new_owner_token
 from runtime.clock import Clock, SystemClock
 from runtime.duplicates import Duplicates
-from runtime.envelope import IntentEnvelope, RequestContext, RoutingStrategy
+from runtime.envelope import IntentEnvelope, RequestContext
 from runtime.errors import RecordExists, RecordStoreError
 from runtime.filestore import FileRecordStore
 from runtime.intake import Arrival, Incoming, Refused, Request, read
@@ -309,13 +309,13 @@ class IntentusRuntime:
             recorder=recorder,
             fresh=self._private_copies(request),
         )
-        if deliver is None or envelope.routing.strategy is RoutingStrategy.PARALLEL:
+        if deliver is None:
             return claimed(executed(self.router.execute(route), agent_ran=True))
 
         def finish(out: RouteOutcome) -> None:
             deliver(claimed(executed(out, agent_ran=True)))
 
-        self.router.execute_inline(self.router.steps(route), finish)
+        self.router.execute_route_inline(route, finish)
         return None
 
     def _private_copies(self, request: Request) -> Callable[[], IntentEnvelope]:

@@ -19,7 +19,7 @@ from runtime.envelope import IntentEnvelope, RoutingStrategy
 from runtime.errors import ErrorCode
 from runtime.invoker import Abandoned, AgentInvoker, AttemptResult
 from runtime.observer import Observer
-from runtime.parallel import run_parallel
+from runtime.parallel import race_async, run_parallel
 from runtime.policy import PolicyDecision
 from runtime.recorder import ExecutionRecorder
 from runtime.registry import AgentDefinition
@@ -220,6 +220,25 @@ class Router:
         except StopIteration as stop:
             outcome: RouteOutcome = stop.value
             return outcome
+
+    def execute_route_inline(self, route: Route, finish: Callable[[RouteOutcome], None]) -> None:
+        """Run the plan for the worker: sequential plans with `execute_inline`; PARALLEL over
+        async agents only without holding this thread; any other PARALLEL waits here."""
+        if route.envelope.routing.strategy is not RoutingStrategy.PARALLEL:
+            self.execute_inline(self.steps(route), finish)
+            return
+        if not all(route.agents[name].is_async for name in route.plan.try_order):
+            finish(self.execute(route))
+            return
+        try_order = route.plan.try_order
+
+        def decided(name: str, result: AttemptResult, reason: RouteReason) -> None:
+            outcome = RouteOutcome.of(
+                name, result, attempts=len(try_order), reason=reason, try_order=try_order
+            )
+            finish(outcome)
+
+        race_async(self, route, decided)
 
     def execute_inline(
         self,

@@ -79,3 +79,26 @@ async def ablock(envelope: Any) -> dict[str, Any]:
     _mark(envelope, "ablock")
     time.sleep(float(envelope.payload.get("block_s", 1.5)))  # the mistake: blocks the loop
     return {"ok": True}
+
+
+@registry.agent("pfast", intents=["RaceAsyncIntent"], node_priority=10)
+async def pfast(envelope: Any) -> dict[str, Any]:
+    """Awaits 1 s, counting (with `await`) how many wait at once."""
+    global _waiting, _most_waiting
+    _waiting += 1
+    _most_waiting = max(_most_waiting, _waiting)
+    try:
+        await asyncio.sleep(1.0)
+    finally:
+        _waiting -= 1
+    return {"by": "pfast", "most_waiting": _most_waiting}
+
+
+@registry.agent("pslow", intents=["RaceAsyncIntent"], node_priority=20)
+async def pslow(envelope: Any) -> dict[str, Any]:
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        _mark(envelope, "pslow-cancelled")
+        raise
+    return {"by": "pslow"}

@@ -259,3 +259,23 @@ def test_sigkill_with_async_agents_in_flight(
     fig = report(figures("async-sigkill", messages, replies, exec_log))
     assert fig["lost"] == 0 and fig["executed_twice"] == 0, fig
     assert fig["codes"] == {"EXECUTION_IN_DOUBT": 100}, fig
+
+
+def test_parallel_over_async_agents_holds_no_thread(
+    start_worker, replies, exec_log, async_env, queue_name
+):
+    """PARALLEL over async agents only, 100 requests on 8 routing threads: the winners all
+    wait at once, and every straggler is cancelled (its cleanup ran)."""
+    w = start_worker(env=async_env)
+    messages = [
+        request("RaceAsyncIntent", {}, replies.queue, strategy="PARALLEL") for _ in range(100)
+    ]
+    publish(queue_name, messages)
+    cids = {m.correlation_id for m in messages}
+    assert replies.wait_for(cids, timeout=60), w.logs()[-3000:]
+    fig = report(figures("async-parallel-100", messages, replies, exec_log))
+    assert fig["lost"] == 0 and fig["codes"] == {"success": 100}, fig
+    most = max(replies.first(c).json["payload"]["most_waiting"] for c in cids)  # type: ignore[union-attr]
+    assert most >= 50, f"only {most} PARALLEL winners waited at once"
+    assert w.wait_until(lambda: ran(exec_log, "pslow-cancelled") == 100, timeout=10)
+    assert w.metric("intentus_agent_cancellations_total", agent="pslow") == 100

@@ -417,3 +417,91 @@ class TestShutdown:
         caller.join(10)
         assert not caller.is_alive()
         assert answers[0].error.code == "AGENT_TIMEOUT"
+
+
+class TestParallelWithoutAThread:
+    def test_all_async_parallel_releases_the_routing_thread(self, make_runtime) -> None:
+        """PARALLEL over async agents only: process_inline returns while they wait; the first
+        success is delivered from another thread, the straggler cancelled and recorded so."""
+        go = threading.Event()
+        cleaned = threading.Event()
+
+        async def winner(env: Any) -> dict[str, Any]:
+            while not go.is_set():
+                await asyncio.sleep(0.01)
+            return {"by": "winner"}
+
+        async def loser(env: Any) -> dict[str, Any]:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cleaned.set()
+                raise
+            return {}
+
+        async def failer(env: Any) -> dict[str, Any]:
+            raise AgentError("AGENT_ERROR", "no")
+
+        rt = make_runtime(
+            registry_of(
+                ("a-fail", failer),
+                ("b-win", winner),
+                ("c-lose", loser),
+            )
+        )
+        delivered: list[Outcome] = []
+        done = threading.Event()
+
+        def deliver(outcome: Outcome) -> None:
+            delivered.append(outcome)
+            done.set()
+
+        rt.process_inline(body(envelope(strategy="PARALLEL")), deliver=deliver)
+        assert delivered == []  # returned while the agents wait
+        go.set()
+        assert done.wait(5)
+        outcome = delivered[0]
+        assert outcome.response["payload"] == {"by": "winner"}
+        assert outcome.response["metadata"]["attempts"] == 3
+        assert cleaned.wait(5)
+        record = json.loads(outcome.record or b"{}")
+        types = [e["type"] for e in record["events"]]
+        assert types.count("AGENT_ATTEMPT_START") == 3
+        assert [(e["agent"], e["status"]) for e in ends(record)] == [
+            ("a-fail", "error"),
+            ("b-win", "success"),
+        ]
+        abandoned = [
+            e["payload"] for e in record["events"] if e["type"] == "AGENT_ATTEMPT_ABANDONED"
+        ]
+        assert abandoned == [
+            {
+                "agent": "c-lose",
+                "attempt": 3,
+                "reason": "first_success_elsewhere",
+                "cancelled": True,
+            }
+        ]
+        assert record["routerDecision"]["reason"] == "parallel_first_success"
+
+    def test_all_async_parallel_all_failing(self, make_runtime) -> None:
+        async def failer(env: Any) -> dict[str, Any]:
+            raise AgentError("AGENT_ERROR", f"{env.metadata.requestId} no")
+
+        async def hung(env: Any) -> dict[str, Any]:
+            await asyncio.sleep(30)
+            return {}
+
+        rt = make_runtime(registry_of(("a", failer), ("b", hung), b={"timeout_s": 0.2}))
+        done: list[Outcome] = []
+        finished = threading.Event()
+        rt.process_inline(
+            body(envelope(strategy="PARALLEL")),
+            deliver=lambda o: (done.append(o), finished.set()),
+        )
+        assert finished.wait(5)
+        response = done[0].response
+        assert response["error"]["code"] == "AGENT_TIMEOUT"  # the last in try order
+        record = json.loads(done[0].record or b"{}")
+        assert record["routerDecision"]["reason"] == "all_failed"
+        assert [e.get("cancelled") for e in ends(record)] == [None, True]
