@@ -25,10 +25,12 @@ from functools import partial
 from typing import Any
 
 from runtime import defaults
+from runtime.aio import AsyncAgents
+from runtime.aio_route import route_intent_async
 from runtime.claims import Claim, ClaimState, new_owner_token
 from runtime.clock import Clock, SystemClock
 from runtime.duplicates import Duplicates
-from runtime.envelope import IntentEnvelope, RequestContext, RoutingStrategy
+from runtime.envelope import IntentEnvelope, RequestContext
 from runtime.errors import RecordExists, RecordStoreError
 from runtime.filestore import FileRecordStore
 from runtime.intake import Arrival, Incoming, Refused, Request, read
@@ -98,7 +100,9 @@ class IntentusRuntime:
             worker_id=self.worker_id,
         )
         self.invoker = AgentInvoker(self.clock.monotonic)
-        self.router = Router(self.invoker, self.observer, agent_timeout_s)
+        #: The event loop of async agents (started with the first one).
+        self.aio = AsyncAgents(self.clock.monotonic, self.observer)
+        self.router = Router(self.invoker, self.observer, agent_timeout_s, aio=self.aio)
 
     # -- embedding API -------------------------------------------------------------------
     def route_intent(
@@ -113,6 +117,13 @@ class IntentusRuntime:
             outcome = self.process(envelope, context)
         outcome = self.commit_sync(outcome)
         return AgentResponse.model_validate(outcome.response)
+
+    async def route_intent_async(
+        self, envelope: Incoming, context: RequestContext | None = None
+    ) -> AgentResponse:
+        """`route_intent` from an application's event loop, which it never blocks; async
+        agents run on that loop (see runtime/aio_route.py)."""
+        return await route_intent_async(self, envelope, context)
 
     def settled(self, parked: Outcome) -> bool:
         """Whether a parked request can be processed again (its owner recorded it or died)."""
@@ -177,7 +188,7 @@ class IntentusRuntime:
 
     def process_inline(
         self,
-        request: bytes,
+        request: Incoming,
         context: RequestContext | None = None,
         *,
         content_type: str | None = None,
@@ -298,13 +309,13 @@ class IntentusRuntime:
             recorder=recorder,
             fresh=self._private_copies(request),
         )
-        if deliver is None or envelope.routing.strategy is RoutingStrategy.PARALLEL:
+        if deliver is None:
             return claimed(executed(self.router.execute(route), agent_ran=True))
 
         def finish(out: RouteOutcome) -> None:
             deliver(claimed(executed(out, agent_ran=True)))
 
-        self.router.execute_inline(self.router.steps(route), finish)
+        self.router.execute_route_inline(route, finish)
         return None
 
     def _private_copies(self, request: Request) -> Callable[[], IntentEnvelope]:
@@ -400,6 +411,7 @@ class IntentusRuntime:
         )
 
     def close(self) -> None:
+        self.aio.close()
         self.invoker.close()
         self.store.close()
 

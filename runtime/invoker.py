@@ -75,28 +75,39 @@ def run_handler(
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """Call one handler; every failure becomes an error dict (agent failures are data)."""
     try:
-        result = handler(envelope)
-        if not isinstance(result, dict):
-            raise TypeError(f"agent returned {type(result).__name__}, expected a dict")
-        return _json_copy(result, "agent result"), None
-    except AgentError as exc:
+        return checked_result(handler(envelope)), None
+    except Exception as exc:  # the one place sync agents' exceptions are caught
+        return None, agent_failure(exc, envelope, agent)
+
+
+def checked_result(result: Any) -> dict[str, Any]:
+    """A handler's return value as the JSON copy that is recorded; TypeError if it is none."""
+    if not isinstance(result, dict):
+        raise TypeError(f"agent returned {type(result).__name__}, expected a dict")
+    copied: dict[str, Any] = _json_copy(result, "agent result")
+    return copied
+
+
+def agent_failure(exc: BaseException, envelope: Any, agent: str) -> dict[str, Any]:
+    """The error dict of a handler that raised: AgentError keeps its code, anything else is
+    INTERNAL_AGENT_ERROR with the exception's message."""
+    if isinstance(exc, AgentError):
         try:
             details = _json_copy(exc.details, "error details")
         except TypeError:
             details = {"repr": repr(exc.details)[:1000]}
-        return None, error_dict(exc.code, exc.message, details)
-    except Exception as exc:  # the one place agent exceptions are caught
-        message = str(exc) or type(exc).__name__
-        log.error(
-            "agent '%s' raised %s: %s",
-            agent,
-            type(exc).__name__,
-            message,
-            exc_info=exc,
-            extra={"agent": agent, **request_ids(envelope)},
-        )
-        details = {"exception": type(exc).__name__, "traceback": summarise(exc, skip=1)}
-        return None, error_dict(ErrorCode.INTERNAL_AGENT_ERROR, message, details)
+        return error_dict(exc.code, exc.message, details)
+    message = str(exc) or type(exc).__name__
+    log.error(
+        "agent '%s' raised %s: %s",
+        agent,
+        type(exc).__name__,
+        message,
+        exc_info=exc,
+        extra={"agent": agent, **request_ids(envelope)},
+    )
+    details = {"exception": type(exc).__name__, "traceback": summarise(exc, skip=1)}
+    return error_dict(ErrorCode.INTERNAL_AGENT_ERROR, message, details)
 
 
 class Attempt:
@@ -204,7 +215,7 @@ class AgentInvoker:
 
         def expired() -> None:
             on_timeout(
-                _timeout_result(agent, timeout_s, self._monotonic() - started),
+                expired_result(agent, timeout_s, self._monotonic() - started),
             )
 
         watched = self.watchdog.watch(agent, timeout_s, expired)
@@ -256,9 +267,7 @@ class AgentInvoker:
         return self.timeout_result(attempt), True
 
     def timeout_result(self, attempt: Attempt) -> AttemptResult:
-        return _timeout_result(
-            attempt.agent, attempt.timeout_s, self._monotonic() - attempt.started
-        )
+        return expired_result(attempt.agent, attempt.timeout_s, self._monotonic() - attempt.started)
 
     def abandoned(self) -> int:
         """Handlers still running past their deadline after the request moved on."""
@@ -320,7 +329,7 @@ class AgentInvoker:
             attempt._complete()
 
 
-def _timeout_result(agent: str, timeout_s: float, elapsed: float) -> AttemptResult:
+def expired_result(agent: str, timeout_s: float, elapsed: float) -> AttemptResult:
     return AttemptResult.failed(
         error_dict(
             ErrorCode.AGENT_TIMEOUT,

@@ -16,6 +16,13 @@ class Observer:
     ) -> None:
         """One agent attempt ended (status `success` or `error`)."""
 
+    def attempt_cancelled(self, agent: str) -> None:
+        """An async agent's task was cancelled: at its deadline, or as a PARALLEL straggler."""
+
+    def loop_stalled(self, seconds: float) -> None:
+        """The event loop of async agents was blocked this long (an agent called blocking code
+        inside `async def`); reported once per stall, while it lasts."""
+
     def fallback(self, intent: str) -> None:
         """FALLBACK moved on from a failed agent to the next."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 import threading
 from collections.abc import Callable, Iterable
@@ -50,6 +51,8 @@ class AgentDefinition:
     node_id: str | None = None
     node_priority: int = 100
     timeout_s: float | None = None
+    #: An `async def` handler: it runs on an event loop, not on a routing thread.
+    is_async: bool = False
 
     @property
     def is_local(self) -> bool:
@@ -65,7 +68,14 @@ class AgentDefinition:
             "node_id": self.node_id,
             "node_priority": self.node_priority,
             "timeout_s": self.timeout_s,
+            "async": self.is_async,
         }
+
+
+def is_coroutine_function(handler: Handler) -> bool:
+    """An `async def` function, a partial of one, or an object whose `__call__` is one."""
+    method = inspect.getattr_static(type(handler), "__call__", None)  # an object's, inherited too
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(method)
 
 
 class AgentRegistry:
@@ -130,6 +140,7 @@ class AgentRegistry:
             node_id=node_id,
             node_priority=node_priority,
             timeout_s=float(timeout_s) if timeout_s is not None else None,
+            is_async=is_coroutine_function(handler),
         )
         with self._lock:
             if name in self._agents:

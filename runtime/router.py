@@ -7,17 +7,19 @@ only PARALLEL's winner depends on timing.
 
 from __future__ import annotations
 
-import queue
+import contextvars
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal
 
+from runtime.aio import AsyncAgents, AsyncAttempt, Ending
 from runtime.envelope import IntentEnvelope, RoutingStrategy
 from runtime.errors import ErrorCode
-from runtime.invoker import Abandoned, AgentInvoker, Attempt, AttemptResult
+from runtime.invoker import Abandoned, AgentInvoker, AttemptResult
 from runtime.observer import Observer
+from runtime.parallel import race_async, run_parallel
 from runtime.policy import PolicyDecision
 from runtime.recorder import ExecutionRecorder
 from runtime.registry import AgentDefinition
@@ -69,7 +71,7 @@ class AttemptCall:
     timeout_s: float
 
 
-Steps = Generator[AttemptCall, tuple[AttemptResult, bool], "RouteOutcome"]
+Steps = Generator[AttemptCall, tuple[AttemptResult, Ending], "RouteOutcome"]
 
 
 @dataclass(slots=True, kw_only=True)
@@ -168,50 +170,99 @@ def _unauthorized(names: Sequence[str], reasons: dict[str, str]) -> dict[str, An
 class Router:
     """Runs a plan through the invoker, recording every attempt."""
 
-    def __init__(self, invoker: AgentInvoker, observer: Observer, default_timeout_s: float) -> None:
+    def __init__(
+        self,
+        invoker: AgentInvoker,
+        observer: Observer,
+        default_timeout_s: float,
+        aio: AsyncAgents | None = None,
+    ) -> None:
         self.invoker = invoker
         self.observer = observer
         self.default_timeout_s = default_timeout_s
+        self.aio = aio if aio is not None else AsyncAgents(time.monotonic, observer)
 
     def timeout_for(self, agent: AgentDefinition) -> float:
         return agent.timeout_s if agent.timeout_s is not None else self.default_timeout_s
 
     def execute(self, route: Route) -> RouteOutcome:
-        """Run the plan, each handler on a pool thread."""
+        """Run the plan, each handler on a pool thread (or, async, on the loop), and wait."""
         if route.envelope.routing.strategy is RoutingStrategy.PARALLEL:
-            return self._parallel(route)
+            name, result, reason = run_parallel(self, route)
+            return RouteOutcome.of(
+                name,
+                result,
+                attempts=len(route.plan.try_order),
+                reason=reason,
+                try_order=route.plan.try_order,
+            )
         steps = self.steps(route)
         try:
             call = next(steps)
             while True:
-                result, timed_out = self.invoker.call(
-                    call.agent.name,
-                    call.agent.handler,
-                    envelope=call.envelope,
-                    timeout_s=call.timeout_s,
-                )
-                call = steps.send((result, timed_out))
+                ending: Ending
+                if call.agent.is_async:
+                    result, ending = self.aio.current().call(
+                        call.agent.name,
+                        call.agent.handler,
+                        envelope=call.envelope,
+                        timeout_s=call.timeout_s,
+                    )
+                else:
+                    result, timed_out = self.invoker.call(
+                        call.agent.name,
+                        call.agent.handler,
+                        envelope=call.envelope,
+                        timeout_s=call.timeout_s,
+                    )
+                    ending = "abandoned" if timed_out else "returned"
+                call = steps.send((result, ending))
         except StopIteration as stop:
             outcome: RouteOutcome = stop.value
             return outcome
+
+    def execute_route_inline(self, route: Route, finish: Callable[[RouteOutcome], None]) -> None:
+        """Run the plan for the worker: sequential plans with `execute_inline`; PARALLEL over
+        async agents only without holding this thread; any other PARALLEL waits here."""
+        if route.envelope.routing.strategy is not RoutingStrategy.PARALLEL:
+            self.execute_inline(self.steps(route), finish)
+            return
+        if not all(route.agents[name].is_async for name in route.plan.try_order):
+            finish(self.execute(route))
+            return
+        try_order = route.plan.try_order
+
+        def decided(name: str, result: AttemptResult, reason: RouteReason) -> None:
+            outcome = RouteOutcome.of(
+                name, result, attempts=len(try_order), reason=reason, try_order=try_order
+            )
+            finish(outcome)
+
+        race_async(self, route, decided)
 
     def execute_inline(
         self,
         steps: Steps,
         finish: Callable[[RouteOutcome], None],
-        resume: tuple[AttemptResult, bool] | None = None,
+        resume: tuple[AttemptResult, Ending] | None = None,
     ) -> None:
         """Run a sequential plan's handlers on this thread; `finish(outcome)` once, here or,
         if a handler overstays its deadline, on the thread that carries the request on.
+
+        An async handler is handed to the event loop, and this returns at once: the plan goes
+        on, on a thread given by the loop's `resume`, once the handler ended.
 
         Raises `Abandoned` on the thread whose handler was abandoned, when it returns."""
         try:
             call = next(steps) if resume is None else steps.send(resume)
             while True:
+                if call.agent.is_async:
+                    self._hand_to_loop(call, steps, finish)
+                    return
 
                 def timed_out(result: AttemptResult) -> None:
                     self.invoker.carry_on(
-                        partial(self.execute_inline, steps, finish, resume=(result, True))
+                        partial(self.execute_inline, steps, finish, resume=(result, "abandoned"))
                     )
 
                 result = self.invoker.call_inline(
@@ -223,13 +274,33 @@ class Router:
                 )
                 if result is None:
                     raise Abandoned(call.agent.name)
-                call = steps.send((result, False))
+                call = steps.send((result, "returned"))
         except StopIteration as stop:
             finish(stop.value)
 
+    def _hand_to_loop(
+        self, call: AttemptCall, steps: Steps, finish: Callable[[RouteOutcome], None]
+    ) -> None:
+        runner = self.aio.current()
+        # The rest of the request runs in this thread's context (the runner, tracing).
+        context = contextvars.copy_context()
+
+        def ended(attempt: AsyncAttempt) -> None:  # on the loop: hand over, nothing more
+            assert attempt.ending in ("returned", "cancelled")
+            resume = (attempt.result(), attempt.ending)
+            runner.resume(partial(context.run, self.execute_inline, steps, finish, resume))
+
+        runner.start(
+            call.agent.name,
+            call.agent.handler,
+            envelope=call.envelope,
+            timeout_s=call.timeout_s,
+            on_end=ended,
+        )
+
     def steps(self, route: Route) -> Steps:
         """DIRECT, FALLBACK and BROADCAST as a generator: it yields each attempt to make and
-        is sent its (result, timed_out), so that whichever thread holds it can go on."""
+        is sent its (result, how it ended), so that whichever thread holds it can go on."""
         envelope, agents, p, rec = route.envelope, route.agents, route.plan, route.recorder
         strategy = envelope.routing.strategy
         intent = envelope.intent.name  # read now: the first agent may be given `envelope`
@@ -249,8 +320,8 @@ class Router:
             agent = agents[name]
             rec.event("AGENT_ATTEMPT_START", {"agent": name, "attempt": attempts})
             self.observer.attempt_started(name, attempts)
-            result, timed_out = yield AttemptCall(agent, route.fresh(), self.timeout_for(agent))
-            self._end(rec, name, number=attempts, result=result, timed_out=timed_out)
+            result, ending = yield AttemptCall(agent, route.fresh(), self.timeout_for(agent))
+            self.end_attempt(rec, name, number=attempts, result=result, ending=ending)
             last = (name, result)
             if result.status == "success":
                 last_success = last
@@ -273,14 +344,14 @@ class Router:
             last[0], last[1], attempts=attempts, reason=reason, try_order=p.try_order
         )
 
-    def _end(
+    def end_attempt(
         self,
         rec: ExecutionRecorder,
         name: str,
         *,
         number: int,
         result: AttemptResult,
-        timed_out: bool,
+        ending: Ending,
     ) -> None:
         payload: dict[str, Any] = {
             "agent": name,
@@ -290,74 +361,9 @@ class Router:
         }
         if result.error is not None:
             payload["error_code"] = result.error_code
-        if timed_out:
-            payload["abandoned"] = True
+        if ending != "returned":
+            payload[ending] = True  # "abandoned" (a sync thread left behind) or "cancelled"
         rec.event("AGENT_ATTEMPT_END", payload)
         self.observer.attempt_finished(
             name, status=result.status, error_code=result.error_code, seconds=result.seconds
-        )
-
-    def _parallel(self, route: Route) -> RouteOutcome:
-        agents, p, rec = route.agents, route.plan, route.recorder
-        done: queue.SimpleQueue[Attempt] = queue.SimpleQueue()
-        pending: dict[Attempt, int] = {}
-        results: dict[str, AttemptResult] = {}
-        for number, name in enumerate(p.try_order, start=1):
-            agent = agents[name]
-            rec.event("AGENT_ATTEMPT_START", {"agent": name, "attempt": number})
-            self.observer.attempt_started(name, number)
-            attempt = self.invoker.start(
-                name,
-                agent.handler,
-                envelope=route.fresh(),
-                timeout_s=self.timeout_for(agent),
-                notify=done,
-            )
-            pending[attempt] = number
-        mono = time.monotonic
-        winner: tuple[str, AttemptResult] | None = None
-        while pending and winner is None:
-            nearest = min(pending, key=lambda a: a.deadline)
-            try:
-                finished = done.get(timeout=max(0.0, nearest.deadline - mono()))
-            except queue.Empty:
-                if not nearest.detach():
-                    continue  # it returned just now; its completion is in the queue
-                result = self.invoker.timeout_result(nearest)
-                self._end(
-                    rec, nearest.agent, number=pending.pop(nearest), result=result, timed_out=True
-                )
-                results[nearest.agent] = result
-                continue
-            if finished not in pending:
-                continue  # already timed out and recorded
-            result = finished.result()
-            self._end(
-                rec, finished.agent, number=pending.pop(finished), result=result, timed_out=False
-            )
-            results[finished.agent] = result
-            if result.status == "success":
-                winner = (finished.agent, result)
-        for straggler, number in sorted(pending.items(), key=lambda item: item[1]):
-            straggler.detach()
-            rec.event(
-                "AGENT_ATTEMPT_ABANDONED",
-                {"agent": straggler.agent, "attempt": number, "reason": "first_success_elsewhere"},
-            )
-        attempts = len(p.try_order)
-        if winner is not None:
-            return RouteOutcome.of(
-                winner[0],
-                winner[1],
-                attempts=attempts,
-                reason="parallel_first_success",
-                try_order=p.try_order,
-            )
-        last_name = p.try_order[-1]
-        return RouteOutcome.of(
-            last_name,
-            results[last_name],
-            attempts=attempts,
-            reason="all_failed",
-            try_order=p.try_order,
         )

@@ -67,7 +67,10 @@ _DECLARED: dict[str, Option] = {
     "agents": Option(help="agents as module:attribute (default: built-in demo agents)", default=""),
     "policy_file": Option(help="policy JSON file", default=""),
     "concurrency": Option(help="requests routed at once", default=8),
-    "prefetch": Option(help="unacknowledged deliveries held at once", default=64),
+    "prefetch": Option(
+        help="unacknowledged deliveries held at once (0: 64, or 1024 when an agent is async)",
+        default=0,
+    ),
     "agent_timeout_s": Option(
         help="default per-agent deadline (seconds)", default=defaults.AGENT_TIMEOUT_S
     ),
@@ -103,6 +106,21 @@ def _default(name: str) -> Any:
 
 DEFAULT_AMQP_URL: str = _default("amqp_url")
 DEFAULT_QUEUE: str = _default("queue")
+
+#: The prefetch when none is set: enough queued deliveries to keep the routing threads busy
+#: with sync agents; with an async agent, what is in flight *is* the prefetch, so it is large
+#: enough for a thousand slow agent calls at once (back-pressure is the broker's, never a
+#: queue in memory).
+PREFETCH_SYNC = 64
+PREFETCH_ASYNC = 1024
+
+
+def with_prefetch(cfg: Config, *, any_async: bool) -> Config:
+    """`cfg` with its prefetch chosen from the agents if it was left at 0."""
+    if cfg.prefetch:
+        return cfg
+    return replace(cfg, prefetch=PREFETCH_ASYNC if any_async else PREFETCH_SYNC)
+
 
 #: How long a client (and `intentus send`) waits for the broker's confirm and the reply.
 REPLY_TIMEOUT_S = 30.0
@@ -258,8 +276,8 @@ def validate(cfg: Config) -> None:
         raise bad("queue_type", f"must be quorum or classic, got {cfg.queue_type!r}")
     if cfg.concurrency < 1 or cfg.concurrency > 1024:
         raise bad("concurrency", "must be between 1 and 1024")
-    if cfg.prefetch < 1 or cfg.prefetch > 65535:
-        raise bad("prefetch", "must be between 1 and 65535")
+    if cfg.prefetch < 0 or cfg.prefetch > 65535:
+        raise bad("prefetch", "must be between 1 and 65535 (or 0: chosen from the agents)")
     if not cfg.agent_timeout_s > 0:
         raise bad("agent_timeout_s", "must be a positive number of seconds")
     if cfg.max_message_bytes < 1:

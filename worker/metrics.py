@@ -124,6 +124,19 @@ class Metrics(Observer):
         self.abandoned = self._gauge(
             "intentus_abandoned_agent_threads", "Agent threads still running past their deadline"
         )
+        self.async_inflight = self._gauge(
+            "intentus_async_inflight",
+            "Async agent attempts running (cancelled ones until their cleanup ended)",
+        )
+        self.agent_cancellations = self._counter(
+            "intentus_agent_cancellations_total",
+            "Async agents cancelled: at their deadline, as PARALLEL stragglers, at shutdown",
+            ["agent"],
+        )
+        self.async_loop_stalls = self._counter(
+            "intentus_async_loop_stalls_total",
+            "Times the async agents' event loop was blocked (by blocking code in an async agent)",
+        )
         self.broker_connected = self._gauge(
             "intentus_broker_connected", "1 while connected and consuming"
         )
@@ -182,6 +195,12 @@ class Metrics(Observer):
         label = self.agent_label(agent)
         self.child(self.agent_attempts, (label, status)).inc()
         self.child(self.agent_duration, (label,)).observe(seconds)
+
+    def attempt_cancelled(self, agent: str) -> None:
+        self.child(self.agent_cancellations, (self.agent_label(agent),)).inc()
+
+    def loop_stalled(self, seconds: float) -> None:
+        self.async_loop_stalls.inc()
 
     def fallback(self, intent: str) -> None:
         self.fallbacks.labels(self.intent_label(intent)).inc()

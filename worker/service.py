@@ -26,7 +26,7 @@ from runtime.policy import Policy
 from runtime.registry import AgentRegistry
 from worker import tracing
 from worker.amqp import ConsumerConnection
-from worker.config import Config, describe
+from worker.config import Config, describe, with_prefetch
 from worker.error_replies import unstorable
 from worker.errors import EXIT_GRACE_EXPIRED, EXIT_OK, EXIT_SECOND_SIGNAL
 from worker.health import HealthServer
@@ -56,6 +56,7 @@ class Worker:
         handle_signals: bool = True,
         transport: Transport | None = None,
     ) -> None:
+        cfg = with_prefetch(cfg, any_async=any(agent.is_async for agent in registry))
         self.cfg = cfg
         self.registry = registry
         self.metrics = Metrics(registry, {r.id for r in policy.document.rules} if policy else None)
@@ -65,7 +66,10 @@ class Worker:
             cfg, registry, policy=policy, middleware=middleware, metrics=self.metrics
         )
         self.runtime.invoker.carry_on = self._carry_on
-        self._jobs: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
+        # After an async agent, the rest of its request (sync agents, the record, the reply)
+        # waits for a routing thread like a new delivery does.
+        self.runtime.aio.resume = self._jobs_put
+        self._jobs: queue.SimpleQueue[Delivery | Callable[[], None] | None] = queue.SimpleQueue()
         self._inflight = 0
         self._inflight_lock = threading.Lock()
         self._stop = threading.Event()
@@ -153,6 +157,7 @@ class Worker:
 
     def _tick(self) -> None:
         self.metrics.abandoned.set(self.runtime.invoker.abandoned())
+        self.metrics.async_inflight.set(self.runtime.aio.inflight())
         self.metrics.inflight.set(self._inflight)
         if not self.store_gate.ok:
             self._try_resume()
@@ -172,6 +177,13 @@ class Worker:
                 break
             time.sleep(0.05)
         unfinished = self._inflight
+        if unfinished:
+            # Async agents still waiting are cancelled (their cleanup runs) and their requests
+            # go no further: unacked, they return to the queue, and their claims make the next
+            # worker answer them EXECUTION_IN_DOUBT, from a record.
+            cancelled = self.runtime.aio.shutdown()
+            if cancelled:
+                log.warning("cancelled %d async agents still running at the grace", cancelled)
         self.parking.stop()
         for _ in self._threads:
             self._jobs.put(None)
@@ -215,11 +227,18 @@ class Worker:
             self._inflight -= 1
 
     # -- pipeline threads ----------------------------------------------------------------
+    def _jobs_put(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
+
     def _pipeline_loop(self) -> None:
         while True:
             delivery = self._jobs.get()
             if delivery is None:
                 return
+            if not isinstance(delivery, Delivery):
+                if not self._carry_on_after_async(delivery):
+                    return
+                continue
             if delivery.generation != self.conn.generation:
                 self._done()  # its channel is gone; the broker redelivers it
                 continue
@@ -237,6 +256,18 @@ class Worker:
                 return
             except Exception:
                 self._internal_error(delivery)
+
+    def _carry_on_after_async(self, rest: Callable[[], None]) -> bool:
+        """Go on with a request whose async agent ended; False if this thread must leave the
+        pool (a sync agent after it overstayed: another thread took this one's place)."""
+        try:
+            rest()
+        except Abandoned:
+            return False
+        except Exception:
+            # A bug of ours: the delivery stays unacked (redelivered when the channel goes).
+            log.exception("internal error while finishing a request after an async agent")
+        return True
 
     def _carry_on(self, rest: Callable[[], None]) -> None:
         """(watchdog) Finish a timed-out request on a new thread, which then joins the pool in
@@ -270,15 +301,22 @@ class Worker:
         )
 
     def _hand_back_queued(self) -> None:
-        """Return every delivery that no pipeline thread has started (shutdown, pause)."""
+        """Return every delivery that no pipeline thread has started (shutdown, pause); the
+        requests under way (after an async agent) stay queued, to be finished."""
+        under_way: list[Callable[[], None]] = []
         while True:
             try:
                 delivery = self._jobs.get_nowait()
             except queue.Empty:
-                return
+                break
             if delivery is None:  # pragma: no cover - only queued by _shutdown itself
                 continue
-            self._hand_back(delivery)
+            if isinstance(delivery, Delivery):
+                self._hand_back(delivery)
+            else:
+                under_way.append(delivery)
+        for rest in under_way:
+            self._jobs.put(rest)
 
     def _hand_back(self, delivery: Delivery) -> None:
         self._io(delivery, lambda: self.conn.nack(delivery.generation, delivery.tag, requeue=True))

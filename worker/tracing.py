@@ -8,11 +8,12 @@ application, or by `configure_from_env()` (what `intentus worker` calls) when
 The receive span continues the request's `traceparent` header; the reply carries the reply
 span's `traceparent`. Span ids stay out of records: the runtime knows nothing of spans, the
 spans of routing and attempts are built from Observer hooks after the fact, on the routing
-thread, with their measured times.
+thread, with their measured times (or the thread that carries the request on).
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import threading
@@ -44,7 +45,12 @@ _MAX_OPEN = 65_536
 _active = False
 _open: OrderedDict[int, Any] = OrderedDict()  # id(delivery) → the receive span's context
 _open_lock = threading.Lock()
-_local = threading.local()
+# The attempts of the request being routed: a context variable, not a thread-local, because a
+# request whose async agent ended goes on on another thread, in the context it left (the
+# runtime carries it over).
+_request_attempts: contextvars.ContextVar[list[_Attempt] | None] = contextvars.ContextVar(
+    "intentus_request_attempts", default=None
+)
 
 
 def _disabled_by_env() -> bool:
@@ -150,9 +156,10 @@ class _TracingObserver:
         return getattr(self._inner, name)
 
     def _attempts(self) -> list[_Attempt]:
-        attempts: list[_Attempt] | None = getattr(_local, "attempts", None)
+        attempts = _request_attempts.get()
         if attempts is None:
-            attempts = _local.attempts = []
+            attempts = []
+            _request_attempts.set(attempts)
         return attempts
 
     def attempt_started(self, agent: str, attempt: int) -> None:
@@ -174,7 +181,8 @@ class _TracingObserver:
         self, intent: str, strategy: str, *, status: str, error_code: str | None, seconds: float
     ) -> None:
         self._inner.routed(intent, strategy, status=status, error_code=error_code, seconds=seconds)
-        attempts, _local.attempts = self._attempts(), []
+        attempts = self._attempts()
+        _request_attempts.set([])
         end = time.time_ns()
         start = min([end - int(seconds * 1e9), *(a.start_ns for a in attempts)])
         route = _tracer().start_span(
@@ -243,7 +251,7 @@ def receive(delivery: Any, queue: str) -> Iterator[None]:
     if not _active:
         yield
         return
-    _local.attempts = []
+    _request_attempts.set([])
     parent = propagate.extract(delivery.headers, getter=cast(Getter[Any], _GETTER))
     span = _tracer().start_span(
         "intentus.receive",

@@ -3,6 +3,7 @@ broker (run in-process so the SDK's in-memory exporter sees its spans)."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import threading
 import time
@@ -67,6 +68,15 @@ def registry() -> AgentRegistry:
     @reg.agent("up", intents=["SummarizeIntent"], node_priority=20)
     def up(envelope: Any) -> dict[str, Any]:
         return {"by": "up"}
+
+    @reg.agent("adown", intents=["AsyncSummarizeIntent"], node_priority=10)
+    async def adown(envelope: Any) -> dict[str, Any]:
+        await asyncio.sleep(0.05)
+        raise AgentError(ErrorCode.AGENT_UNAVAILABLE, "backend down")
+
+    @reg.agent("aup", intents=["AsyncSummarizeIntent"], node_priority=20)
+    def aup(envelope: Any) -> dict[str, Any]:
+        return {"by": "aup"}
 
     return reg
 
@@ -285,3 +295,31 @@ class TestWorkerSpans:
         (route,) = by_name(finished, "intentus.route")
         assert parent_of(route) == hex_span(receive)
         check_attempts(finished, route)
+
+    def test_fallback_from_an_async_agent(
+        self, worker: Worker, spans: InMemorySpanExporter, queue_name: str
+    ) -> None:
+        """The request goes on on another thread after its async agent: both attempt spans
+        still sit under its route span, under its receive span."""
+        wire = Wire()
+        try:
+            reply = wire.request(
+                queue_name,
+                envelope("AsyncSummarizeIntent", request_id="rid-async", strategy="FALLBACK"),
+                headers={"traceparent": TRACEPARENT},
+            )
+        finally:
+            wire.close()
+        assert reply.json["metadata"]["agent"] == "aup"
+        finished = wait_spans(spans, "intentus.reply", 1)
+        (receive,) = by_name(finished, "intentus.receive")
+        (route,) = by_name(finished, "intentus.route")
+        assert parent_of(route) == hex_span(receive)
+        attempts = [s for s in finished if s.name.startswith("intentus.attempt ")]
+        assert sorted(s.name for s in attempts) == [
+            "intentus.attempt adown",
+            "intentus.attempt aup",
+        ]
+        assert {parent_of(s) for s in attempts} == {hex_span(route)}
+        statuses = {s.name: dict(s.attributes or {})["intentus.status"] for s in attempts}
+        assert statuses == {"intentus.attempt adown": "error", "intentus.attempt aup": "success"}

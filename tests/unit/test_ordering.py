@@ -70,6 +70,7 @@ class TestRegistry:
             "node_id": None,
             "node_priority": 7,
             "timeout_s": 3.0,
+            "async": False,
         }
 
     def test_duplicate_names_rejected(self) -> None:

@@ -35,7 +35,7 @@ class TestConfigErrorFormat:
             ("INTENTUS_QUEUE_TYPE", "stream"),
             ("INTENTUS_CONCURRENCY", "many"),
             ("INTENTUS_AGENT_TIMEOUT_S", "soon"),
-            ("INTENTUS_PREFETCH", "0"),
+            ("INTENTUS_PREFETCH", "-1"),
             ("INTENTUS_LOG_LEVEL", "loud"),
             ("INTENTUS_METRICS_ADDR", "nowhere"),
             ("INTENTUS_RECORDS_URL", "mysql://x"),

@@ -27,7 +27,7 @@ class TestLoad:
         cfg = load(env={})
         assert cfg.queue == "intentus.requests"
         assert cfg.queue_type == "quorum"
-        assert cfg.prefetch == 64
+        assert cfg.prefetch == 0  # chosen from the agents by the worker
         assert cfg.worker_id
 
     def test_environment_overrides_defaults(self) -> None:
