@@ -15,9 +15,9 @@ from typing import Any
 import pika
 import pytest
 
-from tests.integration.wire import Wire, body_of, envelope, wait_for
 from tests.faults.brokerctl import TempUser, require_rabbitmqctl
 from tests.integration.conftest import Agents
+from tests.integration.wire import Wire, body_of, envelope, wait_for
 from tests.support.broker import AMQP_URL, get_all, queue_depth
 from tests.support.workerproc import ROOT, WorkerProcess
 from worker.amqp import DeadLetterQueue, declare_topology
