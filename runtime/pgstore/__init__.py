@@ -19,6 +19,7 @@ from datetime import datetime
 
 from runtime.claims import new_owner_token
 from runtime.errors import RecordStoreError
+from runtime.forksafe import detach_in_children, fileno_of
 from runtime.pgstore.claims import PostgresClaims
 from runtime.pgstore.queries import RecordQueries
 from runtime.pgstore.records import RecordWrites, _Pending
@@ -58,6 +59,8 @@ class PostgresRecordStore(RecordWrites, PostgresClaims, RecordQueries):
         self._wake = threading.Condition()
         self._committer = None
         self._keeper: threading.Thread | None = None
+        # A child an agent forks must not keep this worker's liveness session open.
+        detach_in_children(self, lambda s: fileno_of(s._liveness_conn, "pgconn", "socket"))
         self._connect(pool_size, lambda: self._set_up(claims=claims))
         if claims:
             self._committer = threading.Thread(
