@@ -357,8 +357,16 @@ class Worker:
             elif isinstance(exc, RecordExists):
                 self.runtime.finish(outcome, recorded=False)
                 again = self.runtime.after_lost_race(outcome)
-                self.metrics.duplicates.labels("replayed").inc()
-                self.responder.respond(delivery, redecide(again, delivery, self.cfg.reply_queue))
+                if again is None:
+                    # Fenced, and the worker that took the request over has not recorded it
+                    # yet. Our result is not the record, so it is not replied: the delivery
+                    # goes back and is answered from that worker's record when it exists.
+                    self._hand_back(delivery)
+                else:
+                    self.metrics.duplicates.labels("replayed").inc()
+                    self.responder.respond(
+                        delivery, redecide(again, delivery, self.cfg.reply_queue)
+                    )
             elif isinstance(exc, RecordUnstorable):
                 self.metrics.record_write_errors.inc()
                 self._unstorable(delivery, decision, str(exc))
