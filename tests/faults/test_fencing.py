@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import textwrap
 import threading
 import time
@@ -191,3 +192,52 @@ def test_fenced_worker_answers_only_the_durable_record(
         assert answer is not None and answer.code == "EXECUTION_IN_DOUBT", (cid, answer)
     assert runs.read_text().count(rid) == 1
     assert a.stop() == 0
+
+
+@pytest.mark.timeout(300)
+def test_frozen_worker_loses_its_claims(
+    start_worker: Callable[..., WorkerProcess],
+    replies: Collector,
+    queue_name: str,
+    other_queue: str,
+    database: str,
+    tmp_path: Path,
+) -> None:
+    """A worker that stops answering (its host died or froze: no FIN reaches the server, so
+    the server's own TCP keepalive would hold its session for hours) loses its liveness lock
+    within seconds: a duplicate of its request is answered EXECUTION_IN_DOUBT."""
+    folder = tmp_path / "agents"
+    folder.mkdir()
+    (folder / "gated_agents.py").write_text(AGENTS)
+    runs = tmp_path / "runs.log"
+    env = {
+        "INTENTUS_AGENTS": "gated_agents:registry",
+        "PYTHONPATH": os.pathsep.join([str(folder), str(ROOT)]),
+        "INTENTUS_RECORDS_URL": database,
+        "FENCE_TEST_RUNS": str(runs),
+        "FENCE_TEST_GATE": str(tmp_path / "never"),
+    }
+    rid = f"frozen-{uuid.uuid4().hex[:12]}"
+    body = body_of(envelope("GatedIntent", {}, request_id=rid))
+    a = start_worker(env=env)
+    _send(queue_name, Message(body, "cid-first", rid, reply_to=replies.queue))
+    assert _wait(lambda: runs.exists() and rid in runs.read_text(), 30), a.logs()
+    assert a.proc is not None
+    a.proc.send_signal(signal.SIGSTOP)  # nothing more from it: no query, no FIN
+    try:
+        b = WorkerProcess(other_queue, tmp_path / "records-b", reply_queue=replies.queue, env=env)
+        b.log_path = tmp_path / "worker-b.log"
+        b.start()
+        try:
+            b.wait_ready()
+            _send(other_queue, Message(body, "cid-again", rid, reply_to=replies.queue))
+            answered = replies.wait_for({"cid-again"}, timeout=150)
+        finally:
+            b.stop()
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+        a.kill()
+    assert answered, b.logs()
+    reply = replies.first("cid-again")
+    assert reply is not None and reply.code == "EXECUTION_IN_DOUBT", reply
+    assert runs.read_text().count(rid) == 1
