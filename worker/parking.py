@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from runtime.engine import IntentusRuntime, Outcome
 from runtime.errors import RecordStoreError
+from runtime.supervision import Supervised
 from worker.pipeline import Delivery
 
 log = logging.getLogger("intentus.worker.parking")
@@ -30,7 +31,7 @@ class ParkingLot:
         self._parked: list[tuple[Delivery, Outcome]] = []
         self._cond = threading.Condition()
         self._stopped = False
-        self._thread = threading.Thread(target=self._loop, name="intentus-parking", daemon=True)
+        self._thread = Supervised(self._loop, name="intentus-parking")
 
     def __len__(self) -> int:
         with self._cond:

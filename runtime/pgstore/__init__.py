@@ -33,6 +33,7 @@ from runtime.pgstore.schema import (
     migrate,
 )
 from runtime.reader import ReadOnly
+from runtime.supervision import Supervised
 
 
 class PostgresRecordStore(RecordWrites, PostgresClaims, RecordQueries):
@@ -63,13 +64,9 @@ class PostgresRecordStore(RecordWrites, PostgresClaims, RecordQueries):
         detach_in_children(self, lambda s: fileno_of(s._liveness_conn, "pgconn", "socket"))
         self._connect(pool_size, lambda: self._set_up(claims=claims))
         if claims:
-            self._committer = threading.Thread(
-                target=self._commit_loop, name="intentus-pg-commit", daemon=True
-            )
+            self._committer = Supervised(self._commit_loop, name="intentus-pg-commit")
             self._committer.start()
-            self._keeper = threading.Thread(
-                target=self._keep_alive, name="intentus-pg-liveness", daemon=True
-            )
+            self._keeper = Supervised(self._keep_alive, name="intentus-pg-liveness")
             self._keeper.start()
 
     def _set_up(self, *, claims: bool) -> None:
