@@ -336,8 +336,9 @@ def _requeue(dlq: DeadLetterQueue, *, queue: str, chosen: list[DeadLetter], out:
             print(
                 f"intentus: not requeued {letter.request_id or '?'}: it was sent as user_id "
                 f"{letter.user_id!r}, which the broker accepts only from a connection logged in "
-                f"as {letter.user_id!r} (this one is {dlq.user!r}); requeue it connected as that "
-                "user, or it stays in the DLQ",
+                f"as {letter.user_id!r} (this one is "
+                f"{repr(dlq.user) if dlq.user else 'a certificate login'}); requeue it connected "
+                "as that user, or it stays in the DLQ",
                 file=sys.stderr,
             )
             continue
