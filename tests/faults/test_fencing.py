@@ -48,10 +48,12 @@ AGENTS = textwrap.dedent(
 )
 
 # Holds back in-doubt records (raises, so no row lock is kept): B's takeover stays unrecorded
-# until the test lets it through.
+# until the test lets it through. The error is one of the store's (a lock not available), not
+# one of the record's own, so B keeps the record and writes it again until it is let through.
 HOLD_IN_DOUBT = (
     """CREATE FUNCTION hold_in_doubt() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN RAISE EXCEPTION 'in-doubt records held by the test'; END $$""",
+    BEGIN RAISE EXCEPTION USING ERRCODE = 'lock_not_available',
+        MESSAGE = 'in-doubt records held by the test'; END $$""",
     """CREATE TRIGGER hold_in_doubt BEFORE UPDATE ON intentus_executions FOR EACH ROW
     WHEN (NEW.error_code = 'EXECUTION_IN_DOUBT') EXECUTE FUNCTION hold_in_doubt()""",
 )
