@@ -147,16 +147,23 @@ class Duplicates:
             execution_id=request.execution_id, request_id=request.request_id, record=record
         )
 
-    def after_lost_race(self, outcome: Outcome) -> Outcome:
-        """Another worker recorded this request first (it took over our claim while we
-        looked dead): answer from its record."""
+    def after_lost_race(self, outcome: Outcome) -> Outcome | None:
+        """Our record was refused: the request is another worker's now (it took over our claim
+        while we looked dead), or recorded already. Answer from the durable record; None if
+        there is none yet (the other worker has not recorded it): then nothing may be
+        answered here, since our own result is not the record and never will be."""
+        stored = self.store.get(outcome.execution_id)
+        if stored is None:
+            log.warning(
+                "request %s was taken over by another worker while this one looked dead, and "
+                "it is not recorded yet; not answering the result that ran here",
+                outcome.request_id,
+            )
+            return None
         log.warning(
             "request %s was recorded by another worker meanwhile; answering from that record",
             outcome.request_id,
         )
-        stored = self.store.get(outcome.execution_id)
-        if stored is None:  # pragma: no cover - the record was deleted in between
-            return outcome
         return replayed(
             execution_id=outcome.execution_id,
             request_id=outcome.request_id,

@@ -141,7 +141,13 @@ class IntentusRuntime:
             self.store.put(outcome.execution_id, outcome.record)
         except RecordExists:
             self.finish(outcome, recorded=False)
-            return self.after_lost_race(outcome)
+            again = self.after_lost_race(outcome)
+            if again is None:
+                raise RecordStoreError(
+                    f"request {outcome.request_id} was taken over by another worker and is not "
+                    "recorded yet; its result here is not the record"
+                ) from None
+            return again
         except RecordStoreError:
             self.finish(outcome, recorded=False)
             raise
@@ -162,7 +168,9 @@ class IntentusRuntime:
         if recorded or not outcome.agent_ran:
             self.store.release(claim)
 
-    def after_lost_race(self, outcome: Outcome) -> Outcome:
+    def after_lost_race(self, outcome: Outcome) -> Outcome | None:
+        """The durable record's answer after our record was refused; None while there is none
+        (answer nothing then)."""
         return self.duplicates.after_lost_race(outcome)
 
     # -- the sequence --------------------------------------------------------------------

@@ -1,12 +1,21 @@
 """Claims on a local file system, for any number of worker processes on one host.
 
 Each owner (one per process) has a lock file `<records>/.owners/<owner>.lock` holding its
-token, under an exclusive `flock` for the owner's whole life; the kernel releases it when the
-process dies, however it dies: no heartbeats, no clocks. A claim is a hard link of that lock
-file at `<records>/.claims/<executionId>`: `link` fails if the name exists, so exactly one
-claimant wins, and a link adds a name, not a file (creating a file costs several times more
-here). Whoever finds the name taken opens it and tries a shared `flock`: refused means the
-owner is alive (same inode, same lock); granted means it is dead and the claim is orphaned.
+token, under an exclusive POSIX record lock (`fcntl`) for the owner's whole life; the kernel
+releases it when the process dies, however it dies: no heartbeats, no clocks. A claim is a hard
+link of that lock file at `<records>/.claims/<executionId>`: `link` fails if the name exists,
+so exactly one claimant wins, and a link adds a name, not a file (creating a file costs several
+times more here). Whoever finds the name taken opens it and tries a shared lock: refused means
+the owner is alive (same inode, same lock); granted means it is dead and the claim is orphaned.
+
+Why record locks and not `flock` (or open-file-description locks): those belong to the open
+file description, which a forked child shares, so a child an agent forks would hold its dead
+worker's lock for as long as it lives, and every duplicate would wait for the child. A record
+lock belongs to the process: a child never holds its parent's. Two of its rules shape the code
+here. A process never conflicts with its own record locks, so owners of this process (several
+stores in one process, as in tests) are known from a process-wide table rather than probed;
+and closing any descriptor of a locked file drops the process's lock on it, so this process
+never opens (and closes) a lock file of its own owners: it compares inodes first.
 
 The order of operations carries the guarantee. An owner writes its record before it removes
 its claim; a claimant creates its claim before it looks for a record. So whoever wins a claim
@@ -36,6 +45,23 @@ OWNERS_DIR = ".owners"
 _TOKEN = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 _RETRIES = 20
 
+# The lock files this process holds, by (device, inode), with their owner tokens.
+_OWN: dict[tuple[int, int], str] = {}
+_OWN_LOCK = threading.Lock()
+# Descriptors that turned out to be on a lock file of this process: closing one would drop
+# its lock, so they stay open (only a claim replaced by this process between a look at its
+# name and the open lands here; it is rare and small).
+_PINNED: list[int] = []
+
+
+def _forget_in_child() -> None:
+    # A forked child holds none of its parent's record locks: it must probe them like anyone.
+    _OWN.clear()
+    _PINNED.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
 
 class FileClaims:
     """Claim links plus owner locks under one records folder."""
@@ -50,6 +76,8 @@ class FileClaims:
         self._lock_file = os.path.join(self._owners, owner + ".lock")
         self._seq = 0
         self._seq_lock = threading.Lock()
+        self._lock_fd = -1
+        self._key = (-1, -1)
         try:
             for folder in (self._claims, self._owners):
                 os.makedirs(folder, mode=0o750, exist_ok=True)
@@ -58,8 +86,13 @@ class FileClaims:
             tmp = os.path.join(self._owners, f".{owner}.tmp")
             self._lock_fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
             os.write(self._lock_fd, owner.encode())
-            # Held until the process ends: the kernel releases it however the process dies.
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Held until the process ends: the kernel releases it however the process dies,
+            # and no child inherits it.
+            fcntl.lockf(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            st = os.fstat(self._lock_fd)
+            self._key = (st.st_dev, st.st_ino)
+            with _OWN_LOCK:
+                _OWN[self._key] = owner
             os.rename(tmp, self._lock_file)
         except OSError as exc:
             raise ClaimError(f"cannot set up claims in {root}: {exc.strerror or exc}") from None
@@ -77,7 +110,7 @@ class FileClaims:
                 entry.name.endswith(".lock")
                 and not entry.name.startswith(".")
                 and entry.path != self._lock_file
-                and _holder_alive(entry.path) is False
+                and _probe_quietly(entry.path) is False
             ):
                 try:
                     os.unlink(entry.path)
@@ -91,7 +124,7 @@ class FileClaims:
             return {self.owner}
         live = {self.owner}
         for entry in entries:
-            if entry.name.endswith(".lock") and _holder_alive(entry.path):
+            if entry.name.endswith(".lock") and _probe_quietly(entry.path):
                 live.add(entry.name.removesuffix(".lock"))
         return live
 
@@ -144,21 +177,8 @@ class FileClaims:
 
     def _inspect(self, path: str) -> tuple[str | None, bool]:
         """(owner token, alive) of a claim; (None, False) if there is none."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            return None, False
-        try:
-            owner = os.read(fd, 256).decode("ascii", "replace")
-            if owner == self.owner:
-                return owner, True
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return owner, True
-            return owner, False
-        finally:
-            os.close(fd)  # also drops the shared lock, if it was granted
+        owner, alive = _probe(path)
+        return owner, bool(alive)
 
     def take_over(self, claim: Claim, *, user_id: str, fingerprint: str | None) -> Claim:
         """Replace a dead owner's claim with ours (to record that the request is in doubt).
@@ -211,6 +231,8 @@ class FileClaims:
                 os.unlink(self._lock_file)
             except OSError:
                 pass
+            with _OWN_LOCK:
+                _OWN.pop(self._key, None)
             os.close(self._lock_fd)
             self._lock_fd = -1
 
@@ -220,19 +242,43 @@ def _unknown_caller(owner: str) -> Holder:
     return Holder(owner, "", None, known=False)
 
 
-def _holder_alive(path: str) -> bool | None:
-    """Whether a lock file is held (None: it is gone)."""
+def _own(st: os.stat_result) -> str | None:
+    with _OWN_LOCK:
+        return _OWN.get((st.st_dev, st.st_ino))
+
+
+def _probe(path: str) -> tuple[str | None, bool | None]:
+    """(owner token, alive) of a lock file or claim link; (None, None) if it is gone."""
     try:
+        owner = _own(os.stat(path, follow_symlinks=False))
+        if owner is not None:
+            return owner, True  # ours: never opened, so never closed
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None, None
+    owner = _own(os.fstat(fd))
+    if owner is not None:
+        # Replaced by one of ours since we looked: closing this would drop our own lock.
+        with _OWN_LOCK:
+            _PINNED.append(fd)
+        return owner, True
+    try:
+        token = os.read(fd, 256).decode("ascii", "replace")
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:  # EAGAIN or EACCES: another process holds it
+            return token, True
+        return token, False
+    finally:
+        os.close(fd)  # also drops the shared lock, if it was granted
+
+
+def _probe_quietly(path: str) -> bool | None:
+    """Whether a lock file is held (None: gone or unreadable)."""
+    try:
+        return _probe(path)[1]
     except OSError:
         return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def _unlink(path: str) -> None:

@@ -42,6 +42,7 @@ from runtime.filecommit import (
     unlink_quietly,
 )
 from runtime.store import EXECUTION_ID, Callback, check_execution_id, put_and_wait
+from runtime.supervision import Supervised
 
 log = logging.getLogger("intentus.runtime.store")
 
@@ -91,9 +92,7 @@ class FileRecordStore(GroupCommit):
         removed = self.remove_stale_temp(self.claims.live_owners())
         if removed:
             log.info("removed %d temp files left by stopped workers", removed)
-        self._committer = threading.Thread(
-            target=self._commit_loop, name="intentus-record-commit", daemon=True
-        )
+        self._committer = Supervised(self._commit_loop, name="intentus-record-commit")
         self._committer.start()
 
     # -- claims (runtime/fileclaims.py) --------------------------------------------------

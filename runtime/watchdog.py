@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from runtime.supervision import Supervised
+
 log = logging.getLogger("intentus.runtime.watchdog")
 _monotonic = time.monotonic
 # Finished attempts stay in the heap (removing one from the middle costs more than the whole
@@ -70,7 +72,7 @@ class Watchdog:
                 heapq.heapify(heap)
                 self._sweep_at = max(_SWEEP_AT, 2 * len(heap))
             if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+                self._thread = Supervised(self._loop, name=self._name)
                 self._thread.start()
             elif attempt.deadline < self._wake_at:
                 self._cond.notify()  # earlier than the deadline it sleeps towards

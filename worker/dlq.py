@@ -174,13 +174,27 @@ class DeadLetter:
             out["bodyEncoding"] = "base64"
         return out
 
+    @property
+    def user_id(self) -> str | None:
+        """The broker-validated user that sent the request (policy is decided on it)."""
+        value = self.message.properties.get("user_id")
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        return value if isinstance(value, str) and value else None
+
+    def identity_kept_by(self, connection_user: str | None) -> bool:
+        """Whether a copy published as `connection_user` can carry this letter's user_id: the
+        broker accepts a user_id only from that user's own connection. Dropping it would let
+        the request run as nobody, past a policy that refused its user."""
+        return self.user_id is None or self.user_id == connection_user
+
     def requeue_properties(self) -> dict[str, Any]:
-        """The original properties for the copy sent back to the request queue."""
+        """The original properties for the copy sent back to the request queue, user_id
+        included (check `identity_kept_by` first)."""
         props = dict(self.message.properties)
         headers = {k: v for k, v in self.headers.items() if k not in _DEAD_LETTER_HEADERS}
         props["headers"] = headers or None
         props["delivery_mode"] = 2
-        props.pop("user_id", None)  # the broker accepts only the requeuing connection's own
         props.pop("expiration", None)
         return props
 
@@ -315,7 +329,19 @@ def _show(detail: dict[str, Any], out: TextIO) -> None:
 
 def _requeue(dlq: DeadLetterQueue, *, queue: str, chosen: list[DeadLetter], out: TextIO) -> int:
     done = 0
+    refused = 0
     for letter in chosen:
+        if not letter.identity_kept_by(dlq.user):
+            refused += 1
+            print(
+                f"intentus: not requeued {letter.request_id or '?'}: it was sent as user_id "
+                f"{letter.user_id!r}, which the broker accepts only from a connection logged in "
+                f"as {letter.user_id!r} (this one is "
+                f"{repr(dlq.user) if dlq.user else 'a certificate login'}); requeue it connected "
+                "as that user, or it stays in the DLQ",
+                file=sys.stderr,
+            )
+            continue
         try:
             dlq.requeue(letter.message, letter.requeue_properties())
         except PublishFailed as exc:
@@ -329,19 +355,28 @@ def _requeue(dlq: DeadLetterQueue, *, queue: str, chosen: list[DeadLetter], out:
         done += 1
         out.write(f"requeued {letter.request_id or '?'} ({letter.reason})\n")
     out.write(f"requeued {done} of {len(chosen)} to {queue}\n")
+    if refused:
+        print(
+            f"intentus: {refused} left in the DLQ: their user_id cannot be kept by this connection",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
     return EXIT_OK
 
 
 def _purge(cfg: configuration.Config, *, yes: bool, out: TextIO, stdin: TextIO) -> int:
+    if not yes and not stdin.isatty():
+        raise ConfigError("purge without a terminal needs --yes")
     with DeadLetterQueue(cfg) as dlq:
+        # The messages counted are held while the operator answers, and exactly those are
+        # deleted: dead letters arriving meanwhile were never shown, so they stay.
+        held = dlq.hold_ready()
         if not yes:
-            if not stdin.isatty():
-                raise ConfigError("purge without a terminal needs --yes")
-            out.write(f"delete all {dlq.ready()} ready messages in {cfg.dlq}? [y/N] ")
+            out.write(f"delete all {held} ready messages in {cfg.dlq}? [y/N] ")
             out.flush()
             if stdin.readline().strip().lower() not in ("y", "yes"):
                 out.write("nothing deleted\n")
                 return EXIT_ERROR
-        purged = dlq.purge()
+        purged = dlq.delete_held()
     out.write(f"purged {purged} messages from {cfg.dlq}\n")
     return EXIT_OK

@@ -9,6 +9,7 @@ from http.server import ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from runtime.forksafe import detach_in_children, fileno_of
 from worker.config import option_error
 from worker.http import BodyHandler
 
@@ -55,6 +56,8 @@ class HealthServer:
                 "metrics_addr", f"cannot listen on {host}:{port}: {exc.strerror or exc}"
             ) from None
         self.httpd.daemon_threads = True
+        # A child an agent forks must not keep the port bound after the worker died.
+        detach_in_children(self, lambda h: fileno_of(h.httpd, "socket"))
         self._thread = threading.Thread(
             target=self.httpd.serve_forever, name="intentus-http", daemon=True
         )

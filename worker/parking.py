@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from runtime.engine import IntentusRuntime, Outcome
 from runtime.errors import RecordStoreError
+from runtime.supervision import Supervised
 from worker.pipeline import Delivery
 
 log = logging.getLogger("intentus.worker.parking")
@@ -30,7 +31,7 @@ class ParkingLot:
         self._parked: list[tuple[Delivery, Outcome]] = []
         self._cond = threading.Condition()
         self._stopped = False
-        self._thread = threading.Thread(target=self._loop, name="intentus-parking", daemon=True)
+        self._thread = Supervised(self._loop, name="intentus-parking")
 
     def __len__(self) -> int:
         with self._cond:
@@ -81,12 +82,15 @@ class ParkingLot:
             except RecordStoreError as exc:
                 log.warning("cannot check parked requests: %s", exc)
                 settled = [False] * len(parked)
-            ready = [p for p, done in zip(parked, settled, strict=True) if done]
+            ready = {id(p) for p, done in zip(parked, settled, strict=True) if done}
             if ready:
+                # Hand back only what is still parked now: shutdown (drain) or a lost channel
+                # (drop_stale) may have taken some out while the store was asked, and those
+                # are finished with already; a second finish would count them twice.
                 with self._cond:
-                    ids = {id(p) for p in ready}
-                    self._parked = [p for p in self._parked if id(p) not in ids]
-                for delivery, _ in ready:
+                    taken = [p for p in self._parked if id(p) in ready]
+                    self._parked = [p for p in self._parked if id(p) not in ready]
+                for delivery, _ in taken:
                     self._unpark(delivery)
             with self._cond:
                 if not self._stopped:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from runtime import supervision
 from runtime.engine import Outcome
 from runtime.errors import RecordExists, RecordStoreError, RecordUnstorable
 from runtime.invoker import Abandoned
@@ -28,7 +29,7 @@ from worker import tracing
 from worker.amqp import ConsumerConnection
 from worker.config import Config, describe, with_prefetch
 from worker.error_replies import unstorable
-from worker.errors import EXIT_GRACE_EXPIRED, EXIT_OK, EXIT_SECOND_SIGNAL
+from worker.errors import EXIT_ERROR, EXIT_GRACE_EXPIRED, EXIT_OK, EXIT_SECOND_SIGNAL
 from worker.health import HealthServer
 from worker.metrics import Metrics
 from worker.parking import ParkingLot
@@ -59,6 +60,8 @@ class Worker:
         cfg = with_prefetch(cfg, any_async=any(agent.is_async for agent in registry))
         self.cfg = cfg
         self.registry = registry
+        # Made before the runtime, whose stores start their threads as they open.
+        self._threads_watch = supervision.Watch()
         self.metrics = Metrics(registry, {r.id for r in policy.document.rules} if policy else None)
         self.handle_signals = handle_signals
         self._received = self.metrics.messages_received.labels(cfg.queue)
@@ -106,6 +109,8 @@ class Worker:
             reasons.append("consumer cancelled by the broker; declaring the queue again")
         if not self.store_gate.ok:
             reasons.append("execution store not writable")
+        for name, exc in self._threads_watch.deaths():
+            reasons.append(f"internal thread {name} died ({type(exc).__name__}: {exc})")
         abandoned = self.runtime.invoker.abandoned()
         if abandoned >= self.cfg.concurrency:
             reasons.append(f"{abandoned} agent threads stuck past their deadline")
@@ -156,6 +161,17 @@ class Worker:
         self._stop.set()
 
     def _tick(self) -> None:
+        deaths = self._threads_watch.deaths()
+        if deaths:
+            # Never half-alive: without its committer, parking lot, watchdog or liveness
+            # keeper the worker would take messages it can never finish.
+            log.critical(
+                "internal thread %s died; stopping the worker (exit %d)",
+                ", ".join(name for name, _ in deaths),
+                EXIT_ERROR,
+            )
+            self._stop.set()
+            return
         self.metrics.abandoned.set(self.runtime.invoker.abandoned())
         self.metrics.async_inflight.set(self.runtime.aio.inflight())
         self.metrics.inflight.set(self._inflight)
@@ -189,6 +205,12 @@ class Worker:
             self._jobs.put(None)
         self.conn.stop()
         self.http.stop()
+        if self._threads_watch.deaths():
+            if unfinished:
+                log.error("%d deliveries unfinished; they return to the queue", unfinished)
+            else:
+                self.runtime.close()
+            return EXIT_ERROR
         if unfinished:
             log.error(
                 "grace period of %.0f s expired with %d deliveries unfinished; they return to the queue",
@@ -395,8 +417,16 @@ class Worker:
             elif isinstance(exc, RecordExists):
                 self.runtime.finish(outcome, recorded=False)
                 again = self.runtime.after_lost_race(outcome)
-                self.metrics.duplicates.labels("replayed").inc()
-                self.responder.respond(delivery, redecide(again, delivery, self.cfg.reply_queue))
+                if again is None:
+                    # Fenced, and the worker that took the request over has not recorded it
+                    # yet. Our result is not the record, so it is not replied: the delivery
+                    # goes back and is answered from that worker's record when it exists.
+                    self._hand_back(delivery)
+                else:
+                    self.metrics.duplicates.labels("replayed").inc()
+                    self.responder.respond(
+                        delivery, redecide(again, delivery, self.cfg.reply_queue)
+                    )
             elif isinstance(exc, RecordUnstorable):
                 self.metrics.record_write_errors.inc()
                 self._unstorable(delivery, decision, str(exc))

@@ -19,6 +19,7 @@ from datetime import datetime
 
 from runtime.claims import new_owner_token
 from runtime.errors import RecordStoreError
+from runtime.forksafe import detach_in_children, fileno_of
 from runtime.pgstore.claims import PostgresClaims
 from runtime.pgstore.queries import RecordQueries
 from runtime.pgstore.records import RecordWrites, _Pending
@@ -32,6 +33,7 @@ from runtime.pgstore.schema import (
     migrate,
 )
 from runtime.reader import ReadOnly
+from runtime.supervision import Supervised
 
 
 class PostgresRecordStore(RecordWrites, PostgresClaims, RecordQueries):
@@ -58,15 +60,13 @@ class PostgresRecordStore(RecordWrites, PostgresClaims, RecordQueries):
         self._wake = threading.Condition()
         self._committer = None
         self._keeper: threading.Thread | None = None
+        # A child an agent forks must not keep this worker's liveness session open.
+        detach_in_children(self, lambda s: fileno_of(s._liveness_conn, "pgconn", "socket"))
         self._connect(pool_size, lambda: self._set_up(claims=claims))
         if claims:
-            self._committer = threading.Thread(
-                target=self._commit_loop, name="intentus-pg-commit", daemon=True
-            )
+            self._committer = Supervised(self._commit_loop, name="intentus-pg-commit")
             self._committer.start()
-            self._keeper = threading.Thread(
-                target=self._keep_alive, name="intentus-pg-liveness", daemon=True
-            )
+            self._keeper = Supervised(self._keep_alive, name="intentus-pg-liveness")
             self._keeper.start()
 
     def _set_up(self, *, claims: bool) -> None:

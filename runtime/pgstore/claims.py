@@ -13,7 +13,7 @@ import threading
 from typing import Any
 
 from runtime.claims import Claim, ClaimError, ClaimState, Holder
-from runtime.pgstore.connection import Connected
+from runtime.pgstore.connection import Connected, open_liveness_session
 from runtime.pgstore.schema import ALIVE, TABLE
 from runtime.store import check_execution_id
 
@@ -34,9 +34,7 @@ class PostgresClaims(Connected):
     _liveness_conn: Any
 
     def _hold_liveness(self) -> None:
-        conn = self._psycopg.connect(
-            self.url, autocommit=True, keepalives=1, keepalives_idle=5, keepalives_interval=2
-        )
+        conn = open_liveness_session(self._psycopg, self.url)
         conn.execute("SELECT pg_advisory_lock(%s)", (self.owner_key,))
         self._liveness_conn = conn
         self._live.set()

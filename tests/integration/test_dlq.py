@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pika
 import pytest
 
+from tests.faults.brokerctl import TempUser, require_rabbitmqctl
+from tests.integration.conftest import Agents
 from tests.integration.wire import Wire, body_of, envelope, wait_for
 from tests.support.broker import AMQP_URL, get_all, queue_depth
 from tests.support.workerproc import ROOT, WorkerProcess
@@ -219,6 +224,96 @@ class TestRequeue:
         assert "does not exist" in err
         assert [r["requestId"] for r in listed(topology)] == ["rid-1", "rid-2"]
 
+    def test_keeps_the_broker_validated_user_id(self, wire: Wire, topology: str) -> None:
+        """A letter sent by the requeuing connection's own user keeps its user_id; one without
+        a user_id comes back without one."""
+        dead_letter(wire, topology, "rid-guest", None, user_id="guest")
+        dead_letter(wire, topology, "rid-nobody", None)
+        code, out, err = dlq(topology, "requeue", "--all")
+        assert code == 0, err
+        assert "requeued 2 of 2" in out
+        users = {
+            json.loads(body)["metadata"]["requestId"]: props.user_id
+            for _m, props, body in get_all(topology)
+        }
+        assert users == {"rid-guest": "guest", "rid-nobody": None}
+
+    def test_requeued_request_is_still_refused_to_its_user(
+        self,
+        wire: Wire,
+        topology: str,
+        start_worker: Callable[..., WorkerProcess],
+        agents: Agents,
+        tmp_path: Path,
+    ) -> None:
+        """A request denied to its user, dead-lettered by expiry and requeued, is still that
+        user's: the worker refuses it and no agent runs."""
+        policy = tmp_path / "policy.json"
+        policy.write_text(
+            json.dumps(
+                {
+                    "default": "allow",
+                    "rules": [
+                        {
+                            "id": "no-guest",
+                            "action": "deny",
+                            "intents": ["ProcessIntent"],
+                            "users": ["guest"],
+                        }
+                    ],
+                }
+            )
+        )
+        wire.ch.basic_publish(
+            "",
+            topology,
+            body_of(envelope(request_id="rid-denied")),
+            pika.BasicProperties(
+                content_type="application/json",
+                correlation_id="cid-denied",
+                reply_to=wire.reply_queue,
+                user_id="guest",
+                expiration="1",
+                delivery_mode=2,
+            ),
+        )
+        assert wait_for(lambda: queue_depth(f"{topology}.dlq") == 1, timeout=20)
+        start_worker(env={**agents.env, "INTENTUS_POLICY_FILE": str(policy)})
+        code, _out, err = dlq(topology, "requeue", "rid-denied")
+        assert code == 0, err
+        reply = wire.get(wire.reply_queue, timeout=30)
+        assert reply.props.correlation_id == "cid-denied"
+        assert reply.json["error"]["code"] == "UNAUTHORIZED"
+        assert agents.calls() == []
+
+    def test_refuses_a_letter_whose_identity_it_cannot_keep(
+        self, wire: Wire, topology: str
+    ) -> None:
+        """Another user's letter would lose its user_id (the broker lets a connection set only
+        its own): it stays in the DLQ, the command names the user and exits 1; the others go."""
+        require_rabbitmqctl()
+        with TempUser(f"dlq-bob-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex) as bob:
+            conn = pika.BlockingConnection(pika.URLParameters(bob.url))
+            try:
+                ch = conn.channel()
+                ch.confirm_delivery()
+                ch.basic_publish(
+                    "",
+                    f"{topology}.dlq",
+                    body_of(envelope(request_id="rid-bob")),
+                    pika.BasicProperties(user_id=bob.name, delivery_mode=2),
+                )
+            finally:
+                conn.close()
+            dead_letter(wire, topology, "rid-guest", None, user_id="guest")
+            code, out, err = dlq(topology, "requeue", "--all")
+        assert code == 1
+        assert "rid-bob" in err and repr(bob.name) in err and "user_id" in err
+        assert "requeued 1 of 2" in out
+        assert [r["requestId"] for r in listed(topology)] == ["rid-bob"]
+        ((_m, props, body),) = get_all(topology)
+        assert (json.loads(body)["metadata"]["requestId"], props.user_id) == ("rid-guest", "guest")
+
     def test_needs_a_selection(self, topology: str) -> None:
         """Requeue without ids, --reason or --all is a usage error."""
         code, _out, err = dlq(topology, "requeue")
@@ -249,6 +344,43 @@ class TestPurge:
         assert f"delete all 1 ready messages in {topology}.dlq? [y/N]" in out
         assert code == (0 if answer == "y" else 1)
         assert queue_depth(f"{topology}.dlq") == left
+
+    def test_deletes_only_what_was_confirmed(self, wire: Wire, topology: str) -> None:
+        """Letters arriving while the operator reads the question are not deleted."""
+        dead_letter(wire, topology, "rid-shown", "VALIDATION_ERROR: x")
+        controller, terminal = os.openpty()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("INTENTUS_")}
+        env.update({"INTENTUS_AMQP_URL": AMQP_URL, "INTENTUS_QUEUE": topology})
+        proc = subprocess.Popen(
+            [INTENTUS, "dlq", "purge"],
+            env=env,
+            cwd=str(ROOT),
+            stdin=terminal,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            assert proc.stdout is not None
+            seen = b""
+            while b"[y/N]" not in seen:
+                ready, _, _ = select.select([proc.stdout], [], [], 30)
+                assert ready, seen
+                chunk = os.read(proc.stdout.fileno(), 4096)
+                assert chunk, seen
+                seen += chunk
+            for i in range(3):
+                dead_letter(wire, topology, f"rid-late-{i}", "VALIDATION_ERROR: x")
+            os.write(controller, b"y\n")
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            os.close(controller)
+            os.close(terminal)
+        assert proc.returncode == 0, err
+        assert f"delete all 1 ready messages in {topology}.dlq? [y/N]" in seen.decode()
+        assert out.decode().strip() == f"purged 1 messages from {topology}.dlq"
+        assert [r["requestId"] for r in listed(topology)] == [f"rid-late-{i}" for i in range(3)]
 
     def test_yes_purges(self, wire: Wire, topology: str) -> None:
         """--yes deletes every dead letter and says how many."""

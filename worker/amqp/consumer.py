@@ -19,6 +19,7 @@ from typing import Any
 import pika
 from pika.channel import Channel
 
+from runtime import forksafe
 from worker.acks import AckBook
 from worker.amqp.connect import parameters
 from worker.amqp.mailbox import Mailbox
@@ -56,6 +57,11 @@ class ConsumerConnection:
         self._acks = AckBook()
         self._ack_flush_due = False
         self._thread = threading.Thread(target=self._run, name="intentus-amqp-io", daemon=True)
+        # A child an agent forks must not keep this worker's broker connection (and with it
+        # its consumer and unacked deliveries) open after the worker died.
+        forksafe.detach_in_children(
+            self, lambda c: forksafe.fileno_of(c._conn, "_transport", "_sock")
+        )
         self._connected_once = False
         self.consuming = False
         # The broker cancelled our consumer and the queue is being declared again.

@@ -8,7 +8,7 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from worker.amqp.connect import connect_blocking
+from worker.amqp.connect import connect_blocking, parameters
 from worker.config import Config
 from worker.errors import BrokerUnavailable, PublishFailed, TopologyConflict
 
@@ -54,6 +54,10 @@ class DeadLetterQueue:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        self._held = 0
+        self._last_held = 0
+        username = getattr(parameters(cfg.amqp_url, "intentus dlq").credentials, "username", None)
+        self._user = username if isinstance(username, str) and username else None
         self._conn = connect_blocking(cfg.amqp_url, "intentus dlq", attempts=1)
         try:
             self._channel = self._conn.channel()
@@ -66,6 +70,12 @@ class DeadLetterQueue:
                     f"queue {cfg.dlq!r} does not exist (a worker declares it at start)"
                 ) from exc
             raise BrokerUnavailable(f"broker refused {cfg.dlq!r}: {exc.reply_text}") from exc
+
+    @property
+    def user(self) -> str | None:
+        """The user this connection logged in as (None with EXTERNAL/certificate login): the
+        only user_id the broker accepts on what it publishes."""
+        return self._user
 
     def __enter__(self) -> DeadLetterQueue:
         return self
@@ -131,13 +141,36 @@ class DeadLetterQueue:
                 f"copy confirmed but the dead letter could not be acked: {exc!r}"
             ) from exc
 
-    def purge(self) -> int:
-        """Delete every ready message of the DLQ; returns how many."""
+    def hold_ready(self) -> int:
+        """Take the messages ready now (at most as many as were counted, so a steady inflow
+        cannot keep it going) and hold them unacked; returns how many. Bodies are not kept."""
+        wanted = self.ready()
+        held = 0
         try:
-            result = self._channel.queue_purge(self.cfg.dlq)
+            while held < wanted:
+                method, _properties, _body = self._channel.basic_get(self.cfg.dlq, auto_ack=False)
+                if method is None:
+                    break
+                self._last_held = int(method.delivery_tag)
+                held += 1
         except pika.exceptions.AMQPError as exc:
-            raise BrokerUnavailable(f"cannot purge {self.cfg.dlq!r}: {exc!r}") from exc
-        return int(result.method.message_count)
+            raise BrokerUnavailable(f"cannot read {self.cfg.dlq!r}: {exc!r}") from exc
+        self._held = held
+        return held
+
+    def delete_held(self) -> int:
+        """Delete exactly the messages `hold_ready()` holds (never a queue.purge, which would
+        also take whatever arrived since they were counted); returns how many."""
+        if not self._held:
+            return 0
+        try:
+            self._channel.basic_ack(self._last_held, multiple=True)
+            # A round trip: the acks are processed before the connection closes.
+            self._channel.queue_declare(self.cfg.dlq, passive=True)
+        except pika.exceptions.AMQPError as exc:
+            raise BrokerUnavailable(f"cannot delete from {self.cfg.dlq!r}: {exc!r}") from exc
+        deleted, self._held = self._held, 0
+        return deleted
 
     def close(self) -> None:
         try:
