@@ -1,0 +1,104 @@
+"""One process, the same requestId twice at once: one execution, never in doubt.
+
+Winning a claim and registering it as this process's running work are one step: a second
+delivery of the same request in the same process sees it *running* (and waits for its
+record), never *orphaned*. Run on every store, through the runtime's embedding API, from two
+threads released together for each requestId.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime import AgentRegistry, IntentusRuntime
+from runtime.canonical import execution_id_for
+from runtime.response import AgentResponse
+from tests.store.test_conformance import BACKENDS, Backend, _backend, envelope
+
+PAIRS = 300
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    yield from _backend(request.param, tmp_path)
+
+
+def counting_registry(counts: dict[str, int], lock: threading.Lock) -> AgentRegistry:
+    reg = AgentRegistry()
+
+    @reg.agent("a", intents=["ProcessIntent"])
+    def handle(env: Any) -> dict[str, Any]:
+        with lock:
+            rid = env.metadata.requestId
+            counts[rid] = counts.get(rid, 0) + 1
+        return {"rid": env.metadata.requestId}
+
+    return reg
+
+
+def test_same_request_from_two_threads_runs_once(backend: Backend) -> None:
+    """300 pairs at once: one execution each, no EXECUTION_IN_DOUBT, one record, same answer."""
+    counts: dict[str, int] = {}
+    lock = threading.Lock()
+    store = backend.open()
+    rt = IntentusRuntime(counting_registry(counts, lock), store=store)
+    answers: dict[str, list[AgentResponse]] = {}
+    rids = [f"twin-{uuid.uuid4().hex[:12]}" for _ in range(PAIRS)]
+    errors: list[BaseException] = []
+    try:
+        for rid in rids:
+            body = envelope(rid)
+            start = threading.Barrier(2)
+            got: list[AgentResponse] = []
+
+            def send(
+                body: bytes = body,
+                start: threading.Barrier = start,
+                got: list[AgentResponse] = got,
+            ) -> None:
+                try:
+                    start.wait(5)
+                    response = rt.route_intent(body)
+                    with lock:
+                        got.append(response)
+                except BaseException as exc:
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=send) for _ in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            answers[rid] = got
+        assert errors == []
+        in_doubt = [
+            rid
+            for rid, got in answers.items()
+            if any(r.error is not None and r.error.code == "EXECUTION_IN_DOUBT" for r in got)
+        ]
+        assert in_doubt == []
+        assert {rid: n for rid, n in counts.items() if n != 1} == {}
+        assert sorted(counts) == sorted(rids)
+        for rid in rids:
+            got = answers[rid]
+            assert len(got) == 2, rid
+            raw = store.get(execution_id_for(rid))
+            assert raw is not None, f"no record for {rid}"
+            record = json.loads(raw)
+            assert record["header"]["kind"] == "execution"
+            # Both callers were answered with the durable record's response.
+            assert got[0].status == "success"
+            for response in got:
+                assert response == AgentResponse.model_validate(record["finalResponse"])
+        # Every claim ended: nothing is still held by this process.
+        states = store.probe([execution_id_for(rid) for rid in rids])
+        assert {s.value for s in states.values()} == {"recorded"}
+    finally:
+        rt.close()
