@@ -176,8 +176,8 @@ class IntentusRuntime:
         it is then answered EXECUTION_IN_DOUBT, here or (after this process ends) elsewhere,
         and never run again silently."""
         claim = outcome.claim
-        if claim is None:
-            return
+        if claim is None or not claim.won:
+            return  # nothing of ours (a parked outcome names the claim it waits for)
         outcome.claim = None
         try:
             if recorded or not outcome.agent_ran:
