@@ -162,7 +162,12 @@ class Duplicates:
         """Our record was refused: the request is another worker's now (it took over our claim
         while we looked dead), or recorded already. Answer from the durable record; None if
         there is none yet (the other worker has not recorded it): then nothing may be
-        answered here, since our own result is not the record and never will be."""
+        answered here, since our own result is not the record and never will be.
+
+        A rejected message found its body's rejection recorded meanwhile (a redelivery racing
+        it): it is answered with its own error, the same one, and still dead-lettered."""
+        if outcome.kind == "rejected":
+            return outcome
         stored = self.store.get(outcome.execution_id)
         if stored is None:
             log.warning(
