@@ -32,23 +32,19 @@ from runtime.clock import Clock, SystemClock
 from runtime.duplicates import Duplicates
 from runtime.envelope import IntentEnvelope, RequestContext
 from runtime.errors import RecordExists, RecordStoreError
+from runtime.executed import executed as build_executed
 from runtime.filestore import FileRecordStore
 from runtime.intake import Arrival, Incoming, Refused, Request, read
 from runtime.invoker import Abandoned, AgentInvoker
-from runtime.middleware import Middleware, run_after, run_before
+from runtime.middleware import Middleware, run_before
 from runtime.observer import Observer
 from runtime.outcome import Outcome
 from runtime.policy import Policy, PolicySubject, load_policy
 from runtime.recorder import (
     ExecutionRecorder,
-    RecordPolicy,
-    RouterDecision,
-    encode_record,
-    final_event,
-    trace_of,
 )
 from runtime.registry import AgentRegistry
-from runtime.response import AgentResponse, response_body, response_dict
+from runtime.response import AgentResponse
 from runtime.router import Route, RouteOutcome, Router, plan
 from runtime.store import MemoryRecordStore, RecordStore
 
@@ -367,7 +363,15 @@ class IntentusRuntime:
             self.observer.policy_filtered(denied, decision.rules[denied])
         route_plan = plan(envelope, names, decision)
         policy = decision.to_dict()
-        executed = partial(self._executed, request, recorder, policy=policy)
+        executed = partial(
+            build_executed,
+            request,
+            recorder,
+            policy=policy,
+            worker_id=self.worker_id,
+            middleware=self.middleware,
+            observer=self.observer,
+        )
         if route_plan.error is not None:
             refused = RouteOutcome(
                 payload=None,
@@ -412,83 +416,6 @@ class IntentusRuntime:
             return pending.pop() if pending else copy()
 
         return fresh
-
-    def _executed(
-        self,
-        request: Request,
-        recorder: ExecutionRecorder,
-        out: RouteOutcome,
-        *,
-        policy: RecordPolicy,
-        agent_ran: bool,
-    ) -> Outcome:
-        """The answer and record of a request that was routed (whether an agent ran or not)."""
-        intent, strategy = request.intent, request.strategy
-        router_decision: RouterDecision = {
-            "agent": out.agent,
-            "intent": intent,
-            "strategy": strategy,
-            "tryOrder": out.try_order,
-            "reason": out.reason,
-        }
-        recorder.event("ROUTER_DECISION", dict(router_decision))
-        latency_ms = recorder.elapsed_ms()
-        response = response_dict(
-            payload=out.payload,
-            error=out.error,
-            execution_id=request.execution_id,
-            request_id=request.request_id,
-            trace_id=request.trace_id,
-            agent=out.agent,
-            strategy=strategy,
-            attempts=out.attempts,
-            latency_ms=latency_ms,
-            replayable=True,
-        )
-        recorder.event("FINAL_RESPONSE", final_event(response))
-        if self.middleware:
-            answer = AgentResponse.model_validate(response)
-            run_after(self.middleware, request.envelope, answer, observer=self.observer)
-        seconds = latency_ms / 1000.0
-        error_code = None if out.error is None else out.error["code"]
-        self.observer.routed(
-            intent,
-            strategy,
-            status=response["status"],
-            error_code=error_code,
-            seconds=seconds,
-        )
-        body = response_body(response)
-        header = request.header(kind="execution", worker_id=self.worker_id)
-        trace = trace_of(
-            trace_id=request.trace_id,
-            agent=out.agent,
-            intent=intent,
-            response=response,
-            latency_ms=latency_ms,
-        )
-        record = encode_record(
-            header=header,
-            envelope_json=request.envelope_json,
-            policy=policy,
-            events=recorder.events,
-            decision=router_decision,
-            response_body=body,
-            trace=trace,
-        )
-        return Outcome(
-            kind="executed",
-            execution_id=request.execution_id,
-            request_id=request.request_id,
-            trace_id=request.trace_id,
-            response=response,
-            body=body,
-            record=record,
-            intent=intent,
-            strategy=strategy,
-            seconds=seconds,
-            agent_ran=agent_ran,
-        )
 
     def close(self) -> None:
         self.aio.close()

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-import runtime.engine
+import runtime.executed
 from runtime import AgentRegistry, IntentusRuntime, SystemClock
 from runtime.canonical import execution_id_for
 from runtime.engine import Outcome
@@ -143,7 +143,7 @@ def test_failure_after_the_agent_ran_is_in_doubt_never_rerun(
 
     reg.register("a", handler, intents=["ProcessIntent"])
     rt = make_runtime(reg)
-    encode = runtime.engine.encode_record
+    encode = runtime.executed.encode_record
     failures = [ValueError("cannot encode")]
 
     def failing_encode(**kwargs: Any) -> bytes:
@@ -151,7 +151,7 @@ def test_failure_after_the_agent_ran_is_in_doubt_never_rerun(
             raise failures.pop()
         return encode(**kwargs)
 
-    monkeypatch.setattr(runtime.engine, "encode_record", failing_encode)
+    monkeypatch.setattr(runtime.executed, "encode_record", failing_encode)
     strategy = "DIRECT" if path == "inline" else "PARALLEL"
     request = body(envelope(request_id="r-enc", strategy=strategy))
     outs, error = inline(rt, request)
@@ -180,7 +180,7 @@ def test_base_exception_after_the_agent_ran_keeps_the_claim(
 
     reg.register("a", handler, intents=["ProcessIntent"])
     rt = make_runtime(reg)
-    encode = runtime.engine.encode_record
+    encode = runtime.executed.encode_record
     failures: list[BaseException] = [KeyboardInterrupt()]
 
     def failing_encode(**kwargs: Any) -> bytes:
@@ -188,7 +188,7 @@ def test_base_exception_after_the_agent_ran_keeps_the_claim(
             raise failures.pop()
         return encode(**kwargs)
 
-    monkeypatch.setattr(runtime.engine, "encode_record", failing_encode)
+    monkeypatch.setattr(runtime.executed, "encode_record", failing_encode)
     request = body(envelope(request_id="r-kbd"))
     with pytest.raises(KeyboardInterrupt):
         rt.route_intent(request)
