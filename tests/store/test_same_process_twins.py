@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 
 from runtime import AgentRegistry, IntentusRuntime
 from runtime.canonical import execution_id_for
+from runtime.engine import Outcome
 from runtime.response import AgentResponse
 from tests.store.test_conformance import BACKENDS, Backend, _backend, envelope
 
@@ -43,8 +45,25 @@ def counting_registry(counts: dict[str, int], lock: threading.Lock) -> AgentRegi
     return reg
 
 
-def test_same_request_from_two_threads_runs_once(backend: Backend) -> None:
-    """300 pairs at once: one execution each, no EXECUTION_IN_DOUBT, one record, same answer."""
+def inline(rt: IntentusRuntime, body: bytes) -> AgentResponse:
+    """What a worker's routing thread does: handlers on this thread, a parked request
+    processed again once settled, the record committed before the answer."""
+    while True:
+        delivered: list[Outcome] = []
+        rt.process_inline(body, deliver=delivered.append)
+        (outcome,) = delivered
+        if not outcome.parked:
+            break
+        while not rt.settled(outcome):
+            time.sleep(0.005)
+    return AgentResponse.model_validate(rt.commit_sync(outcome).response)
+
+
+@pytest.mark.parametrize("path", ["route_intent", "inline"])
+def test_same_request_from_two_threads_runs_once(backend: Backend, path: str) -> None:
+    """300 pairs at once: one execution each, no EXECUTION_IN_DOUBT, one record, same answer;
+    through the agent pool (route_intent) and inline (as the worker routes)."""
+    route = (lambda body: rt.route_intent(body)) if path == "route_intent" else None
     counts: dict[str, int] = {}
     lock = threading.Lock()
     store = backend.open()
@@ -65,7 +84,7 @@ def test_same_request_from_two_threads_runs_once(backend: Backend) -> None:
             ) -> None:
                 try:
                     start.wait(5)
-                    response = rt.route_intent(body)
+                    response = route(body) if route is not None else inline(rt, body)
                     with lock:
                         got.append(response)
                 except BaseException as exc:
