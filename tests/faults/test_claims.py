@@ -106,6 +106,19 @@ def test_one_worker_same_request_twice_at_once(
         assert runs[(rid, "work")] == 1
     assert worker.metric("intentus_records_written_total") == PAIRS
     assert "recorded by another worker meanwhile" not in worker.logs()
+    # Sent once more each, later: answered from the record, nothing runs again.
+    later = [
+        Message(m.body, uuid.uuid4().hex, request_id=m.request_id, reply_to=replies.queue)
+        for m in messages[::2]
+    ]
+    publish(queue_name, later)
+    assert replies.wait_for({m.correlation_id for m in later}, timeout=120)
+    for m in later:
+        reply = replies.first(m.correlation_id)
+        assert reply is not None and m.request_id is not None
+        assert {reply.body} == bodies[m.request_id]
+    assert executions(exec_log) == runs
+    assert worker.metric("intentus_records_written_total") == PAIRS
 
 
 @pytest.mark.parametrize("raised", ["SystemExit", "KeyboardInterrupt", "GeneratorExit", "Custom"])
