@@ -52,7 +52,7 @@ class RecordQueries(Connected):
                     f"SELECT execution_id FROM {TABLE} WHERE request_id = %s"
                     " AND kind = 'rejected' AND record IS NOT NULL"
                     " ORDER BY created_at DESC LIMIT 1",
-                    (request_id,),
+                    (index_text(request_id),),
                 ).fetchone()
         except self._psycopg.Error as exc:
             raise self._error("cannot look up a requestId", exc) from None
