@@ -12,7 +12,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import pytest
 from runtime import AgentRegistry, IntentusRuntime
 from runtime.canonical import execution_id_for
 from runtime.engine import Outcome
+from runtime.errors import RecordExists
 from runtime.response import AgentResponse
 from tests.store.test_conformance import BACKENDS, Backend, _backend, envelope
 
@@ -121,3 +122,43 @@ def test_same_request_from_two_threads_runs_once(backend: Backend, path: str) ->
         assert {s.value for s in states.values()} == {"recorded"}
     finally:
         rt.close()
+
+
+class Results:
+    """The callbacks of `expected` writes, by write number."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.by_write: dict[int, BaseException | None] = {}
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+
+    def callback(self, n: int) -> Callable[[BaseException | None], None]:
+        def written(exc: BaseException | None) -> None:
+            with self.lock:
+                self.by_write[n] = exc
+                if len(self.by_write) == self.expected:
+                    self.done.set()
+
+        return written
+
+
+def test_writes_of_one_id_by_one_owner_store_one_and_say_so(backend: Backend) -> None:
+    """Several writes of one claimed id by the same owner at once (a result and an in-doubt
+    answer, say): exactly one is told it was stored, and it is the one stored; every other
+    hears RecordExists (so it answers from the stored record, never with its own)."""
+    store = backend.open()
+    writes = 20
+    for round_ in range(5):
+        eid = execution_id_for(f"one-owner-{round_}")
+        assert store.claim(eid, user_id="", fingerprint="f").won
+        results = Results(writes)
+        for n in range(writes):
+            store.put_async(eid, json.dumps({"header": {"n": n}}).encode(), results.callback(n))
+        assert results.done.wait(30)
+        stored = [n for n, exc in results.by_write.items() if exc is None]
+        assert len(stored) == 1, results.by_write
+        others = [exc for exc in results.by_write.values() if exc is not None]
+        assert all(isinstance(exc, RecordExists) for exc in others)
+        raw = store.get(eid)
+        assert raw is not None and json.loads(raw)["header"]["n"] == stored[0]
