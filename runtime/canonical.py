@@ -80,6 +80,23 @@ def execution_id_for(request_id: str) -> str:
     return "exec-" + sha256_hex(request_id.encode("utf-8"))[:24]
 
 
+# Rejection ids hash a preimage starting with 0xFF, a byte that never occurs in UTF-8: no
+# requestId's executionId (sha256 of its UTF-8 bytes) can ever equal a rejection id.
+_REJECTION_DOMAIN = b"\xffintentus:rejected:"
+
+
+def rejection_id_for(body: bytes) -> str:
+    """Where a message rejected before routing is recorded: derived from its raw body (so
+    its redeliveries find it), never from its requestId (which it does not consume)."""
+    return rejection_id_for_digest(hashlib.sha256(body).hexdigest())
+
+
+def rejection_id_for_digest(raw_body_sha256: str) -> str:
+    """The rejection id from the body's sha256 hex digest (a record's `rawBodySha256`)."""
+    inner = bytes.fromhex(raw_body_sha256)
+    return "exec-" + sha256_hex(_REJECTION_DOMAIN + inner)[:24]
+
+
 def request_id_for_body(body: bytes) -> str:
     return "req-" + sha256_hex(body)[:24]
 

@@ -1,7 +1,8 @@
 """Claims: who may execute a request, decided atomically before any agent runs.
 
-Every request (valid or not) claims its executionId before anything is executed or recorded.
-The claim is atomic across every worker sharing the store, and has exactly one outcome:
+Every valid request claims its executionId before anything is executed or recorded (a message
+rejected at intake claims nothing: it is recorded under its body's rejection id). The claim is
+atomic across every worker sharing the store, and has exactly one outcome:
 
 - ``WON``: nobody holds it and no record exists: this worker executes, records, releases.
 - ``RECORDED``: a record exists: answer from it (after checking the caller).

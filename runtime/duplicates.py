@@ -6,8 +6,8 @@ A claim that is not won is one of:
                  the recorded agent still allowed by the policy?         no -> denied
                  otherwise the stored answer, byte for byte                  -> replayed
     RUNNING   -> another caller's request holds the id                      -> conflict
-                 ours, and no thread of ours works on it (its record could
-                 not be written)                                             -> in doubt
+                 ours (no thread of ours works on it, or the caller could
+                 not have begun: its record could not be written)           -> in doubt
                  otherwise a live owner executes it: wait for its record    -> parked
     ORPHANED  -> its owner died before recording: take the claim over, then
                  record and answer that its outcome is unknown              -> in doubt
@@ -15,6 +15,13 @@ A claim that is not won is one of:
                  as above)
 
 Nothing here ever runs an agent: a request that started once is never run again silently.
+
+A thread *begins* an executionId (`begin`) before it claims it in the store, and ends it
+(`done_with`) only after the claim is released or given up; while one thread of this process
+has begun an id, any other thread of this process asking for it is parked at once, without
+looking at the store. So a claim of ours that the store shows as running while no thread of
+ours has begun it was given up without a record (in doubt): it is never mistaken for the
+window between winning a claim and registering it, because there is no such window.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from runtime.claims import Claim, ClaimState
+from runtime.claims import Claim, ClaimState, Holder
 from runtime.errors import ErrorCode
 from runtime.intake import Request
 from runtime.outcome import Outcome, replayed
@@ -58,9 +65,14 @@ class Duplicates:
         self._active_lock = threading.Lock()
 
     # -- the claims this process works on ------------------------------------------------
-    def working_on(self, execution_id: str) -> None:
+    def begin(self, execution_id: str) -> bool:
+        """Register this thread's work on an id, before claiming it; False if another
+        thread of this process works on it already (the caller is parked)."""
         with self._active_lock:
+            if execution_id in self._active:
+                return False
             self._active.add(execution_id)
+            return True
 
     def done_with(self, execution_id: str) -> None:
         with self._active_lock:
@@ -75,18 +87,26 @@ class Duplicates:
         states = self.store.probe([o.execution_id for o in parked])
         settled = []
         for outcome in parked:
+            if self.is_active(outcome.execution_id):
+                settled.append(False)  # a thread of ours works on it: wait for it
+                continue
             state = states.get(outcome.execution_id)
             holder = outcome.claim.holder if outcome.claim is not None else None
             own = holder is not None and holder.owner == self.store.owner
-            settled.append(
-                state is not ClaimState.RUNNING
-                or (own and not self.is_active(outcome.execution_id))
-            )
+            settled.append(state is not ClaimState.RUNNING or own)
         return settled
+
+    def parked_here(self, request: Request) -> Outcome:
+        """Another thread of this process works on this request: wait for its record."""
+        holder = Holder(self.store.owner, request.user, request.fingerprint)
+        return self.parked(request, Claim(ClaimState.RUNNING, request.execution_id, holder=holder))
 
     # -- answers -------------------------------------------------------------------------
     def answer(self, request: Request, claim: Claim) -> Outcome:
-        """The answer to a request whose claim was not won (see the module's table)."""
+        """The answer to a request whose claim was not won (see the module's table).
+
+        The caller has begun the id (`begin`); an answer holding a won claim (in doubt) keeps
+        it begun until `done_with`, any other answer does not need it any more."""
         if claim.state is ClaimState.RECORDED:
             assert claim.record is not None
             return self.from_record(request, json.loads(claim.record))
@@ -100,30 +120,21 @@ class Duplicates:
             # with, what it will record.
             return self.conflict(request, recorded_at=None)
         if claim.state is ClaimState.RUNNING:
-            if self._abandoned_here(claim):
-                # Ours, and no thread works on it: its record could not be written. We hold
-                # the claim already, so no take-over: record that it is in doubt.
-                self.working_on(request.execution_id)
+            if holder is not None and holder.owner == self.store.owner:
+                # Ours, and no other thread of ours works on it (the caller began it): its
+                # record could not be written. We hold the claim already, so no take-over:
+                # record that it is in doubt.
                 return self.in_doubt(
                     request, Claim(ClaimState.WON, request.execution_id, holder=holder)
                 )
             return self.parked(request, claim)
         claim = self.store.take_over(claim, user_id=request.user, fingerprint=request.fingerprint)
         if claim.state is ClaimState.WON:
-            self.working_on(request.execution_id)
             return self.in_doubt(request, claim)
         if claim.state is ClaimState.RECORDED:
             assert claim.record is not None
             return self.from_record(request, json.loads(claim.record))
         return self.parked(request, claim)
-
-    def _abandoned_here(self, claim: Claim) -> bool:
-        holder = claim.holder
-        return (
-            holder is not None
-            and holder.owner == self.store.owner
-            and not self.is_active(claim.execution_id)
-        )
 
     def from_record(self, request: Request, record: dict[str, Any]) -> Outcome:
         """The stored answer, for the same caller asking the same thing only."""
@@ -151,7 +162,12 @@ class Duplicates:
         """Our record was refused: the request is another worker's now (it took over our claim
         while we looked dead), or recorded already. Answer from the durable record; None if
         there is none yet (the other worker has not recorded it): then nothing may be
-        answered here, since our own result is not the record and never will be."""
+        answered here, since our own result is not the record and never will be.
+
+        A rejected message found its body's rejection recorded meanwhile (a redelivery racing
+        it): it is answered with its own error, the same one, and still dead-lettered."""
+        if outcome.kind == "rejected":
+            return outcome
         stored = self.store.get(outcome.execution_id)
         if stored is None:
             log.warning(
@@ -203,13 +219,21 @@ class Duplicates:
             same_request=False,
         )
 
-    def in_doubt(self, request: Request, claim: Claim) -> Outcome:
-        """Record and answer that an earlier execution's outcome is unknown (never re-run)."""
+    def in_doubt(self, request: Request, claim: Claim, *, cause: str | None = None) -> Outcome:
+        """Record and answer that an execution's outcome is unknown (never re-run): an
+        earlier delivery's, or (`cause`) this one's, which failed after an agent may have
+        started and before its result could be recorded."""
         recorder = ExecutionRecorder(self._monotonic, request.arrival.started)
-        message = (
-            "an earlier delivery of this request started executing and its worker stopped "
-            "before recording the result; it is not run again"
-        )
+        if cause is None:
+            message = (
+                "an earlier delivery of this request started executing and its worker stopped "
+                "before recording the result; it is not run again"
+            )
+        else:
+            message = (
+                f"executing this request failed after an agent may have started ({cause}); "
+                "its outcome is unknown and it is not run again"
+            )
         details = {"execution_id": request.execution_id}
         outcome = request.error_answer(
             "in_doubt",
@@ -217,10 +241,11 @@ class Duplicates:
             latency_ms=recorder.elapsed_ms(),
         )
         recorder.event("INTENT_RECEIVED", request.received_event())
-        recorder.event(
-            "DUPLICATE_DELIVERY",
-            {"kind": "in_doubt", "redelivered": request.context.redelivered},
-        )
+        if cause is None:
+            recorder.event(
+                "DUPLICATE_DELIVERY",
+                {"kind": "in_doubt", "redelivered": request.context.redelivered},
+            )
         outcome.record = unrouted_record(
             recorder,
             header=request.header(kind="in_doubt", worker_id=self._worker_id),

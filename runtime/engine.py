@@ -32,29 +32,40 @@ from runtime.clock import Clock, SystemClock
 from runtime.duplicates import Duplicates
 from runtime.envelope import IntentEnvelope, RequestContext
 from runtime.errors import RecordExists, RecordStoreError
+from runtime.executed import executed as build_executed
 from runtime.filestore import FileRecordStore
 from runtime.intake import Arrival, Incoming, Refused, Request, read
 from runtime.invoker import Abandoned, AgentInvoker
-from runtime.middleware import Middleware, run_after, run_before
+from runtime.middleware import Middleware, run_before
 from runtime.observer import Observer
 from runtime.outcome import Outcome
 from runtime.policy import Policy, PolicySubject, load_policy
 from runtime.recorder import (
     ExecutionRecorder,
-    RecordPolicy,
-    RouterDecision,
-    encode_record,
-    final_event,
-    trace_of,
 )
 from runtime.registry import AgentRegistry
-from runtime.response import AgentResponse, response_body, response_dict
+from runtime.response import AgentResponse
 from runtime.router import Route, RouteOutcome, Router, plan
 from runtime.store import MemoryRecordStore, RecordStore
 
 log = logging.getLogger("intentus.runtime")
 
 _POLL_S = 0.02
+
+
+class _Progress:
+    """How far one claimed request got: whether an agent may have started, and whether its
+    outcome (holding the claim) was handed over."""
+
+    __slots__ = ("agent_may_run", "handed_over")
+
+    def __init__(self) -> None:
+        self.agent_may_run = False
+        self.handed_over = False
+
+
+def _reraise(exc: BaseException) -> Outcome:
+    raise exc
 
 
 class IntentusRuntime:
@@ -161,12 +172,16 @@ class IntentusRuntime:
         it is then answered EXECUTION_IN_DOUBT, here or (after this process ends) elsewhere,
         and never run again silently."""
         claim = outcome.claim
-        if claim is None:
-            return
+        if claim is None or not claim.won:
+            return  # nothing of ours (a parked outcome names the claim it waits for)
         outcome.claim = None
-        self.duplicates.done_with(claim.execution_id)
-        if recorded or not outcome.agent_ran:
-            self.store.release(claim)
+        try:
+            if recorded or not outcome.agent_ran:
+                self.store.release(claim)
+        finally:
+            # Only after the release: until then another thread of ours asking for this id
+            # must wait, not find our claim with nobody working on it (in doubt).
+            self.duplicates.done_with(claim.execution_id)
 
     def after_lost_race(self, outcome: Outcome) -> Outcome | None:
         """The durable record's answer after our record was refused; None while there is none
@@ -247,40 +262,89 @@ class IntentusRuntime:
                 arrival, store=self.store, monotonic=self.clock.monotonic, worker_id=self.worker_id
             )
         request = Request.of(envelope, arrival)
-        claim = self.store.claim(
-            request.execution_id, user_id=request.user, fingerprint=request.fingerprint
-        )
-        if claim.state is not ClaimState.WON:
-            return self.duplicates.answer(request, claim)
+        eid = request.execution_id
+        # Registered as ours before the claim is even asked for: winning the claim and being
+        # known as this process's running work are one step (see runtime/duplicates.py).
+        if not self.duplicates.begin(eid):
+            return self.duplicates.parked_here(request)
+        try:
+            claim = self.store.claim(eid, user_id=request.user, fingerprint=request.fingerprint)
+            if claim.state is not ClaimState.WON:
+                outcome = self.duplicates.answer(request, claim)
+                if outcome.claim is None or not outcome.claim.won:
+                    self.duplicates.done_with(eid)
+                return outcome
+        except BaseException:
+            self.duplicates.done_with(eid)
+            raise
         return self._execute_claimed(request, claim, deliver)
 
     def _execute_claimed(
         self, request: Request, claim: Claim, deliver: Callable[[Outcome], None] | None
     ) -> Outcome | None:
-        self.duplicates.working_on(request.execution_id)
-        handed_over = False
+        """Run a won claim to its outcome, which carries the claim to `finish`.
 
-        def claimed(outcome: Outcome) -> Outcome:
-            nonlocal handed_over
-            handed_over = True
+        Until an agent may have started, a failure releases the claim (nothing ran). After
+        that the claim ends only in a durable record: an error building the outcome answers
+        EXECUTION_IN_DOUBT with its record instead, and anything else raised (KeyboardInterrupt
+        on the embedder's thread) leaves the claim held as given up, so any duplicate is
+        answered in doubt, never run again."""
+        progress = _Progress()
+
+        def settle(build: Callable[[], Outcome]) -> Outcome:
+            try:
+                outcome = build()
+            except Exception as exc:
+                if not progress.agent_may_run:
+                    raise
+                log.exception("cannot build the outcome of request %s", request.request_id)
+                outcome = self.duplicates.in_doubt(
+                    request, claim, cause=f"{type(exc).__name__}: {exc}"
+                )
+                outcome.agent_ran = True
+            progress.handed_over = True
             outcome.claim = claim
             return outcome
 
         try:
-            return self._execute(request, claimed, deliver)
+            return self._execute(request, settle, deliver, progress)
         except Abandoned:
             raise  # the request goes on elsewhere, with its claim
+        except Exception as exc:
+            if progress.handed_over:  # an error of the caller's `deliver` is not ours to undo
+                raise
+            if not progress.agent_may_run:
+                self._give_up(claim, release=True)
+                raise
+            try:
+                outcome = settle(partial(_reraise, exc))
+            except BaseException:
+                self._give_up(claim, release=False)
+                raise
         except BaseException:
-            if not handed_over:  # an error of the caller's `deliver` is not ours to undo
-                self.duplicates.done_with(request.execution_id)
-                self.store.release(claim)
+            if not progress.handed_over:
+                self._give_up(claim, release=not progress.agent_may_run)
             raise
+        if deliver is None:
+            return outcome
+        deliver(outcome)
+        return None
+
+    def _give_up(self, claim: Claim, *, release: bool) -> None:
+        """Drop a claim that has no outcome: released if nothing can have run, else kept
+        held with no thread working on it (so that its duplicates are answered in doubt)."""
+        try:
+            if release:
+                self.store.release(claim)
+        finally:
+            self.duplicates.done_with(claim.execution_id)
 
     def _execute(
         self,
         request: Request,
-        claimed: Callable[[Outcome], Outcome],
+        settle: Callable[[Callable[[], Outcome]], Outcome],
         deliver: Callable[[Outcome], None] | None,
+        progress: _Progress,
     ) -> Outcome | None:
         envelope = request.envelope
         recorder = ExecutionRecorder(self.clock.monotonic, request.arrival.started)
@@ -299,7 +363,15 @@ class IntentusRuntime:
             self.observer.policy_filtered(denied, decision.rules[denied])
         route_plan = plan(envelope, names, decision)
         policy = decision.to_dict()
-        executed = partial(self._executed, request, recorder, policy=policy)
+        executed = partial(
+            build_executed,
+            request,
+            recorder,
+            policy=policy,
+            worker_id=self.worker_id,
+            middleware=self.middleware,
+            observer=self.observer,
+        )
         if route_plan.error is not None:
             refused = RouteOutcome(
                 payload=None,
@@ -309,7 +381,7 @@ class IntentusRuntime:
                 reason=route_plan.reason,
                 try_order=route_plan.try_order,
             )
-            return claimed(executed(refused, agent_ran=False))
+            return settle(partial(executed, refused, agent_ran=False))
         route = Route(
             envelope=envelope,
             agents={a.name: a for a in candidates},
@@ -317,11 +389,15 @@ class IntentusRuntime:
             recorder=recorder,
             fresh=self._private_copies(request),
         )
+        progress.agent_may_run = True
         if deliver is None:
-            return claimed(executed(self.router.execute(route), agent_ran=True))
+            out = self.router.execute(route)
+            return settle(partial(executed, out, agent_ran=True))
 
         def finish(out: RouteOutcome) -> None:
-            deliver(claimed(executed(out, agent_ran=True)))
+            # Here, or on the thread carrying a timed-out request on: either way the claim
+            # ends in a record (the result, or in doubt if building it fails).
+            deliver(settle(partial(executed, out, agent_ran=True)))
 
         self.router.execute_route_inline(route, finish)
         return None
@@ -340,83 +416,6 @@ class IntentusRuntime:
             return pending.pop() if pending else copy()
 
         return fresh
-
-    def _executed(
-        self,
-        request: Request,
-        recorder: ExecutionRecorder,
-        out: RouteOutcome,
-        *,
-        policy: RecordPolicy,
-        agent_ran: bool,
-    ) -> Outcome:
-        """The answer and record of a request that was routed (whether an agent ran or not)."""
-        intent, strategy = request.intent, request.strategy
-        router_decision: RouterDecision = {
-            "agent": out.agent,
-            "intent": intent,
-            "strategy": strategy,
-            "tryOrder": out.try_order,
-            "reason": out.reason,
-        }
-        recorder.event("ROUTER_DECISION", dict(router_decision))
-        latency_ms = recorder.elapsed_ms()
-        response = response_dict(
-            payload=out.payload,
-            error=out.error,
-            execution_id=request.execution_id,
-            request_id=request.request_id,
-            trace_id=request.trace_id,
-            agent=out.agent,
-            strategy=strategy,
-            attempts=out.attempts,
-            latency_ms=latency_ms,
-            replayable=True,
-        )
-        recorder.event("FINAL_RESPONSE", final_event(response))
-        if self.middleware:
-            answer = AgentResponse.model_validate(response)
-            run_after(self.middleware, request.envelope, answer, observer=self.observer)
-        seconds = latency_ms / 1000.0
-        error_code = None if out.error is None else out.error["code"]
-        self.observer.routed(
-            intent,
-            strategy,
-            status=response["status"],
-            error_code=error_code,
-            seconds=seconds,
-        )
-        body = response_body(response)
-        header = request.header(kind="execution", worker_id=self.worker_id)
-        trace = trace_of(
-            trace_id=request.trace_id,
-            agent=out.agent,
-            intent=intent,
-            response=response,
-            latency_ms=latency_ms,
-        )
-        record = encode_record(
-            header=header,
-            envelope_json=request.envelope_json,
-            policy=policy,
-            events=recorder.events,
-            decision=router_decision,
-            response_body=body,
-            trace=trace,
-        )
-        return Outcome(
-            kind="executed",
-            execution_id=request.execution_id,
-            request_id=request.request_id,
-            trace_id=request.trace_id,
-            response=response,
-            body=body,
-            record=record,
-            intent=intent,
-            strategy=strategy,
-            seconds=seconds,
-            agent_ran=agent_ran,
-        )
 
     def close(self) -> None:
         self.aio.close()

@@ -15,6 +15,7 @@ from runtime.canonical import (
     dumps,
     encode_envelope,
     execution_id_for,
+    rejection_id_for,
     request_id_for_body,
     trace_id_for,
 )
@@ -207,9 +208,13 @@ class Refused(Exception):
         monotonic: Callable[[], float],
         worker_id: str,
     ) -> Outcome:
-        """The structured error for this message, and its record if its claim is won."""
+        """The structured error for this message, and its record unless one exists already.
+
+        It claims nothing: a message rejected before routing does not consume its requestId
+        (the client may fix it and re-send). Its record is kept under a rejection id derived
+        from its raw body, so that its own redeliveries find that record and write none."""
         request_id = self.request_id
-        execution_id = execution_id_for(request_id)
+        execution_id = rejection_id_for(self.body)
         trace_id = self.trace_id(request_id)
         intent = self.intent
         recorder = ExecutionRecorder(monotonic, arrival.started)
@@ -227,11 +232,7 @@ class Refused(Exception):
             replayable=False,
         )
         record = None
-        # Recorded only under a claim we win: a malformed twin never writes over, or in
-        # place of, the record of the request whose requestId it carries.
-        taken = store.claim(execution_id, user_id=arrival.context.user_id or "", fingerprint=None)
-        claim = taken if taken.won else None
-        if claim is not None:
+        if not store.exists(execution_id):
             recorder.event(
                 "INTENT_RECEIVED",
                 {"intent": intent, "version": None, "requestId": request_id, "strategy": None},
@@ -266,7 +267,6 @@ class Refused(Exception):
             record=record,
             intent=intent,
             reject_reason=f"{error.code.value}: {error.message}",
-            claim=claim,
         )
 
 

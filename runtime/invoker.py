@@ -73,10 +73,14 @@ def _json_copy(value: Any, what: str) -> Any:
 def run_handler(
     handler: Callable[[Any], Any], envelope: Any, agent: str = ""
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """Call one handler; every failure becomes an error dict (agent failures are data)."""
+    """Call one handler; every failure (any BaseException) becomes an error dict (agent
+    failures are data)."""
     try:
         return checked_result(handler(envelope)), None
-    except Exception as exc:  # the one place sync agents' exceptions are caught
+    except BaseException as exc:  # the one place sync agents' exceptions are caught
+        # BaseException too: SystemExit, KeyboardInterrupt or GeneratorExit raised by an
+        # agent's code is that agent's failure; let through, it would end the routing (or
+        # pool) thread, skip the deadline's bookkeeping and release a claim whose agent ran.
         return None, agent_failure(exc, envelope, agent)
 
 

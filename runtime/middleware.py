@@ -33,7 +33,7 @@ def run_before(chain: Sequence[Middleware], envelope: IntentEnvelope, observer: 
     for mw in chain:
         try:
             mw.before_route(envelope)
-        except Exception:
+        except BaseException:  # user code: its SystemExit must not unwind the routing thread
             log.exception("middleware %s.before_route failed; the request goes on", _name(mw))
             observer.middleware_error(_name(mw), "before_route")
 
@@ -48,6 +48,6 @@ def run_after(
     for mw in reversed(chain):
         try:
             mw.after_route(envelope, response)
-        except Exception:
+        except BaseException:  # user code: its SystemExit must not unwind the routing thread
             log.exception("middleware %s.after_route failed; the response stands", _name(mw))
             observer.middleware_error(_name(mw), "after_route")

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.canonical import envelope_hash, execution_id_for
+from runtime.canonical import envelope_hash, execution_id_for, rejection_id_for_digest
 from runtime.envelope import RequestContext, validate_envelope
 from runtime.errors import EnvelopeError, RecordNotFound, RecordStoreError
 from runtime.policy import Policy, PolicySubject
@@ -43,22 +43,45 @@ def iter_records(store: RecordStore) -> Iterator[tuple[str, dict[str, Any] | Non
 
 
 def find(store: RecordStore, ident: str) -> tuple[str, dict[str, Any]]:
-    """By executionId, requestId or correlationId (the last one scans)."""
+    """By executionId, requestId or correlationId.
+
+    A requestId finds the record of its execution (or in-doubt answer). A message rejected
+    before routing did not consume its requestId: its record is under a rejection id derived
+    from its body, and a requestId finds it only when that requestId has no execution record
+    (the newest such rejection). Without an index (files) the last two look-ups scan."""
     if EXECUTION_ID.match(ident) and store.exists(ident):
         return ident, load(store, ident)
     eid = execution_id_for(ident)
     if store.exists(eid):
         return eid, load(store, eid)
-    by_index = getattr(store, "find_by_correlation_id", None)
-    if by_index is not None:  # an indexed backend: no scan
-        found = by_index(ident)
+    by_request = getattr(store, "find_rejection_by_request_id", None)
+    by_correlation = getattr(store, "find_by_correlation_id", None)
+    if by_request is not None and by_correlation is not None:  # an indexed backend: no scan
+        found = by_request(ident) or by_correlation(ident)
         if found is not None:
             return found, load(store, found)
         raise RecordNotFound(f"no record with executionId, requestId or correlationId {ident!r}")
+    rejected: tuple[str, str, dict[str, Any]] | None = None
+    correlated: tuple[str, dict[str, Any]] | None = None
     for eid, record in iter_records(store):
-        if record is not None and record.get("header", {}).get("correlationId") == ident:
-            return eid, record
+        header = record.get("header") if record is not None else None
+        if not isinstance(header, dict) or record is None:
+            continue
+        if header.get("kind") == "rejected" and header.get("requestId") == ident:
+            created = str(header.get("createdAt") or "")
+            if rejected is None or created > rejected[0]:
+                rejected = (created, eid, record)
+        elif correlated is None and header.get("correlationId") == ident:
+            correlated = (eid, record)
+    if rejected is not None:
+        return rejected[1], rejected[2]
+    if correlated is not None:
+        return correlated
     raise RecordNotFound(f"no record with executionId, requestId or correlationId {ident!r}")
+
+
+def _is_hex_digest(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def replay(record: dict[str, Any]) -> bytes:
@@ -103,7 +126,14 @@ def verify(
             f"header.executionId {header.get('executionId')!r} does not match the file name"
         )
     rid = header.get("requestId")
-    if not isinstance(rid, str) or execution_id_for(rid) != execution_id:
+    if header.get("kind") == "rejected":
+        # Recorded under its body's rejection id, not its requestId's (which it left free).
+        raw = record.get("rawBodySha256")
+        if not isinstance(raw, str) or not _is_hex_digest(raw):
+            problems.append("rawBodySha256 is missing")
+        elif rejection_id_for_digest(raw) != execution_id:
+            problems.append("executionId is not derived from rawBodySha256")
+    elif not isinstance(rid, str) or execution_id_for(rid) != execution_id:
         problems.append("executionId is not derived from header.requestId")
     envelope = record.get("envelope")
     if envelope is not None:

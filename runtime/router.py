@@ -8,7 +8,9 @@ only PARALLEL's winner depends on timing.
 from __future__ import annotations
 
 import contextvars
+import logging
 import time
+from _thread import allocate_lock as _allocate_lock
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -25,6 +27,10 @@ from runtime.recorder import ExecutionRecorder
 from runtime.registry import AgentDefinition
 from runtime.response import error_dict
 
+log = logging.getLogger("intentus.runtime.router")
+
+_HANDOFF_WAIT_S = 60.0
+
 RouteReason = Literal[
     "deterministic_match",  # the first candidate in the deterministic order
     "target_specified",  # the request named the agent
@@ -37,6 +43,32 @@ RouteReason = Literal[
     "invalid_request",  # a named agent is not a candidate, or the message was refused
     "execution_in_doubt",  # a duplicate of a request whose outcome is unknown
 ]
+
+
+class _Handoff:
+    """Who carries an abandoned inline attempt's request on: the carry-on thread (None), or,
+    if it could not be started, the handler's own thread with the timeout result. One per
+    inline attempt, so a bare lock (held until decided) rather than an Event."""
+
+    __slots__ = ("_decided", "_result")
+
+    def __init__(self) -> None:
+        self._decided = _allocate_lock()
+        self._decided.acquire()
+        self._result: AttemptResult | None = None
+
+    def decide(self, result: AttemptResult | None) -> None:
+        self._result = result
+        self._decided.release()
+
+    def wait(self) -> AttemptResult | None:
+        # The watchdog decides right after it abandoned the attempt, before or while the
+        # handler returns: a wait here is short. Undecided (cannot happen unless the
+        # watchdog itself failed): leave it to the carry-on, as if it had started.
+        if not self._decided.acquire(timeout=_HANDOFF_WAIT_S):
+            return None
+        self._decided.release()
+        return self._result
 
 
 @dataclass(slots=True)
@@ -259,11 +291,26 @@ class Router:
                 if call.agent.is_async:
                     self._hand_to_loop(call, steps, finish)
                     return
+                handoff = _Handoff()
 
-                def timed_out(result: AttemptResult) -> None:
-                    self.invoker.carry_on(
-                        partial(self.execute_inline, steps, finish, resume=(result, "abandoned"))
-                    )
+                def timed_out(result: AttemptResult, handoff: _Handoff = handoff) -> None:
+                    try:
+                        self.invoker.carry_on(
+                            partial(
+                                self.execute_inline, steps, finish, resume=(result, "abandoned")
+                            )
+                        )
+                    except BaseException:
+                        # No thread to carry it on (out of threads): it goes on here once
+                        # the handler returns, rather than never (its claim held until
+                        # restart, its duplicates parked as long).
+                        log.exception(
+                            "cannot start a thread to carry a timed-out request on; it goes "
+                            "on when the handler returns"
+                        )
+                        handoff.decide(result)
+                    else:
+                        handoff.decide(None)
 
                 result = self.invoker.call_inline(
                     call.agent.name,
@@ -273,7 +320,11 @@ class Router:
                     on_timeout=timed_out,
                 )
                 if result is None:
-                    raise Abandoned(call.agent.name)
+                    held = handoff.wait()
+                    if held is None:
+                        raise Abandoned(call.agent.name)
+                    call = steps.send((held, "abandoned"))
+                    continue
                 call = steps.send((result, "returned"))
         except StopIteration as stop:
             finish(stop.value)

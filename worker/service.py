@@ -360,6 +360,9 @@ class Worker:
             try:
                 self._decided(delivery, redecide(outcome, delivery, self.cfg.reply_queue))
             except Exception:
+                # Its claim must not stay marked as worked on (a redelivery would wait for
+                # it forever): released if no agent ran, else kept, so it is in doubt.
+                self.runtime.finish(outcome, recorded=False)
                 self._internal_error(delivery)
 
         try:

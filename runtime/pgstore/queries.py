@@ -44,10 +44,27 @@ class RecordQueries(Connected):
             raise self._error("cannot look up a correlationId", exc) from None
         return None if row is None else str(row[0])
 
+    def find_rejection_by_request_id(self, request_id: str) -> str | None:
+        """The newest rejection record carrying this requestId (an index lookup)."""
+        try:
+            with self.pool.connection() as conn:
+                row = conn.execute(
+                    f"SELECT execution_id FROM {TABLE} WHERE request_id = %s"
+                    " AND kind = 'rejected' AND record IS NOT NULL"
+                    " ORDER BY created_at DESC LIMIT 1",
+                    (index_text(request_id),),
+                ).fetchone()
+        except self._psycopg.Error as exc:
+            raise self._error("cannot look up a requestId", exc) from None
+        return None if row is None else str(row[0])
+
     def ids(self) -> Iterator[str]:
         try:
-            with self.pool.connection() as conn, conn.transaction():
-                cur = conn.cursor(name="intentus_ids")
+            with (
+                self.pool.connection() as conn,
+                conn.transaction(),
+                conn.cursor(name="intentus_ids") as cur,
+            ):
                 cur.execute(
                     f"SELECT execution_id FROM {TABLE} WHERE record IS NOT NULL"
                     " ORDER BY execution_id"

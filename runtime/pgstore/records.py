@@ -138,7 +138,7 @@ class RecordWrites(Connected):
             return self._commit_each(batch)
         # Not stored: the claim is no longer ours (taken over while our liveness lapsed) or
         # a record exists already. Write-once either way: answer from the stored record.
-        return [None if p.execution_id in stored else RecordExists(p.execution_id) for p in batch]
+        return [None if p in stored else RecordExists(p.execution_id) for p in batch]
 
     def _commit_each(self, batch: list[_Pending]) -> list[BaseException | None]:
         results: list[BaseException | None] = []
@@ -161,14 +161,16 @@ class RecordWrites(Connected):
                         )
                     )
                     continue
-                results.append(
-                    None if item.execution_id in stored else RecordExists(item.execution_id)
-                )
+                results.append(None if item in stored else RecordExists(item.execution_id))
         return results
 
-    def _write_rows(self, conn: Any, items: list[_Pending]) -> set[str]:
-        """Write `items` in the connection's open transaction; the executionIds stored."""
-        stored: set[str] = set()
+    def _write_rows(self, conn: Any, items: list[_Pending]) -> set[_Pending]:
+        """Write `items` in the connection's open transaction; the items stored.
+
+        By item, not by executionId: of two writes of one id in a batch only the first is
+        stored, and the second must hear RecordExists (and answer from the stored record),
+        never that its own record was written."""
+        stored: set[_Pending] = set()
         with conn.cursor() as cur:
             for part, sql, extra in (
                 ([p for p in items if p.owner is not None], _COMMIT_CLAIMED, _owned),
@@ -178,11 +180,12 @@ class RecordWrites(Connected):
                     continue
                 params = [(p.data, *index_columns(p.data), *extra(p)) for p in part]
                 cur.executemany(sql, params, returning=True)
-                while True:
-                    for (eid,) in cur.fetchall():
-                        stored.add(eid)
-                    if not cur.nextset():
+                # One result set per parameter set, in order: a row means that one was stored.
+                for index, item in enumerate(part):
+                    if index and not cur.nextset():
                         break
+                    if cur.fetchall():
+                        stored.add(item)
         return stored
 
     def _refused_record(self, exc: BaseException) -> bool:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from runtime.canonical import rejection_id_for
 from tests.integration.wire import (
     Wire,
     body_of,
@@ -230,7 +231,9 @@ def test_bad_message(name: str, wire: Wire, worker: WorkerProcess) -> None:
     assert body["error"]["code"] == case.code, body["error"]
     if case.mentions:
         assert case.mentions in body["error"]["message"], body["error"]
-    eid = execution_id(case.request_id)
+    # Recorded under its body's rejection id: its requestId is left free for a fixed re-send.
+    eid = rejection_id_for(case.body)
+    assert eid != execution_id(case.request_id)
     assert body["metadata"]["request_id"] == case.request_id
     assert body["metadata"]["execution_id"] == eid
     assert reply.headers["x-intentus-execution-id"] == eid
@@ -265,9 +268,9 @@ def test_raw_body_kept_as_text_or_base64(wire: Wire, worker: WorkerProcess) -> N
     wire.publish(worker.queue, text_body, message_id="m-raw-text")
     wire.publish(worker.queue, binary_body, message_id="m-raw-bin")
     wire.replies(2)
-    as_text = json.dumps(load_record(worker.records_dir, execution_id("m-raw-text")))
+    as_text = json.dumps(load_record(worker.records_dir, rejection_id_for(text_body)))
     assert text_body.decode() in as_text
-    as_bin = json.dumps(load_record(worker.records_dir, execution_id("m-raw-bin")))
+    as_bin = json.dumps(load_record(worker.records_dir, rejection_id_for(binary_body)))
     assert base64.b64encode(binary_body).decode() in as_bin
     assert len(wire_drain_dlq(wire, worker.queue, 2)) == 2
 
@@ -290,7 +293,7 @@ def test_bad_input_without_reply_to_goes_to_the_default_reply_queue(
 
 
 def test_no_record_over_an_existing_one(wire: Wire, worker: WorkerProcess) -> None:
-    """A bad message whose requestId already has a record writes none."""
+    """A bad message whose requestId already has a record leaves it untouched."""
     rid = "req-bad-existing"
     ok = wire.request(worker.queue, envelope(request_id=rid))
     assert ok.json["status"] == "success"

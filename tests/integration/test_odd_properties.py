@@ -135,10 +135,6 @@ def test_non_utf8_correlation_id_is_refused_before_any_agent(
     assert executions(exec_log)[good] == 1
 
 
-@pytest.mark.xfail(
-    reason="needs rejections recorded under their own id, not their requestId's claim",
-    strict=False,
-)
 def test_a_refused_request_id_runs_once_fixed(
     wire: Wire, worker: WorkerProcess, exec_log: Path
 ) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from runtime import AgentRegistry, IntentusRuntime
-from runtime.canonical import execution_id_for
+from runtime.canonical import execution_id_for, rejection_id_for
 from runtime.claims import ClaimState
 from runtime.envelope import RequestContext
 from runtime.errors import RecordStoreError
@@ -285,7 +285,8 @@ class TestThroughTheRuntime:
         assert calls.names == []
 
     def test_malformed_twin_never_takes_over(self, shared: Backend) -> None:
-        """A malformed message with a running request's id: error reply, no record of its own."""
+        """A malformed message with a running request's id: error reply, its own rejection
+        record (under its body's id), the running request untouched."""
         calls = Calls()
         gate = threading.Event()
         owner = runtime(shared.open(), calls, gate=gate)
@@ -297,7 +298,8 @@ class TestThroughTheRuntime:
         bad["surprise"] = True
         twin = other.process(json.dumps(bad).encode(), as_user("u"))
         assert twin.kind == "rejected"
-        assert twin.record is None
+        assert twin.execution_id == rejection_id_for(json.dumps(bad).encode())
+        assert twin.claim is None
         gate.set()
         t.join(10)
         record = json.loads(other.store.get(execution_id_for("m1")) or b"{}")

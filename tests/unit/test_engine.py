@@ -25,7 +25,7 @@ from runtime import (
     Observer,
     RequestContext,
 )
-from runtime.canonical import execution_id_for
+from runtime.canonical import execution_id_for, rejection_id_for
 from runtime.replay import replay
 
 from .conftest import Calls, body, envelope, event_types, fail, ok, stored
@@ -162,7 +162,9 @@ class TestRejected:
         rt.commit_sync(out)
         assert out.kind == "rejected"
         assert out.error_code == "VALIDATION_ERROR"
-        assert out.execution_id == execution_id_for("bad-1")
+        # Under its body's rejection id: the requestId stays free for a fixed re-send.
+        assert out.execution_id == rejection_id_for(raw)
+        assert out.request_id == "bad-1"
         assert "colour" in (out.reject_reason or "")
         record = stored(rt, out.execution_id)
         assert record["envelope"] is None
@@ -198,14 +200,20 @@ class TestRejected:
         assert record["rawBodyBytes"] == len(raw)
 
     def test_no_record_if_one_exists(self, make_runtime, calls) -> None:
-        """A bad message whose id already has a record writes none and leaves it untouched."""
+        """A bad message never touches its requestId's record; its own rejection is recorded
+        once (a redelivery of the same body writes none)."""
         rt = make_runtime(one_agent(calls))
         rt.route_intent(body(envelope(request_id="dup")))
         before = rt.store.get(execution_id_for("dup"))
         out = rt.process(b"{not json", RequestContext(message_id="dup"))
-        assert out.record is None
+        assert out.execution_id == rejection_id_for(b"{not json")
+        assert out.record is not None
         rt.commit_sync(out)
         assert rt.store.get(execution_id_for("dup")) == before
+        again = rt.process(b"{not json", RequestContext(message_id="dup", redelivered=True))
+        assert again.kind == "rejected"
+        assert again.record is None
+        assert again.error_code == out.error_code
 
 
 class TestDuplicates:
