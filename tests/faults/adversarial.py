@@ -147,7 +147,9 @@ class Planner:
                 "unicode": f"{rid}-\u00e9\u4e2d\U0001f600\u202e",
                 "1024-chars": (rid + "-" + "x" * 1024)[:1024],
             }[kind]
-            g.sent.append(self._msg(rng, odd_rid, who, agent, phase=1))
+            sent = self._msg(rng, odd_rid, who, agent, phase=1)
+            sent.message.request_id = None  # in the body only: no odd message_id on top
+            g.sent.append(sent)
         return g
 
     def _msg(
