@@ -169,7 +169,7 @@ class Run:
                 return
             if done != last:
                 last, idle_since = done, time.monotonic()
-            elif time.monotonic() - idle_since > 6:
+            elif time.monotonic() - idle_since > 8:
                 return
             time.sleep(0.2)
 
@@ -201,13 +201,23 @@ class Run:
         )
 
     def check(self, rnd: Round) -> None:
+        def drained() -> tuple[int, float]:
+            return (
+                queue_depth(self.queue),
+                sum(_metric(w, "intentus_inflight") for w in self.workers),
+            )
+
+        # A reply is published before its ack: give the last acks a moment, then read
+        # everything once the round has come to rest.
+        self.workers[0].wait_until(lambda: drained() == (0, 0), timeout=5)
+        depth, inflight = drained()
         self.drain_dead_letters()
         self.load_records()
         runs = executions(self.exec_log)
         ran = Counter({k: n for k, n in runs.items() if "/" in k[0]})
         by_rid: dict[str, list[dict[str, Any]]] = {}
         for rec in self.records.values():
-            by_rid.setdefault(str(rec["header"].get("requestId")), []).append(rec)
+            by_rid.setdefault(str(_rec_rid(rec)), []).append(rec)
         for g in rnd.groups:
             rids = {s.request_id for s in g.sent if s.request_id}
             keys = {(k, a): n for (k, a), n in ran.items() if unquote(k).split("/", 1)[1] in rids}
@@ -219,21 +229,12 @@ class Run:
                 rid = unquote(key).split("/", 1)[1]
                 if not any(r["header"].get("kind") != "rejected" for r in by_rid.get(rid, [])):
                     self.counts["lost"] += 1
-                    self.fail(rnd, g.label, 2, f"lost: {rid!r} ran but has no execution record")
+                    kinds = [r["header"].get("kind") for r in by_rid.get(rid, [])]
+                    self.fail(rnd, g.label, 2, f"lost: {rid!r} ran, records of it: {kinds}")
             for i, s in enumerate(g.sent):
                 self.check_message(rnd, g.label, i, s, ran, fault=rnd.fault != "none")
             if g.shape.startswith("malformed"):
                 self.check_twin(rnd, g, ran, fault=rnd.fault != "none")
-
-        def drained() -> tuple[int, float]:
-            return (
-                queue_depth(self.queue),
-                sum(_metric(w, "intentus_inflight") for w in self.workers),
-            )
-
-        # A reply is published before its ack: give the last acks a moment.
-        self.workers[0].wait_until(lambda: drained() == (0, 0), timeout=5)
-        depth, inflight = drained()
         if depth or inflight:
             self.counts["unsettled_in_queue"] += depth
             self.fail(rnd, "queue", 2, f"{depth} ready in the queue, {inflight} in flight")
@@ -281,7 +282,8 @@ class Run:
             elif reply.json != record.get("finalResponse"):
                 self.counts["not_record"] += 1
                 final = (record.get("finalResponse") or {}).get("status")
-                self.fail(rnd, where, 3, f"replied {code}, record {eid} says {final}")
+                kind = record.get("header", {}).get("kind")
+                self.fail(rnd, where, 3, f"replied {code}, {kind} record {eid} says {final}")
             rid = _rid(reply) or s.request_id  # an id-less body's requestId is derived
             if code == "success" and not any(unquote(k).split("/", 1)[1] == rid for (k, _a) in ran):
                 self.counts["not_record"] += 1
@@ -334,7 +336,13 @@ def test_adversarial_rounds(
     kind = "postgres" if "INTENTUS_RECORDS_URL" in store else "files"
     suffix = secrets.token_hex(4)
     long_queue = long_queue_name(queue_name)
-    env = {**agent_env, **store, "INTENTUS_DELIVERY_LIMIT": "5"}
+    # A short agent deadline, so that whatever waits for one answers inside a round's window.
+    env = {
+        **agent_env,
+        **store,
+        "INTENTUS_DELIVERY_LIMIT": "5",
+        "INTENTUS_AGENT_TIMEOUT_S": "4",
+    }
     with (
         TempUser(f"adv-alice-{suffix}", secrets.token_hex(12)) as alice,
         TempUser(f"adv-bob-{suffix}", secrets.token_hex(12)) as bob,
