@@ -21,7 +21,7 @@ Why a seeded driver and not hypothesis's state machine: an example here costs se
 real processes, and a kill or a cut session lands at a different instant on each replay, so
 shrinking would replay slow examples that do not reproduce. Instead each round is drawn from
 `(seed, round)`; a failure names both, and `INTENTUS_ADVERSARIAL_SEED=<seed>` sends the same
-messages again. `INTENTUS_ADVERSARIAL_EXAMPLES` sets the number of rounds (6 by default, 30
+messages again. `INTENTUS_ADVERSARIAL_EXAMPLES` sets the number of rounds (10 by default, 30
 with INTENTUS_FULL_FAULTS=1) and `INTENTUS_ADVERSARIAL_BUDGET_S` the time after which no new
 round starts.
 """
@@ -52,7 +52,7 @@ from tests.support.workerproc import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
-ROUNDS = int(os.environ.get("INTENTUS_ADVERSARIAL_EXAMPLES") or (30 if FULL else 6))
+ROUNDS = int(os.environ.get("INTENTUS_ADVERSARIAL_EXAMPLES") or (30 if FULL else 10))
 LONG = FULL or bool(os.environ.get("INTENTUS_ADVERSARIAL_EXAMPLES"))
 # The short run stops starting rounds after a minute (CI); a long one runs every round asked.
 BUDGET_S = float(os.environ.get("INTENTUS_ADVERSARIAL_BUDGET_S") or (ROUNDS * 25 if LONG else 60))
