@@ -382,6 +382,9 @@ def test_adversarial_rounds(
                 if run.counts["not_ready"]:
                     break  # every later round would only measure the same stalled worker
         finally:
+            for w in run.workers:
+                if not w.ready():  # a stalled worker would only wait out its grace period
+                    w.kill()
             for p in publishers.values():
                 p.close()
             for c in collectors:
