@@ -38,6 +38,24 @@ ODD_FIELDS = ("correlation_id", "message_id", "reply_to")
 ODD_KINDS = ("non-utf8", "nul", "255-bytes", "missing")
 WHO = ("alice", "bob", "anon")  # two broker users, and the default user sending no user_id
 
+# What a run counts, in the order its FIGURES line prints them.
+FIGURES = [
+    "sent",
+    "replied",
+    "dead_lettered",
+    "unaddressed_settled_by_record",
+    "lost",
+    "executed",
+    "executed_twice",
+    "in_doubt",
+    "unsettled",
+    "not_record",
+    "twin_blocked",
+    "not_ready",
+    "kills",
+    "sessions_cut",
+]
+
 
 @dataclass
 class Sent:

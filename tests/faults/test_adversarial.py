@@ -42,7 +42,7 @@ import pika.exceptions
 import pytest
 
 from runtime.reader import open_reader
-from tests.faults.adversarial import Planner, Round, Sent, long_queue_name
+from tests.faults.adversarial import FIGURES, Planner, Round, Sent, long_queue_name
 from tests.faults.brokerctl import TempUser, require_rabbitmqctl
 from tests.faults.conftest import FULL
 from tests.faults.load import Collector, Publisher, Reply, executions, report, tcp_ports
@@ -393,25 +393,13 @@ def test_adversarial_rounds(
                 conn.channel().queue_delete(long_queue)
             if run.reader is not None:
                 run.reader.close()
+    run.counts["unsettled"] += run.counts.pop("unsettled_in_queue", 0)
     fig = report(
         {
             "scenario": f"13-adversarial-{kind}",
             "seed": SEED,
             "rounds": rounds,
-            "sent": run.counts["sent"],
-            "replied": run.counts["replied"],
-            "dead_lettered": run.counts["dead_lettered"],
-            "unaddressed_settled_by_record": run.counts["unaddressed_settled_by_record"],
-            "lost": run.counts["lost"],
-            "executed": run.counts["executed"],
-            "executed_twice": run.counts["executed_twice"],
-            "in_doubt": run.counts["in_doubt"],
-            "unsettled": run.counts["unsettled"] + run.counts["unsettled_in_queue"],
-            "not_record": run.counts["not_record"],
-            "twin_blocked": run.counts["twin_blocked"],
-            "not_ready": run.counts["not_ready"],
-            "kills": run.counts["kills"],
-            "sessions_cut": run.counts["sessions_cut"],
+            **{name: run.counts[name] for name in FIGURES},
             "codes": dict(sorted(run.codes.items())),
         }
     )
