@@ -103,7 +103,13 @@ class Planner:
         long_reply_queue: str,
         faults: tuple[str, ...],
         groups: int,
+        shapes: list[str] | None = None,
+        agents: list[str] | None = None,
     ) -> None:
+        self.shapes = {k: w for k, w in SHAPE_WEIGHTS.items() if not shapes or k in shapes}
+        self.agents = {k: w for k, w in AGENT_WEIGHTS.items() if not agents or k in agents}
+        if not self.shapes or not self.agents:
+            raise ValueError(f"no such shapes {shapes} or agents {agents}")
         self.seed = seed
         self.user_ids = user_ids
         self.reply_queue = reply_queue
@@ -115,8 +121,8 @@ class Planner:
         rng = random.Random(f"{self.seed}:{number}")
         groups = []
         for i in range(self.groups):
-            shape = _pick(rng, SHAPE_WEIGHTS)
-            agent = _pick(rng, AGENT_WEIGHTS)
+            shape = _pick(rng, self.shapes)
+            agent = _pick(rng, self.agents)
             label = f"r{number}-g{i}-{shape}-{agent}"
             groups.append(self._group(rng, label, shape, agent))
         return Round(

@@ -58,6 +58,9 @@ LONG = FULL or bool(os.environ.get("INTENTUS_ADVERSARIAL_EXAMPLES"))
 BUDGET_S = float(os.environ.get("INTENTUS_ADVERSARIAL_BUDGET_S") or (ROUNDS * 25 if LONG else 60))
 SEED = int(os.environ.get("INTENTUS_ADVERSARIAL_SEED") or secrets.randbits(32))
 GROUPS = int(os.environ.get("INTENTUS_ADVERSARIAL_GROUPS") or 10)
+# Narrowing to some scenarios (comma-separated names from tests/faults/adversarial.py).
+SHAPES = [x for x in os.environ.get("INTENTUS_ADVERSARIAL_SHAPES", "").split(",") if x]
+AGENTS = [x for x in os.environ.get("INTENTUS_ADVERSARIAL_AGENTS", "").split(",") if x]
 WORKERS = 2
 SETTLE_S = 30.0
 
@@ -371,6 +374,8 @@ def test_adversarial_rounds(
             long_reply_queue=long_queue,
             faults=("none", "kill", "cut", "kill+cut") if kind == "postgres" else ("none", "kill"),
             groups=GROUPS,
+            shapes=SHAPES,
+            agents=AGENTS,
         )
         started, rounds = time.monotonic(), 0
         try:
