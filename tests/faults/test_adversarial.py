@@ -141,10 +141,8 @@ class Run:
     # -- observing -----------------------------------------------------------------------
 
     def replies_of(self, s: Sent) -> list[Reply]:
-        if s.by_cid:
-            found = [r for c in self.collectors for r in c.replies.get(s.uid, [])]
-            if found:
-                return found
+        if s.by_cid:  # never by requestId then: a twin's reply carries the same one
+            return [r for c in self.collectors for r in c.replies.get(s.uid, [])]
         if s.request_id is None:
             return []
         return [r for c in self.collectors for r in c.everything() if _rid(r) == s.request_id]
