@@ -99,6 +99,7 @@ class Run:
         self.dead_letters: dict[str, list[Any]] = {}
         self.records: dict[str, dict[str, Any]] = {}
         self.violations: list[str] = []
+        self.reported: set[tuple[str, str]] = set()
         self.counts: Counter[str] = Counter()
         self.codes: Counter[str] = Counter()
 
@@ -225,6 +226,7 @@ class Run:
             for (key, agent), n in keys.items():
                 self.counts["executed"] += 1
                 if n > 1:
+                    self.reported.add((key, agent))
                     self.counts["executed_twice"] += 1
                     self.fail(rnd, g.label, 1, f"{unquote(key)!r} ran {n} times on {agent}")
                 rid = unquote(key).split("/", 1)[1]
@@ -233,9 +235,16 @@ class Run:
                     kinds = [r["header"].get("kind") for r in by_rid.get(rid, [])]
                     self.fail(rnd, g.label, 2, f"lost: {rid!r} ran, records of it: {kinds}")
             for i, s in enumerate(g.sent):
-                self.check_message(rnd, g.label, i, s, ran, fault=rnd.fault != "none")
+                self.check_message(rnd, f"{g.label}[{i}]", s, ran)
             if g.shape.startswith("malformed"):
                 self.check_twin(rnd, g, ran, fault=rnd.fault != "none")
+        # Also what no group of this round names: an id-less message's derived requestId, or
+        # a request of an earlier round run again since.
+        for (key, agent), n in ran.items():
+            if n > 1 and (key, agent) not in self.reported:
+                self.reported.add((key, agent))
+                self.counts["executed_twice"] += 1
+                self.fail(rnd, "late or id-less", 1, f"{unquote(key)!r} ran {n} times on {agent}")
         if depth or inflight:
             self.counts["unsettled_in_queue"] += depth
             self.fail(rnd, "queue", 2, f"{depth} ready in the queue, {inflight} in flight")
@@ -246,10 +255,7 @@ class Run:
                 code = w.proc.poll() if w.proc else None
                 self.fail(rnd, f"worker {w.port}", 4, f"not ready (exit code {code})")
 
-    def check_message(
-        self, rnd: Round, label: str, i: int, s: Sent, ran: Counter[Any], *, fault: bool
-    ) -> None:
-        where = f"{label}[{i}]"
+    def check_message(self, rnd: Round, where: str, s: Sent, ran: Counter[Any]) -> None:
         replies = self.replies_of(s)
         dead = s.uid in self.dead_letters
         self.counts["replied"] += bool(replies)
@@ -262,10 +268,11 @@ class Run:
                 self.counts["unsettled"] += 1
                 self.fail(rnd, where, 2, "neither replied nor dead-lettered")
             return
-        for reply in replies[:1]:
+        first = replies[0].code or "success"
+        self.codes[first] += 1
+        self.counts["in_doubt"] += first == "EXECUTION_IN_DOUBT"
+        for reply in replies:  # a redelivery answered again is held to its record too
             code = reply.code or "success"
-            self.codes[code] += 1
-            self.counts["in_doubt"] += code == "EXECUTION_IN_DOUBT"
             eid = reply.headers.get("x-intentus-execution-id") or reply.json.get(
                 "metadata", {}
             ).get("execution_id")
