@@ -363,15 +363,6 @@ def test_adversarial_rounds(
             "bob": Publisher(queue_name, url=bob.url, retry_for_s=30),
             "anon": Publisher(queue_name, retry_for_s=30),
         }
-        run = Run(
-            lambda: start_worker(records_dir=tmp_path / "records", env=env),
-            queue_name,
-            publishers,
-            collectors,
-            exec_log,
-            store,
-            tmp_path,
-        )
         planner = Planner(
             SEED,
             user_ids={"alice": alice.name, "bob": bob.name, "anon": None},
@@ -383,7 +374,17 @@ def test_adversarial_rounds(
             agents=AGENTS,
         )
         started, rounds = time.monotonic(), 0
+        run: Run | None = None
         try:
+            run = Run(
+                lambda: start_worker(records_dir=tmp_path / "records", env=env),
+                queue_name,
+                publishers,
+                collectors,
+                exec_log,
+                store,
+                tmp_path,
+            )
             while rounds < ROUNDS and time.monotonic() - started < BUDGET_S:
                 rnd = planner.round(rounds)
                 run.play(rnd)
@@ -392,17 +393,21 @@ def test_adversarial_rounds(
                 if run.counts["not_ready"]:
                     break  # every later round would only measure the same stalled worker
         finally:
-            for w in run.workers:
+            for w in run.workers if run else []:
                 if not w.ready():  # a stalled worker would only wait out its grace period
                     w.kill()
             for p in publishers.values():
                 p.close()
             for c in collectors:
                 c.stop()
-            with connection() as conn:
-                conn.channel().queue_delete(long_queue)
-            if run.reader is not None:
+            try:  # the reply queues go even when a worker failed to start
+                with connection() as conn:
+                    conn.channel().queue_delete(long_queue)
+            except pika.exceptions.AMQPError:
+                pass
+            if run is not None and run.reader is not None:
                 run.reader.close()
+    assert run is not None
     run.counts["unsettled"] += run.counts.pop("unsettled_in_queue", 0)
     fig = report(
         {
