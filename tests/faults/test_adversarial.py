@@ -253,7 +253,11 @@ class Run:
             if not w.wait_until(w.ready, timeout=max(0.5, deadline - time.monotonic())):
                 self.counts["not_ready"] += 1
                 code = w.proc.poll() if w.proc else None
-                self.fail(rnd, f"worker {w.port}", 4, f"not ready (exit code {code})")
+                try:
+                    why = w.http("/readyz")[1][:300].decode(errors="replace")
+                except OSError as exc:
+                    why = str(exc)
+                self.fail(rnd, f"worker {w.port}", 4, f"not ready (exit code {code}): {why}")
 
     def check_message(self, rnd: Round, where: str, s: Sent, ran: Counter[Any]) -> None:
         replies = self.replies_of(s)
