@@ -14,7 +14,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.faults.load import Message, body_of, envelope
+from tests.faults.load import Message, Reply, body_of, envelope
+from tests.support.workerproc import WorkerProcess
 
 INTENTS = {
     "work": "AdvWork",
@@ -241,3 +242,23 @@ def long_queue_name(prefix: str) -> str:
 
 def _pick(rng: random.Random, weights: dict[str, int]) -> str:
     return rng.choices(list(weights), weights=list(weights.values()))[0]
+
+
+def request_id_of(reply: Reply) -> str | None:
+    """The requestId a reply names (its body's metadata), if it is JSON."""
+    try:
+        return reply.json.get("metadata", {}).get("request_id")  # type: ignore[no-any-return]
+    except ValueError:
+        return None
+
+
+def record_request_id(record: dict[str, Any]) -> str | None:
+    return record.get("header", {}).get("requestId")  # type: ignore[no-any-return]
+
+
+def metric_or_zero(w: WorkerProcess, name: str) -> float:
+    """A worker's metric, 0 when it no longer answers (killed, or stopping)."""
+    try:
+        return w.metric(name)
+    except OSError:
+        return 0.0

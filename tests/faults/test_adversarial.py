@@ -42,7 +42,16 @@ import pika.exceptions
 import pytest
 
 from runtime.reader import open_reader
-from tests.faults.adversarial import FIGURES, Planner, Round, Sent, long_queue_name
+from tests.faults.adversarial import (
+    FIGURES,
+    Planner,
+    Round,
+    Sent,
+    long_queue_name,
+    metric_or_zero,
+    record_request_id,
+    request_id_of,
+)
 from tests.faults.brokerctl import TempUser, require_rabbitmqctl
 from tests.faults.conftest import FULL
 from tests.faults.load import Collector, Publisher, Reply, executions, report, tcp_ports
@@ -146,7 +155,9 @@ class Run:
             return [r for c in self.collectors for r in c.replies.get(s.uid, [])]
         if s.request_id is None:
             return []
-        return [r for c in self.collectors for r in c.everything() if _rid(r) == s.request_id]
+        return [
+            r for c in self.collectors for r in c.everything() if request_id_of(r) == s.request_id
+        ]
 
     def drain_dead_letters(self) -> None:
         try:
@@ -206,7 +217,7 @@ class Run:
         def drained() -> tuple[int, float]:
             return (
                 queue_depth(self.queue),
-                sum(_metric(w, "intentus_inflight") for w in self.workers),
+                sum(metric_or_zero(w, "intentus_inflight") for w in self.workers),
             )
 
         # A reply is published before its ack: give the last acks a moment, then read
@@ -219,7 +230,7 @@ class Run:
         ran = Counter({k: n for k, n in runs.items() if "/" in k[0]})
         by_rid: dict[str, list[dict[str, Any]]] = {}
         for rec in self.records.values():
-            by_rid.setdefault(str(_rec_rid(rec)), []).append(rec)
+            by_rid.setdefault(str(record_request_id(rec)), []).append(rec)
         for g in rnd.groups:
             rids = {s.request_id for s in g.sent if s.request_id}
             keys = {(k, a): n for (k, a), n in ran.items() if unquote(k).split("/", 1)[1] in rids}
@@ -265,7 +276,7 @@ class Run:
         self.counts["replied"] += bool(replies)
         self.counts["dead_lettered"] += dead
         if not replies and not dead:
-            rid_records = [r for r in self.records.values() if _rec_rid(r) == s.request_id]
+            rid_records = [r for r in self.records.values() if record_request_id(r) == s.request_id]
             if not s.addressable and rid_records:
                 self.counts["unaddressed_settled_by_record"] += 1
             else:
@@ -296,7 +307,7 @@ class Run:
                 final = (record.get("finalResponse") or {}).get("status")
                 kind = record.get("header", {}).get("kind")
                 self.fail(rnd, where, 3, f"replied {code}, {kind} record {eid} says {final}")
-            rid = _rid(reply) or s.request_id  # an id-less body's requestId is derived
+            rid = request_id_of(reply) or s.request_id  # an id-less body's requestId is derived
             if code == "success" and not any(unquote(k).split("/", 1)[1] == rid for (k, _a) in ran):
                 self.counts["not_record"] += 1
                 self.fail(rnd, where, 3, "success replied, but its agent never ran")
@@ -313,24 +324,6 @@ class Run:
             ):
                 self.counts["twin_blocked"] += 1
                 self.fail(rnd, g.label, 5, f"the valid message was answered {code}, ran={key_ran}")
-
-
-def _rid(reply: Reply) -> str | None:
-    try:
-        return reply.json.get("metadata", {}).get("request_id")  # type: ignore[no-any-return]
-    except ValueError:
-        return None
-
-
-def _rec_rid(record: dict[str, Any]) -> str | None:
-    return record.get("header", {}).get("requestId")  # type: ignore[no-any-return]
-
-
-def _metric(w: WorkerProcess, name: str) -> float:
-    try:
-        return w.metric(name)
-    except OSError:
-        return 0.0
 
 
 @pytest.mark.timeout(BUDGET_S + 240)
