@@ -35,7 +35,7 @@ from typing import Any
 from runtime.claims import Claim, ClaimState, Holder
 from runtime.errors import ErrorCode
 from runtime.intake import Request
-from runtime.outcome import Outcome, replayed
+from runtime.outcome import Outcome, rejection_from_record, replayed
 from runtime.policy import Policy, PolicySubject
 from runtime.recorder import ExecutionRecorder, unrouted_record
 from runtime.response import error_dict
@@ -164,11 +164,11 @@ class Duplicates:
         there is none yet (the other worker has not recorded it): then nothing may be
         answered here, since our own result is not the record and never will be.
 
-        A rejected message found its body's rejection recorded meanwhile (a redelivery racing
-        it): it is answered with its own error, the same one, and still dead-lettered."""
-        if outcome.kind == "rejected":
-            return outcome
+        A rejected message found its body's rejection recorded meanwhile (a redelivery or a
+        twin racing it): it is answered from that record, and still dead-lettered."""
         stored = self.store.get(outcome.execution_id)
+        if outcome.kind == "rejected":
+            return rejection_from_record(outcome, stored)
         if stored is None:
             log.warning(
                 "request %s was taken over by another worker while this one looked dead, and "

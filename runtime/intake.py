@@ -29,7 +29,7 @@ from runtime.envelope import (
     validate_envelope,
 )
 from runtime.errors import EnvelopeError, ErrorCode
-from runtime.outcome import Outcome, OutcomeKind
+from runtime.outcome import Outcome, OutcomeKind, rejection_from_record
 from runtime.recorder import (
     ExecutionRecorder,
     RecordHeader,
@@ -231,8 +231,9 @@ class Refused(Exception):
             latency_ms=recorder.elapsed_ms(),
             replayable=False,
         )
+        stored = store.get(execution_id)
         record = None
-        if not store.exists(execution_id):
+        if stored is None:
             recorder.event(
                 "INTENT_RECEIVED",
                 {"intent": intent, "version": None, "requestId": request_id, "strategy": None},
@@ -257,7 +258,7 @@ class Refused(Exception):
                 reason="invalid_request",
                 raw=raw_body_fields(self.body),
             )
-        return Outcome(
+        outcome = Outcome(
             kind="rejected",
             execution_id=execution_id,
             request_id=request_id,
@@ -268,6 +269,7 @@ class Refused(Exception):
             intent=intent,
             reject_reason=f"{error.code.value}: {error.message}",
         )
+        return rejection_from_record(outcome, stored)
 
 
 def read(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from runtime.claims import Claim
@@ -70,4 +71,24 @@ def replayed(*, execution_id: str, request_id: str, record: dict[str, Any]) -> O
         body=response_body(stored),
         intent=(envelope.get("intent") or {}).get("name"),
         strategy=(envelope.get("routing") or {}).get("strategy"),
+    )
+
+
+def rejection_from_record(outcome: Outcome, stored: bytes | None) -> Outcome:
+    """A refused message whose body's rejection is recorded already: that record's answer,
+    byte for byte. The same body may have been refused for another reason meanwhile (another
+    odd property), and nothing is answered that is not the durable record."""
+    if stored is None:
+        return outcome
+    response = json.loads(stored).get("finalResponse")
+    if not isinstance(response, dict):
+        return outcome
+    error = response.get("error") or {}
+    return replace(
+        outcome,
+        trace_id=(response.get("metadata") or {}).get("trace_id") or outcome.trace_id,
+        response=response,
+        body=response_body(response),
+        record=None,
+        reject_reason=f"{error.get('code')}: {error.get('message')}",
     )

@@ -65,9 +65,18 @@ CONTRACT_METRICS = {
     "intentus_broker_reconnects_total",
     "intentus_build_info",
 }
-BEYOND_CONTRACT_METRICS = {"intentus_ready", "intentus_consumer_cancels_total"}
-# Documented too, but nothing in deploy/ reads it.
-UNUSED_IN_DEPLOY_METRICS = {"intentus_middleware_errors_total"}
+BEYOND_CONTRACT_METRICS = {
+    "intentus_ready",
+    "intentus_consumer_cancels_total",
+    "intentus_async_inflight",
+}
+# Documented too, but nothing in deploy/ reads them.
+UNUSED_IN_DEPLOY_METRICS = {
+    "intentus_middleware_errors_total",
+    "intentus_agent_cancellations_total",
+    "intentus_async_loop_stalls_total",
+    "intentus_replies_too_large_total",
+}
 
 
 def compose() -> dict[str, Any]:

@@ -126,6 +126,26 @@ def test_malformed_redelivered_is_recorded_once(backend: Backend) -> None:
     rt.close()
 
 
+def test_same_body_refused_for_another_reason_is_answered_from_its_record(
+    backend: Backend,
+) -> None:
+    """One body, refused first for its content type, then as not JSON: one rejection record,
+    and both answers are that record's response, byte for byte."""
+    rt = runtime(backend.open(), Calls())
+    body = b"not json at all"
+    first = rt.commit_sync(rt.process(body, content_type="text/plain"))
+    second = rt.commit_sync(rt.process(body))
+    again = rt.commit_sync(rt.process(body))
+    recorded = record_of(rt, rejection_id_for(body))
+    assert recorded is not None
+    assert first.body == second.body == again.body
+    assert json.loads(second.body) == recorded["finalResponse"]
+    assert "content type" in recorded["finalResponse"]["error"]["message"]
+    assert second.kind == "rejected"
+    assert second.reject_reason is not None and "content type" in second.reject_reason
+    rt.close()
+
+
 def test_valid_and_malformed_racing_valid_never_refused(shared: Backend) -> None:
     """30 times, a valid request and a malformed copy at once, on two workers: the valid one
     always runs (once) and succeeds; the malformed one is always its own rejection."""
