@@ -18,23 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import IntentusError
-from worker import cli_records
 from worker import config as configuration
-from worker.cli_output import agents_source, parse_duration, parse_since
-from worker.cli_records import open_store as _store
+from worker.cli import records
 from worker.config import url_password
 from worker.errors import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, ConfigError, WorkerError
-
-# Imported here too: the record browser, its tests and embedders of the CLI use these names.
-__all__ = [
-    "COMMANDS",
-    "_store",
-    "agents_source",
-    "build_parser",
-    "main",
-    "parse_duration",
-    "parse_since",
-]
 
 log = logging.getLogger("intentus.cli")
 
@@ -94,12 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     configuration.add_arguments(s, ["amqp_url", "queue"])
 
-    cli_records.add_parser(sub, _Parser)
-    from worker import dlq
+    records.add_parser(sub, _Parser)
+    from worker.cli import dlq
 
     dlq.add_parser(sub, _Parser)
 
-    from worker import contract
+    from worker.cli import contract
 
     contract.add_parser(sub)
     return parser
@@ -136,7 +123,7 @@ def _run(argv: list[str] | None) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker import logs
-    from worker.loader import load_agents, load_policy_file
+    from worker.loader import agents_source, load_agents, load_policy_file
     from worker.service import Worker
 
     try:
@@ -196,9 +183,9 @@ def _payload(text: str) -> dict[str, Any]:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from worker.calls import correlation_id_for
-    from worker.client import IntentusClient
-    from worker.intents import new_request_id
+    from worker.clients.blocking import IntentusClient
+    from worker.clients.calls import correlation_id_for
+    from worker.clients.intents import new_request_id
 
     cfg = configuration.load(args)
     payload = _payload(args.payload)
@@ -239,13 +226,13 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def _dlq(args: argparse.Namespace) -> int:
-    from worker import dlq
+    from worker.cli import dlq
 
     return dlq.main(args)
 
 
 def _contract(args: argparse.Namespace) -> int:
-    from worker import contract
+    from worker.cli import contract
 
     return contract.main(args)
 
@@ -253,11 +240,7 @@ def _contract(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "worker": cmd_worker,
     "send": cmd_send,
-    "records": cli_records.cmd_records,
+    "records": records.cmd_records,
     "dlq": _dlq,
     "contract": _contract,
 }
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
