@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from runtime.envelope import Priority, RoutingStrategy
 from runtime.errors import IntentusError
 from worker import config as configuration
 from worker.cli import records
@@ -51,9 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("send", help="send one intent and print its reply")
     s.add_argument("intent", help="intent name, optionally Name@Version")
     s.add_argument("--payload", default="{}", help="JSON object, or @file to read it from a file")
-    s.add_argument(
-        "--strategy", choices=["DIRECT", "FALLBACK", "BROADCAST", "PARALLEL"], type=str.upper
-    )
+    s.add_argument("--strategy", choices=[s.value for s in RoutingStrategy], type=str.upper)
     s.add_argument("--target", help="targetAgent")
     s.add_argument(
         "--fallback", action="append", default=[], help="a fallbackAgents entry (repeatable)"
@@ -62,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tag", action="append", default=[], help="a context tag (repeatable)")
     s.add_argument(
         "--priority",
-        choices=["LOW", "NORMAL", "HIGH", "CRITICAL"],
+        choices=[p.value for p in Priority],
         type=str.upper,
         help="context.priority, also sent as the AMQP priority (default NORMAL)",
     )
