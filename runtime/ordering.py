@@ -15,8 +15,13 @@ class Orderable(Protocol):
     def node_priority(self) -> int: ...
 
 
+def is_local(agent: Orderable) -> bool:
+    """An agent without a node_id runs in this process: it comes before any remote one."""
+    return agent.node_id is None
+
+
 def ordering_key(agent: Orderable) -> tuple[int, int, str]:
-    return (0 if agent.node_id is None else 1, agent.node_priority, agent.name)
+    return (0 if is_local(agent) else 1, agent.node_priority, agent.name)
 
 
 T = TypeVar("T", bound="Orderable")

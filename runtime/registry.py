@@ -54,10 +54,6 @@ class AgentDefinition:
     #: An `async def` handler: it runs on an event loop, not on a routing thread.
     is_async: bool = False
 
-    @property
-    def is_local(self) -> bool:
-        return self.node_id is None
-
     def handles(self, intent_name: str, intent_version: str) -> bool:
         return any(c.matches(intent_name, intent_version) for c in self.capabilities)
 

@@ -46,10 +46,6 @@ class AgentResponse(BaseModel):
         return self.status == "success"
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AgentResponse:
-        return cls.model_validate(data)
-
-    @classmethod
     def from_json(cls, body: bytes | str) -> AgentResponse:
         return cls.model_validate_json(body)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Protocol
 
 from runtime.claims import Claim, ClaimState, MemoryClaims, new_owner_token
 from runtime.errors import RecordExists, RecordStoreError
@@ -112,12 +112,3 @@ class MemoryRecordStore:
 
     def close(self) -> None:
         return None
-
-
-def __getattr__(name: str) -> Any:
-    # The files store moved to runtime/filestore.py; its names stay importable from here.
-    if name in ("FileRecordStore", "TMP_DIR", "FILE_MODE", "DIR_MODE"):
-        from runtime import filestore
-
-        return getattr(filestore, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

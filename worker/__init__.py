@@ -1,8 +1,8 @@
 """intentusnet worker: the AMQP shell around the runtime (consumer, publisher, client,
 metrics, health, CLI, lifecycle)."""
 
-from worker.async_client import AsyncIntentusClient
-from worker.client import IntentusClient
+from worker.clients.aio import AsyncIntentusClient
+from worker.clients.blocking import IntentusClient
 from worker.config import Config
 from worker.errors import ClientClosed, ClientError, ConnectionLost, PublishFailed, RequestTimeout
 

@@ -1,7 +1,9 @@
 """Configuration: `INTENTUS_*` environment variables, each with a matching CLI flag.
 
-Flags win over the environment, which wins over the defaults. Every value is checked here,
-once; a bad one is a ConfigError naming the variable (exit code 2).
+Each setting is declared once, as a field of `Config`; its variable, flag, `--help` line and
+checks follow from that declaration (`OPTIONS`). Flags win over the environment, which wins
+over the defaults. Every value is checked here, once; a bad one is a ConfigError naming the
+variable (exit code 2).
 """
 
 from __future__ import annotations
@@ -9,148 +11,159 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from collections.abc import Callable
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 from urllib.parse import unquote, urlsplit
 
 from runtime import defaults
 from worker.errors import ConfigError
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
 # RabbitMQ's default max_message_size (3.10 on). The broker does not tell a client its limit,
 # and a publish over it closes the channel (redelivering every unacked delivery), so the
 # worker checks a reply's size against its own setting before publishing.
 MAX_REPLY_BYTES = 128 * 1024 * 1024
 MIN_REPLY_BYTES = 4096  # room for the RESPONSE_TOO_LARGE answer itself
 
-
-@dataclass(frozen=True)
-class Option:
-    """One setting: its help text and default; its type is the default's, and its environment
-    variable and flag follow from its name (`queue_type`: `INTENTUS_QUEUE_TYPE`,
-    `--queue-type`)."""
-
-    help: str
-    default: Any
-    env: str = ""
-    flag: str = ""
-
-    @property
-    def kind(self) -> type:
-        return type(self.default)
-
-    def named(self, name: str) -> Option:
-        return replace(self, env=f"INTENTUS_{name.upper()}", flag="--" + name.replace("_", "-"))
-
-    def help_text(self) -> str:
-        """The flag's `--help` line: what it is, its default, and its variable."""
-        shown = f"{self.default:g}" if isinstance(self.default, float) else self.default
-        default = f" (default: {shown})" if shown not in ("", None) else ""
-        # argparse expands %-placeholders in help: the default URL's %2F must stay literal.
-        return f"{self.help}{default} [env {self.env}]".replace("%", "%%")
+QueueType = Literal["quorum", "classic"]
+LogFormat = Literal["text", "json"]
+LogLevel = Literal["debug", "info", "warning", "error"]
 
 
-# The one declaration of every setting: Config's defaults, the flags, their help and
-# docs/contract.md (checked by tests/unit/test_contract_doc.py) all come from here.
-_DECLARED: dict[str, Option] = {
-    "amqp_url": Option(
-        help="broker URL (amqp:// or amqps://)", default="amqp://guest:guest@localhost:5672/%2F"
-    ),
-    "queue": Option(help="request queue", default="intentus.requests"),
-    "queue_type": Option(help="quorum or classic", default="quorum"),
-    "reply_queue": Option(help='default reply queue ("" disables)', default="intentus.replies"),
-    "records_dir": Option(help="execution records folder", default=".intentusnet/records"),
-    "records_url": Option(
-        help="PostgreSQL execution store (postgresql://...; unset: files in the records folder)",
-        default="",
-    ),
-    "agents": Option(help="agents as module:attribute (default: built-in demo agents)", default=""),
-    "policy_file": Option(help="policy JSON file", default=""),
-    "concurrency": Option(help="requests routed at once", default=8),
-    "prefetch": Option(
-        help="unacknowledged deliveries held at once (0: 64, or 1024 when an agent is async)",
-        default=0,
-    ),
-    "agent_timeout_s": Option(
-        help="default per-agent deadline (seconds)", default=defaults.AGENT_TIMEOUT_S
-    ),
-    "max_message_bytes": Option(
-        help="largest request body accepted", default=defaults.MAX_MESSAGE_BYTES
-    ),
-    "max_reply_bytes": Option(
-        help="largest reply published (at most the broker's max_message_size); a larger"
-        " response is recorded whole and answered RESPONSE_TOO_LARGE",
-        default=MAX_REPLY_BYTES,
-    ),
-    "metrics_addr": Option(
-        help="host:port for /metrics, /healthz, /readyz", default="127.0.0.1:9464"
-    ),
-    "shutdown_grace_s": Option(help="time to finish in-flight work on SIGTERM", default=30.0),
-    "log_format": Option(help="text or json", default="text"),
-    "log_level": Option(help="debug, info, warning or error", default="info"),
-    "worker_id": Option(help="unique id of this worker (default hostname-pid)", default=""),
-    "delivery_limit": Option(
-        help="quorum queues: deliveries before the broker dead-letters a message", default=20
-    ),
-    "queue_max_priority": Option(
-        help="classic queues: declare x-max-priority (0 = no priorities; 9 keeps all four apart)",
-        default=0,
-    ),
-}
-OPTIONS: dict[str, Option] = {name: option.named(name) for name, option in _DECLARED.items()}
+def setting(
+    default: Any,
+    help: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    above_low: bool = False,
+    check: Callable[[Any], str | None] | None = None,
+    factory: Callable[[], Any] | None = None,
+    fold_case: bool = False,
+) -> Any:
+    """A Config field with what the flag, `--help`, the docs and validation need to know.
+
+    `low`/`high` bound a number (`above_low`: strictly above `low`); `check` returns why a
+    value is refused, or None; `factory` computes the default at start (an empty value means
+    it too); `fold_case` reads an enumeration case-insensitively."""
+    rules = {
+        "help": help,
+        "low": low,
+        "high": high,
+        "above_low": above_low,
+        "check": check,
+        "fold_case": fold_case,
+    }
+    if factory is not None:
+        return field(default_factory=factory, metadata=rules)
+    return field(default=default, metadata=rules)
 
 
-def _default(name: str) -> Any:
-    return OPTIONS[name].default
+def _amqp_url(url: str) -> str | None:
+    if urlsplit(url).scheme not in ("amqp", "amqps"):
+        return f"must start with amqp:// or amqps:// (got {mask_url(url)!r})"
+    return url_problem(url)
 
 
-DEFAULT_AMQP_URL: str = _default("amqp_url")
-DEFAULT_QUEUE: str = _default("queue")
-
-#: The prefetch when none is set: enough queued deliveries to keep the routing threads busy
-#: with sync agents; with an async agent, what is in flight *is* the prefetch, so it is large
-#: enough for a thousand slow agent calls at once (back-pressure is the broker's, never a
-#: queue in memory).
-PREFETCH_SYNC = 64
-PREFETCH_ASYNC = 1024
+def _records_url(url: str) -> str | None:
+    if not url:
+        return None
+    problem = url_problem(url)
+    if problem is None and urlsplit(url).scheme not in ("postgresql", "postgres"):
+        problem = f"must start with postgresql:// (got {mask_url(url)!r})"
+    return problem
 
 
-def with_prefetch(cfg: Config, *, any_async: bool) -> Config:
-    """`cfg` with its prefetch chosen from the agents if it was left at 0."""
-    if cfg.prefetch:
-        return cfg
-    return replace(cfg, prefetch=PREFETCH_ASYNC if any_async else PREFETCH_SYNC)
+def _queue(name: str) -> str | None:
+    if not name or len(name.encode()) > 200:
+        return "must be a non-empty name of at most 200 bytes"
+    if name.startswith("amq."):
+        return "names starting with 'amq.' are reserved by the broker"
+    return None
 
 
-#: How long a client (and `intentus send`) waits for the broker's confirm and the reply.
-REPLY_TIMEOUT_S = 30.0
+def _host_port(addr: str) -> str | None:
+    _host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        return f"must be host:port, got {addr!r}"
+    return None
+
+
+def _worker_id(worker_id: str) -> str | None:
+    if not re.match(r"^[A-Za-z0-9._-]{1,100}$", worker_id):
+        return "must be 1-100 characters of letters, digits, '.', '_' or '-'"
+    return None
+
+
+def _agents(spec: str) -> str | None:
+    return f"must be module:attribute, got {spec!r}" if spec and ":" not in spec else None
 
 
 @dataclass(frozen=True)
 class Config:
-    """Every setting, typed; the defaults are OPTIONS' (a unit test keeps the two in step)."""
+    """Every setting, declared once: its type (a `Literal` for an enumeration), default, help
+    and rules. The environment variable and flag follow from the name (`queue_type`:
+    `INTENTUS_QUEUE_TYPE`, `--queue-type`); OPTIONS, `--help`, validation and the check of
+    docs/contract.md (tests/unit/test_contract_doc.py) all read this class."""
 
-    amqp_url: str = _default("amqp_url")
-    queue: str = _default("queue")
-    queue_type: str = _default("queue_type")
-    reply_queue: str = _default("reply_queue")
-    records_dir: str = _default("records_dir")
-    records_url: str = _default("records_url")
-    agents: str = _default("agents")
-    policy_file: str = _default("policy_file")
-    concurrency: int = _default("concurrency")
-    prefetch: int = _default("prefetch")
-    agent_timeout_s: float = _default("agent_timeout_s")
-    max_message_bytes: int = _default("max_message_bytes")
-    max_reply_bytes: int = _default("max_reply_bytes")
-    metrics_addr: str = _default("metrics_addr")
-    shutdown_grace_s: float = _default("shutdown_grace_s")
-    log_format: str = _default("log_format")
-    log_level: str = _default("log_level")
-    # An empty INTENTUS_WORKER_ID means this rule too (see `load`).
-    worker_id: str = field(default_factory=defaults.default_worker_id)
-    delivery_limit: int = _default("delivery_limit")
-    queue_max_priority: int = _default("queue_max_priority")
+    amqp_url: str = setting(
+        "amqp://guest:guest@localhost:5672/%2F",
+        "broker URL (amqp:// or amqps://)",
+        check=_amqp_url,
+    )
+    queue: str = setting("intentus.requests", "request queue", check=_queue)
+    queue_type: QueueType = setting("quorum", "request queue type")
+    reply_queue: str = setting("intentus.replies", 'default reply queue ("" disables)')
+    records_dir: str = setting(".intentusnet/records", "execution records folder")
+    records_url: str = setting(
+        "",
+        "PostgreSQL execution store (postgresql://...; unset: files in the records folder)",
+        check=_records_url,
+    )
+    agents: str = setting(
+        "", "agents as module:attribute (default: built-in demo agents)", check=_agents
+    )
+    policy_file: str = setting("", "policy JSON file")
+    concurrency: int = setting(8, "requests routed at once", low=1, high=1024)
+    prefetch: int = setting(
+        0,
+        "unacknowledged deliveries held at once (0: 64, or 1024 when an agent is async)",
+        low=0,
+        high=65535,
+    )
+    agent_timeout_s: float = setting(
+        defaults.AGENT_TIMEOUT_S, "default per-agent deadline (seconds)", low=0, above_low=True
+    )
+    max_message_bytes: int = setting(
+        defaults.MAX_MESSAGE_BYTES, "largest request body accepted", low=1
+    )
+    max_reply_bytes: int = setting(
+        MAX_REPLY_BYTES,
+        "largest reply published (at most the broker's max_message_size); a larger"
+        " response is recorded whole and answered RESPONSE_TOO_LARGE",
+        low=MIN_REPLY_BYTES,
+    )
+    metrics_addr: str = setting(
+        "127.0.0.1:9464", "host:port for /metrics, /healthz, /readyz", check=_host_port
+    )
+    shutdown_grace_s: float = setting(30.0, "time to finish in-flight work on SIGTERM", low=0)
+    log_format: LogFormat = setting("text", "log format")
+    log_level: LogLevel = setting("info", "log level", fold_case=True)
+    worker_id: str = setting(
+        "",
+        "unique id of this worker (default hostname-pid)",
+        check=_worker_id,
+        factory=defaults.default_worker_id,
+    )
+    delivery_limit: int = setting(
+        20, "quorum queues: deliveries before the broker dead-letters a message", low=1
+    )
+    queue_max_priority: int = setting(
+        0,
+        "classic queues: declare x-max-priority (0 = no priorities; 9 keeps all four apart)",
+        low=0,
+        high=255,
+    )
 
     @property
     def dlx(self) -> str:
@@ -172,6 +185,118 @@ class Config:
     @property
     def password(self) -> str | None:
         return url_password(self.amqp_url)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting as the command line, the environment and the docs see it (from Config)."""
+
+    name: str
+    kind: type
+    """int, float or str (an enumeration is a str with `choices`)."""
+    default: Any
+    """The default; "" when it is computed at start."""
+    help: str
+    choices: tuple[str, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    above_low: bool = False
+    check: Callable[[Any], str | None] | None = None
+    fold_case: bool = False
+    computed: bool = False
+    """The default is computed at start; an empty value means it too."""
+
+    @property
+    def env(self) -> str:
+        return f"INTENTUS_{self.name.upper()}"
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def help_text(self) -> str:
+        """The flag's `--help` line: what it is, its values, its default, and its variable."""
+        values = f": {_either(self.choices)}" if self.choices else ""
+        shown = f"{self.default:g}" if isinstance(self.default, float) else self.default
+        default = f" (default: {shown})" if shown not in ("", None) else ""
+        # argparse expands %-placeholders in help: the default URL's %2F must stay literal.
+        return f"{self.help}{values}{default} [env {self.env}]".replace("%", "%%")
+
+    def convert(self, raw: str) -> Any:
+        """The value of a flag or variable, typed; a ConfigError naming it if it is none."""
+        if self.kind is int:
+            try:
+                return int(raw.strip())
+            except ValueError:
+                raise option_error(self.name, f"expected an integer, got {raw!r}") from None
+        if self.kind is float:
+            try:
+                return float(raw.strip())
+            except ValueError:
+                raise option_error(self.name, f"expected a number, got {raw!r}") from None
+        return raw.lower() if self.fold_case else raw
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` is refused, or None."""
+        if self.choices and value not in self.choices:
+            return f"must be {_either(self.choices)}, got {value!r}"
+        low, high = self.low, self.high
+        too_low = low is not None and (value <= low if self.above_low else value < low)
+        if too_low or (high is not None and value > high):
+            if low is not None and high is not None:
+                return f"must be between {low:g} and {high:g}"
+            if high is not None:
+                return f"must be at most {high:g}"
+            return f"must be {'more than' if self.above_low else 'at least'} {low:g}"
+        return self.check(value) if self.check is not None else None
+
+
+def _either(choices: tuple[str, ...]) -> str:
+    """("a", "b", "c") as "a, b or c"."""
+    *rest, last = choices
+    return f"{', '.join(rest)} or {last}" if rest else last
+
+
+def _option(f: Field[Any], hint: Any) -> Option:
+    choices = get_args(hint) if get_origin(hint) is Literal else ()
+    return Option(
+        name=f.name,
+        kind=str if choices else hint,
+        default=f.default if f.default is not MISSING else "",
+        help=f.metadata["help"],
+        choices=choices,
+        low=f.metadata["low"],
+        high=f.metadata["high"],
+        above_low=f.metadata["above_low"],
+        check=f.metadata["check"],
+        fold_case=f.metadata["fold_case"],
+        computed=f.default_factory is not MISSING,
+    )
+
+
+_HINTS = get_type_hints(Config)
+OPTIONS: dict[str, Option] = {f.name: _option(f, _HINTS[f.name]) for f in fields(Config)}
+
+DEFAULT_AMQP_URL: str = OPTIONS["amqp_url"].default
+DEFAULT_QUEUE: str = OPTIONS["queue"].default
+
+#: The prefetch when none is set: enough queued deliveries to keep the routing threads busy
+#: with sync agents; with an async agent, what is in flight *is* the prefetch, so it is large
+#: enough for a thousand slow agent calls at once (back-pressure is the broker's, never a
+#: queue in memory).
+PREFETCH_SYNC = 64
+PREFETCH_ASYNC = 1024
+
+
+def with_prefetch(cfg: Config, *, any_async: bool) -> Config:
+    """`cfg` with its prefetch chosen from the agents if it was left at 0."""
+    if cfg.prefetch:
+        return cfg
+    return replace(cfg, prefetch=PREFETCH_ASYNC if any_async else PREFETCH_SYNC)
+
+
+#: How long a client (and `intentus send`) waits for the broker's confirm and the reply.
+REPLY_TIMEOUT_S = 30.0
 
 
 def url_password(url: str) -> str | None:
@@ -227,21 +352,6 @@ def add_arguments(parser: argparse.ArgumentParser, names: list[str] | None = Non
         )
 
 
-def _convert(name: str, raw: str) -> Any:
-    opt = OPTIONS[name]
-    if opt.kind is int:
-        try:
-            return int(raw.strip())
-        except ValueError:
-            raise option_error(name, f"expected an integer, got {raw!r}") from None
-    if opt.kind is float:
-        try:
-            return float(raw.strip())
-        except ValueError:
-            raise option_error(name, f"expected a number, got {raw!r}") from None
-    return raw
-
-
 def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = None) -> Config:
     """Defaults ← environment ← flags, then validated."""
     env = dict(os.environ if env is None else env)
@@ -250,66 +360,21 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
         raw = getattr(args, name, None) if args is not None else None
         if raw is None:
             raw = env.get(opt.env)
-        if raw is None:
+        if raw is None or (raw == "" and opt.computed):
             continue
-        values[name] = _convert(name, raw)
-    if not values.get("worker_id"):
-        values.pop("worker_id", None)
+        values[name] = opt.convert(raw)
     cfg = Config(**values)
     validate(cfg)
     return cfg
 
 
 def validate(cfg: Config) -> None:
-    bad = option_error
-
-    scheme = urlsplit(cfg.amqp_url).scheme
-    if scheme not in ("amqp", "amqps"):
-        raise bad(
-            "amqp_url", f"must start with amqp:// or amqps:// (got {mask_url(cfg.amqp_url)!r})"
-        )
-    if not cfg.queue or len(cfg.queue.encode()) > 200:
-        raise bad("queue", "must be a non-empty name of at most 200 bytes")
-    if cfg.queue.startswith("amq."):
-        raise bad("queue", "names starting with 'amq.' are reserved by the broker")
-    if cfg.queue_type not in ("quorum", "classic"):
-        raise bad("queue_type", f"must be quorum or classic, got {cfg.queue_type!r}")
-    if cfg.concurrency < 1 or cfg.concurrency > 1024:
-        raise bad("concurrency", "must be between 1 and 1024")
-    if cfg.prefetch < 0 or cfg.prefetch > 65535:
-        raise bad("prefetch", "must be between 1 and 65535 (or 0: chosen from the agents)")
-    if not cfg.agent_timeout_s > 0:
-        raise bad("agent_timeout_s", "must be a positive number of seconds")
-    if cfg.max_message_bytes < 1:
-        raise bad("max_message_bytes", "must be positive")
-    if cfg.max_reply_bytes < MIN_REPLY_BYTES:
-        raise bad("max_reply_bytes", f"must be at least {MIN_REPLY_BYTES}")
-    if cfg.shutdown_grace_s < 0:
-        raise bad("shutdown_grace_s", "must not be negative")
-    if cfg.log_format not in ("text", "json"):
-        raise bad("log_format", f"must be text or json, got {cfg.log_format!r}")
-    if cfg.log_level.lower() not in LOG_LEVELS:
-        raise bad("log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {cfg.log_level!r}")
-    for name, url in (("amqp_url", cfg.amqp_url), ("records_url", cfg.records_url)):
-        problem = url_problem(url) if url else None
+    """Each setting against its declared rules, in declaration order: the first refused is a
+    ConfigError naming it."""
+    for name, opt in OPTIONS.items():
+        problem = opt.problem(getattr(cfg, name))
         if problem:
-            raise bad(name, problem)
-    if cfg.records_url and urlsplit(cfg.records_url).scheme not in ("postgresql", "postgres"):
-        raise bad(
-            "records_url",
-            f"must start with postgresql:// (got {mask_url(cfg.records_url)!r})",
-        )
-    if cfg.delivery_limit < 1:
-        raise bad("delivery_limit", "must be at least 1")
-    if not 0 <= cfg.queue_max_priority <= 255:
-        raise bad("queue_max_priority", "must be between 0 (off) and 255")
-    _host, sep, port = cfg.metrics_addr.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise bad("metrics_addr", f"must be host:port, got {cfg.metrics_addr!r}")
-    if not re.match(r"^[A-Za-z0-9._-]{1,100}$", cfg.worker_id):
-        raise bad("worker_id", "must be 1-100 characters of letters, digits, '.', '_' or '-'")
-    if cfg.agents and ":" not in cfg.agents:
-        raise bad("agents", f"must be module:attribute, got {cfg.agents!r}")
+            raise option_error(name, problem)
 
 
 def describe(cfg: Config) -> dict[str, Any]:

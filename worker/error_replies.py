@@ -9,7 +9,8 @@ from typing import Any
 
 from runtime.errors import ErrorCode
 from runtime.response import error_dict, response_body, response_dict
-from worker.pipeline import Decision, Reply
+from worker.pipeline import Decision
+from worker.transport import Reply
 
 log = logging.getLogger("intentus.worker")
 

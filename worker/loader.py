@@ -14,6 +14,11 @@ from runtime.registry import AgentRegistry
 from worker.config import option_error
 
 
+def agents_source(spec: str) -> str:
+    """Where the agents come from, as said to the user."""
+    return spec or "the built-in demo agents (runtime.demo; set INTENTUS_AGENTS for yours)"
+
+
 def load_agents(spec: str) -> AgentRegistry:
     """`module:attribute` naming an AgentRegistry; empty means the built-in demo agents."""
     if not spec:

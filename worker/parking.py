@@ -15,7 +15,7 @@ from collections.abc import Callable
 from runtime.engine import IntentusRuntime, Outcome
 from runtime.errors import RecordStoreError
 from runtime.supervision import Supervised
-from worker.pipeline import Delivery
+from worker.transport import Delivery
 
 log = logging.getLogger("intentus.worker.parking")
 

@@ -6,51 +6,12 @@ of the worker is tested without a broker.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from runtime.engine import IntentusRuntime, Outcome
+from runtime.engine import Outcome
 from runtime.envelope import RequestContext
-from runtime.errors import EnvelopeError
-
-
-@dataclass(slots=True)
-class Delivery:
-    """A message as received, transport-neutral."""
-
-    body: bytes
-    tag: int = 0
-    generation: int = 0
-    redelivered: bool = False
-    reply_to: str | None = None
-    correlation_id: str | None = None
-    message_id: str | None = None
-    user_id: str | None = None
-    content_type: str | None = None
-    headers: dict[str, Any] = field(default_factory=dict)
-    exchange: str = ""
-    routing_key: str = ""
-    properties: Any = None  # the transport's own properties object, for the dead-letter copy
-    refusal: EnvelopeError | None = None
-    """Why a property cannot be used (set by the transport): the message is refused."""
-
-    @property
-    def delivery_count(self) -> int:
-        value = self.headers.get("x-delivery-count")
-        return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-    @property
-    def traceparent(self) -> str | None:
-        value = self.headers.get("traceparent")
-        return value if isinstance(value, str) and value.isprintable() else None
-
-
-@dataclass(slots=True)
-class Reply:
-    routing_key: str
-    body: bytes
-    correlation_id: str
-    headers: dict[str, Any]
+from worker.transport import Delivery, Reply
 
 
 @dataclass(slots=True)
@@ -94,18 +55,9 @@ def reply_for(outcome: Outcome, delivery: Delivery, default_reply_queue: str) ->
     )
 
 
-def decide(runtime: IntentusRuntime, delivery: Delivery, default_reply_queue: str) -> Decision:
-    """Route (or answer from the record) one delivery. Never raises for bad input."""
-    outcome = runtime.process(
-        delivery.body,
-        context_of(delivery),
-        content_type=delivery.content_type,
-        correlation_id=delivery.correlation_id,
-    )
-    return redecide(outcome, delivery, default_reply_queue)
-
-
 def redecide(outcome: Outcome, delivery: Delivery, default_reply_queue: str) -> Decision:
+    """The decision for the outcome the runtime reached for `delivery` (routed, answered from
+    its record, refused, or parked until a record exists)."""
     if outcome.parked:
         return Decision(outcome, None, None)  # nothing to answer yet: it waits for a record
     reason = outcome.reject_reason if outcome.kind == "rejected" else None

@@ -9,8 +9,8 @@ from worker import tracing
 from worker.config import MAX_REPLY_BYTES
 from worker.error_replies import too_large
 from worker.metrics import Metrics
-from worker.pipeline import Decision, Delivery
-from worker.transport import Transport
+from worker.pipeline import Decision
+from worker.transport import Delivery, Transport
 
 
 class Responder:

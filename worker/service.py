@@ -33,11 +33,11 @@ from worker.errors import EXIT_ERROR, EXIT_GRACE_EXPIRED, EXIT_OK, EXIT_SECOND_S
 from worker.health import HealthServer
 from worker.metrics import Metrics
 from worker.parking import ParkingLot
-from worker.pipeline import Decision, Delivery, context_of, redecide
+from worker.pipeline import Decision, context_of, redecide
 from worker.replies import Responder
 from worker.runtime_setup import open_runtime
 from worker.store_gate import StoreGate
-from worker.transport import Listeners, Transport
+from worker.transport import Delivery, Listeners, Transport
 
 log = logging.getLogger("intentus.worker")
 

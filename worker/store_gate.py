@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 from runtime.errors import RecordStoreError
 from runtime.oneshot import OneShot
-from worker.pipeline import Decision, Delivery
+from worker.pipeline import Decision
+from worker.transport import Delivery
 
 log = logging.getLogger("intentus.worker")
 

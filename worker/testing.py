@@ -25,8 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
 from worker.config import DEFAULT_QUEUE
-from worker.pipeline import Delivery, Reply
-from worker.transport import Confirm, Listeners
+from worker.transport import Confirm, Delivery, Listeners, Reply
 
 log = logging.getLogger("intentus.testing")
 _T = TypeVar("_T")

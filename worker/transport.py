@@ -9,10 +9,52 @@ own I/O thread: other threads hand it work through `call()`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from worker.pipeline import Delivery, Reply
+from runtime.errors import EnvelopeError
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A message as received, transport-neutral."""
+
+    body: bytes
+    tag: int = 0
+    generation: int = 0
+    redelivered: bool = False
+    reply_to: str | None = None
+    correlation_id: str | None = None
+    message_id: str | None = None
+    user_id: str | None = None
+    content_type: str | None = None
+    headers: dict[str, Any] = field(default_factory=dict)
+    exchange: str = ""
+    routing_key: str = ""
+    properties: Any = None  # the transport's own properties object, for the dead-letter copy
+    refusal: EnvelopeError | None = None
+    """Why a property cannot be used (set by the transport): the message is refused."""
+
+    @property
+    def delivery_count(self) -> int:
+        value = self.headers.get("x-delivery-count")
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    @property
+    def traceparent(self) -> str | None:
+        value = self.headers.get("traceparent")
+        return value if isinstance(value, str) and value.isprintable() else None
+
+
+@dataclass(slots=True)
+class Reply:
+    """A reply to publish, addressed by `routing_key` and matched by `correlation_id`."""
+
+    routing_key: str
+    body: bytes
+    correlation_id: str
+    headers: dict[str, Any]
+
 
 Confirm = Callable[[str], None]
 """Called on the I/O thread with "confirmed", "unroutable" or "failed"."""

@@ -19,8 +19,9 @@ import pytest
 from runtime.store import RecordStore
 from tests.browser.corpus import Corpus, make_runtime, populate, registry
 from tests.support.pg import temporary_database
-from worker.browser import RecordBrowser
-from worker.cli import _store, parse_since
+from worker.browser.server import RecordBrowser
+from worker.cli.output import parse_since
+from worker.cli.records import open_store
 
 
 @dataclass
@@ -39,7 +40,7 @@ class Backend:
 def files(folder: Path) -> Iterator[Backend]:
     yield Backend(
         runtime_kwargs=lambda: {"records_dir": folder},
-        reader=lambda: _store(argparse.Namespace(records_dir=str(folder))),
+        reader=lambda: open_store(argparse.Namespace(records_dir=str(folder))),
         cli_args=["--records-dir", str(folder)],
     )
 
@@ -51,7 +52,7 @@ def postgres(folder: Path) -> Iterator[Backend]:
     with temporary_database() as url:
         yield Backend(
             runtime_kwargs=lambda: {"store": PostgresRecordStore(url, owner="browser-test")},
-            reader=lambda: _store(argparse.Namespace(records_dir=str(folder), records_url=url)),
+            reader=lambda: open_store(argparse.Namespace(records_dir=str(folder), records_url=url)),
             cli_args=["--records-dir", str(folder), "--records-url", url],
             close_reader=lambda store: store.close(),
         )

@@ -16,8 +16,9 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.browser import chrome
 from tests.browser.corpus import make_runtime, populate, registry
-from worker.browser import RecordBrowser
-from worker.cli import _store, parse_since
+from worker.browser.server import RecordBrowser
+from worker.cli.output import parse_since
+from worker.cli.records import open_store
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             release.set()
             runtime.close()
-        store = _store(argparse.Namespace(records_dir=tmp))
+        store = open_store(argparse.Namespace(records_dir=tmp))
         browser = RecordBrowser(store, port=0, parse_time=parse_since).start()
         driver = chrome.start(width=1360, height=900)
         try:

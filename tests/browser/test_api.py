@@ -22,7 +22,8 @@ from runtime.query import is_indexed
 from tests.browser.conftest import Recorded
 from tests.browser.corpus import HOSTILE_ID, POLICY, SCRIPT
 from tests.browser.webclient import fetch
-from worker.browser import CSP, RecordBrowser, check_token
+from worker.browser.handler import CSP, check_token
+from worker.browser.server import RecordBrowser
 from worker.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -351,7 +352,7 @@ class TestSafety:
 
     def test_script_never_parses_html(self) -> None:
         """app.js builds the DOM from text only: no innerHTML, outerHTML, insertAdjacentHTML, eval."""
-        source = resources.files("worker").joinpath("static", "app.js").read_text()
+        source = resources.files("worker.browser").joinpath("static", "app.js").read_text()
         code = re.sub(r"//[^\n]*", "", source)
         for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
             assert sink not in code, sink

@@ -13,7 +13,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from runtime.query import is_indexed
 from tests.browser.conftest import Recorded
 from tests.browser.corpus import HOSTILE_ID, SCRIPT
-from worker.browser import RecordBrowser
+from worker.browser.server import RecordBrowser
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tests.support.broker import IN_CI
+from worker.config import OPTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -27,29 +28,9 @@ DOCKERFILE = DEPLOY / "Dockerfile"
 OPERATIONS_DOC = ROOT / "docs" / "operations.md"
 CONTRACT_DOC = ROOT / "docs" / "contract.md"
 
-# docs/contract.md "Configuration": the only INTENTUS_* variables the product knows.
-CONTRACT_ENV = (
-    "INTENTUS_AMQP_URL",
-    "INTENTUS_QUEUE",
-    "INTENTUS_QUEUE_TYPE",
-    "INTENTUS_REPLY_QUEUE",
-    "INTENTUS_RECORDS_DIR",
-    "INTENTUS_RECORDS_URL",
-    "INTENTUS_AGENTS",
-    "INTENTUS_POLICY_FILE",
-    "INTENTUS_CONCURRENCY",
-    "INTENTUS_PREFETCH",
-    "INTENTUS_AGENT_TIMEOUT_S",
-    "INTENTUS_MAX_MESSAGE_BYTES",
-    "INTENTUS_MAX_REPLY_BYTES",
-    "INTENTUS_METRICS_ADDR",
-    "INTENTUS_SHUTDOWN_GRACE_S",
-    "INTENTUS_LOG_FORMAT",
-    "INTENTUS_LOG_LEVEL",
-    "INTENTUS_WORKER_ID",
-    "INTENTUS_DELIVERY_LIMIT",
-    "INTENTUS_QUEUE_MAX_PRIORITY",
-)
+# The only INTENTUS_* variables the worker knows: its declared settings (docs/contract.md
+# "Configuration" lists them, checked by tests/unit/test_contract_doc.py).
+CONTRACT_ENV = tuple(option.env for option in OPTIONS.values())
 # Variables of single commands (docs/contract.md "Command line"), not of the worker.
 COMMAND_ENV = ("INTENTUS_BROWSER_TOKEN",)
 

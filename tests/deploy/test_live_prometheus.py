@@ -40,7 +40,7 @@ from tests.deploy.common import (
 )
 from tests.support.broker import IN_CI, delete_topology, require_broker, unique
 from tests.support.workerproc import WorkerProcess, free_port
-from worker.client import IntentusClient
+from worker.clients.blocking import IntentusClient
 
 pytestmark = pytest.mark.integration
 

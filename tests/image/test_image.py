@@ -12,7 +12,7 @@ import pytest
 from tests.faults.load import Collector, Publisher, request
 from tests.image.podman import Container, Podman
 from tests.support.broker import AMQP_URL
-from worker.client import IntentusClient
+from worker.clients.blocking import IntentusClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 

@@ -28,7 +28,7 @@ def shipped_files() -> list[str]:
         p
         for p in source_files()
         if p.startswith(tuple(f"{pkg}/" for pkg in PACKAGES))
-        and (p.endswith((".py", "/py.typed")) or p.startswith("worker/static/"))
+        and (p.endswith((".py", "/py.typed")) or p.startswith("worker/browser/static/"))
     ]
 
 
@@ -44,7 +44,7 @@ def modules() -> set[str]:
 
 def test_the_checkout_has_what_the_packages_must_carry() -> None:
     files = shipped_files()
-    assert {"runtime/py.typed", "worker/py.typed", "worker/static/index.html"} <= set(files)
+    assert {"runtime/py.typed", "worker/py.typed", "worker/browser/static/index.html"} <= set(files)
     assert {"worker.amqp.consumer", "runtime.pgstore"} <= modules()
 
 

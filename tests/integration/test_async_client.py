@@ -14,7 +14,7 @@ from tests.integration.conftest import Agents
 from tests.integration.wire import Wire, close_connections, connection_pids, wait_for
 from tests.support.broker import AMQP_URL, get_all, unique
 from tests.support.workerproc import WorkerProcess, free_port
-from worker.async_client import AsyncIntentusClient
+from worker.clients.aio import AsyncIntentusClient
 from worker.errors import ClientClosed, ConnectionLost, PublishFailed, RequestTimeout
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]

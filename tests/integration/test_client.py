@@ -18,7 +18,7 @@ from tests.integration.conftest import Agents
 from tests.integration.wire import Wire, close_connections, connection_pids, wait_for
 from tests.support.broker import AMQP_URL, delete_topology, get_all, unique
 from tests.support.workerproc import WorkerProcess, free_port
-from worker.client import PRIORITIES, IntentusClient
+from worker.clients.blocking import PRIORITIES, IntentusClient
 from worker.errors import (
     ClientClosed,
     ClientError,

@@ -20,8 +20,8 @@ import pytest
 
 from tests.support.broker import AMQP_URL, delete_topology, get_all, unique
 from tests.support.workerproc import ROOT, WorkerProcess
-from worker.async_client import AsyncIntentusClient
-from worker.client import IntentusClient
+from worker.clients.aio import AsyncIntentusClient
+from worker.clients.blocking import IntentusClient
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,7 @@ from tests.integration.wire import wait_for
 from tests.support.broker import AMQP_URL, connection, delete_topology, queue_depth, unique
 from worker.amqp import ConsumerConnection, declare_topology
 from worker.config import Config
-from worker.pipeline import Delivery, Reply
-from worker.transport import Listeners
+from worker.transport import Delivery, Listeners, Reply
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,8 @@ from tests.integration.wire import Wire, envelope
 from tests.support.broker import AMQP_URL, IN_CI, connection
 from tests.support.workerproc import ROOT, WorkerProcess
 from worker.amqp import declare_topology, queue_arguments
+from worker.cli.contract import build, to_yaml
 from worker.config import Config
-from worker.contract import build, to_yaml
 
 CONTRACT = ROOT / "docs" / "asyncapi.yaml"
 SPECS = ROOT / "tests" / ".asyncapi" / "node_modules" / "@asyncapi" / "specs" / "schemas"

@@ -12,7 +12,7 @@ from tests.integration.conftest import Agents
 from tests.integration.wire import wait_for
 from tests.support.broker import AMQP_URL, connection, get_all, queue_depth
 from tests.support.workerproc import WorkerProcess
-from worker.client import IntentusClient
+from worker.clients.blocking import IntentusClient
 
 pytestmark = pytest.mark.integration
 

@@ -12,20 +12,22 @@ from runtime.router import RouteReason
 from worker.config import OPTIONS
 from worker.metrics import Metrics
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "contract.md"
+ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "contract.md"
+README = ROOT / "README.md"
 
 
-def section(title: str) -> str:
-    text = DOC.read_text(encoding="utf-8")
+def section(title: str, doc: Path = DOC) -> str:
+    text = doc.read_text(encoding="utf-8")
     start = text.index(f"\n## {title}\n")
     end = text.find("\n## ", start + 1)
     return text[start : end if end != -1 else len(text)]
 
 
-def rows(title: str) -> list[list[str]]:
+def rows(title: str, doc: Path = DOC) -> list[list[str]]:
     """The cells of every table row of a section (header and rule rows left out)."""
     out = []
-    for line in section(title).splitlines():
+    for line in section(title, doc).splitlines():
         if line.startswith("| `"):
             out.append([cell.strip() for cell in line.strip("|").split(" | ")])
     return out
@@ -42,6 +44,23 @@ class TestContractDoc:
             if opt.default not in ("", None):
                 default = f"{opt.default:g}" if isinstance(opt.default, float) else opt.default
                 assert f"`{default}`" == row[2], (opt.env, row[2])
+
+    def test_every_enumeration_lists_its_values(self) -> None:
+        """An enumerated setting's meaning names each value its type accepts."""
+        table = {r[0].strip("`"): r for r in rows("Configuration")}
+        enumerations = [opt for opt in OPTIONS.values() if opt.choices]
+        assert enumerations
+        for opt in enumerations:
+            assert all(f"`{choice}`" in table[opt.env][3] for choice in opt.choices), opt.env
+
+    def test_readme_lists_every_setting_with_its_default(self) -> None:
+        """The README's configuration table: the same variables and defaults."""
+        table = {r[0].strip("`"): r for r in rows("Configuration", README)}
+        assert set(table) == {opt.env for opt in OPTIONS.values()}
+        for opt in OPTIONS.values():
+            if opt.default not in ("", None):
+                default = f"{opt.default:g}" if isinstance(opt.default, float) else opt.default
+                assert table[opt.env][1].startswith(f"`{default}`"), (opt.env, table[opt.env][1])
 
     def test_every_metric(self) -> None:
         """The metrics table lists exactly what the worker exports under intentus_."""

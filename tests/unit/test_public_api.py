@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+import subprocess
+import sys
+import tomllib
 import types
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +50,27 @@ def test_worker_exports_the_clients_and_their_errors() -> None:
         for name, value in vars(__import__("worker.errors").errors).items()
         if isinstance(value, type) and issubclass(value, ClientError)
     }
+
+
+class TestEntryPoints:
+    def test_console_scripts_resolve(self) -> None:
+        """Every console script in pyproject.toml names a callable that imports."""
+        pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+        scripts = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["scripts"]
+        assert scripts == {"intentus": "worker.cli:main"}
+        for target in scripts.values():
+            module, _, attribute = target.partition(":")
+            assert callable(getattr(importlib.import_module(module), attribute)), target
+
+    @pytest.mark.parametrize("module", ["worker", "worker.cli"])
+    def test_python_m_runs_the_cli(self, module: str) -> None:
+        """`python -m worker` and `python -m worker.cli` both answer `--help` with the CLI's."""
+        done = subprocess.run(
+            [sys.executable, "-m", module, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "usage: intentus" in done.stdout

@@ -14,7 +14,7 @@ from pika.adapters.asyncio_connection import AsyncioConnection
 
 from worker.amqp.client_link import ClientLink
 from worker.amqp.connect import describe
-from worker.calls import ClientRequest, fresh
+from worker.clients.calls import ClientRequest, fresh
 from worker.config import mask_url
 from worker.errors import ClientError, ConnectionLost
 

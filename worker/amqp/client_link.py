@@ -1,6 +1,6 @@
 """(I/O loop) `ClientLink`: one client connection's protocol, for whichever loop owns it.
 
-Serves worker/client.py (threads, through `ClientConnection`) and worker/async_client.py
+Serves worker/clients/blocking.py (threads, through `ClientConnection`) and worker/clients/aio.py
 (asyncio, through `AsyncClientConnection`). pika's failures become the client exceptions
 (ClientError and below) here and nowhere else, the original kept as `__cause__`.
 """
@@ -18,7 +18,7 @@ from pika.channel import Channel
 
 from worker.amqp.connect import PERSISTENT, describe, parameters, translated
 from worker.amqp.publisher import settle_confirmed
-from worker.calls import ClientRequest
+from worker.clients.calls import ClientRequest
 from worker.config import mask_url, url_problem
 from worker.errors import ClientClosed, ClientError, ConnectionLost, PublishFailed
 

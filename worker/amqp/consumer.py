@@ -27,8 +27,7 @@ from worker.amqp.properties import delivery_of
 from worker.amqp.publisher import ConfirmedPublisher
 from worker.amqp.topology import declare_topology, queue_arguments
 from worker.config import Config
-from worker.pipeline import Delivery, Reply
-from worker.transport import Confirm, Listeners
+from worker.transport import Confirm, Delivery, Listeners, Reply
 
 log = logging.getLogger("intentus.amqp")
 

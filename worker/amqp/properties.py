@@ -16,8 +16,8 @@ from typing import Any
 import pika
 
 from runtime.errors import EnvelopeError, ErrorCode
-from worker.intents import check_traceparent
-from worker.pipeline import Delivery
+from worker.clients.intents import check_traceparent
+from worker.transport import Delivery
 
 #: The properties the worker reads as text, in the order their faults are reported.
 TEXT_PROPERTIES = ("correlation_id", "message_id", "reply_to", "user_id", "content_type")

@@ -16,8 +16,7 @@ from pika.channel import Channel
 
 from worker.amqp.connect import PERSISTENT
 from worker.config import Config
-from worker.pipeline import Delivery, Reply
-from worker.transport import Confirm
+from worker.transport import Confirm, Delivery, Reply
 
 log = logging.getLogger("intentus.amqp")
 _T = TypeVar("_T")

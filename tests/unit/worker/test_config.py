@@ -21,6 +21,13 @@ def parsed(*argv: str) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
+def help_text() -> str:
+    """The settings' `--help`, on one line."""
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser)
+    return " ".join(parser.format_help().split())
+
+
 class TestLoad:
     def test_defaults(self) -> None:
         """No environment and no flags: the documented defaults."""
@@ -165,21 +172,60 @@ class TestScrub:
 
 
 class TestOneDeclaration:
-    def test_config_fields_are_the_options(self) -> None:
-        """Config has one field per option, typed and defaulted as the option declares."""
-        declared = {f.name: f for f in dataclasses.fields(Config)}
-        assert list(declared) == list(config.OPTIONS)
+    def test_options_are_the_config_fields(self) -> None:
+        """One option per Config field, in order; its variable and flag follow from its name."""
+        assert list(config.OPTIONS) == [f.name for f in dataclasses.fields(Config)]
         defaults = Config()
-        hints = typing.get_type_hints(Config)
         for name, option in config.OPTIONS.items():
-            assert hints[name] is option.kind, name
-            if name != "worker_id":
+            assert option.env == "INTENTUS_" + name.upper()
+            assert option.flag == "--" + name.replace("_", "-")
+            assert option.help, name
+            if name != "worker_id":  # computed at start: hostname-pid
                 assert getattr(defaults, name) == option.default, name
+
+    def test_enumerations_are_literals(self) -> None:
+        """Queue type, log format and log level are typed with the values they accept."""
+        hints = typing.get_type_hints(Config)
+        assert typing.get_args(hints["queue_type"]) == ("quorum", "classic")
+        assert typing.get_args(hints["log_format"]) == ("text", "json")
+        assert typing.get_args(hints["log_level"]) == ("debug", "info", "warning", "error")
+        assert config.OPTIONS["queue_type"].choices == ("quorum", "classic")
+
+    def test_an_enumeration_accepts_exactly_its_values(self) -> None:
+        """Each declared value of an enumeration loads; any other names the variable."""
+        enumerations = [o for o in config.OPTIONS.values() if o.choices]
+        assert len(enumerations) == 3
+        for option in enumerations:
+            for choice in option.choices:
+                assert getattr(load(env={option.env: choice}), option.name) == choice
+            with pytest.raises(ConfigError, match=option.env):
+                load(env={option.env: "none-of-these"})
+
+    def test_log_level_ignores_case(self) -> None:
+        """INTENTUS_LOG_LEVEL=INFO is info, as it always was; other enumerations are exact."""
+        assert load(env={"INTENTUS_LOG_LEVEL": "WARNING"}).log_level == "warning"
+        with pytest.raises(ConfigError, match="INTENTUS_QUEUE_TYPE"):
+            load(env={"INTENTUS_QUEUE_TYPE": "QUORUM"})
+
+    def test_numbers_are_checked_against_their_declared_bounds(self) -> None:
+        """A number just outside its declared range is refused, its bound accepted."""
+        bounded = {n: o for n, o in config.OPTIONS.items() if o.low is not None}
+        assert {"concurrency", "prefetch", "delivery_limit", "queue_max_priority"} <= set(bounded)
+        for option in bounded.values():
+            below = option.low - (1 if option.kind is int else 0.5)
+            with pytest.raises(ConfigError, match=option.env):
+                load(env={option.env: str(below)})
+            if not option.above_low:
+                assert getattr(load(env={option.env: str(option.low)}), option.name) == option.low
 
     def test_help_shows_each_default(self) -> None:
         """`--help` names every non-empty default and the variable."""
-        parser = argparse.ArgumentParser()
-        config.add_arguments(parser)
-        text = " ".join(parser.format_help().split())
+        text = help_text()
         assert "(default: intentus.requests) [env INTENTUS_QUEUE]" in text
         assert "(default: 30) [env INTENTUS_AGENT_TIMEOUT_S]" in text
+
+    def test_help_lists_the_values_of_each_enumeration(self) -> None:
+        """`--help` shows what an enumeration accepts, from its type."""
+        text = help_text()
+        assert "quorum or classic (default: quorum)" in text
+        assert "debug, info, warning or error (default: info)" in text

@@ -1,4 +1,4 @@
-"""pipeline.decide: every kind of input becomes one decision (record, reply, dead letter)."""
+"""The pipeline: every kind of input becomes one decision (record, reply, dead letter)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 
 from runtime import AgentRegistry, IntentusRuntime
 from tests.unit.worker.conftest import request
-from worker.pipeline import Decision, Delivery, decide
+from worker.pipeline import Decision, context_of, redecide
+from worker.transport import Delivery
 
 JSON = "application/json"
 
@@ -20,6 +21,17 @@ def runtime(registry: AgentRegistry, tmp_path: Path) -> Iterator[IntentusRuntime
     rt = IntentusRuntime(registry, tmp_path / "records", max_message_bytes=600, worker_id="pipe")
     yield rt
     rt.close()
+
+
+def decide(runtime: IntentusRuntime, delivery: Delivery, default_reply_queue: str) -> Decision:
+    """What the worker does with one delivery, run inline: route it, then decide."""
+    outcome = runtime.process(
+        delivery.body,
+        context_of(delivery),
+        content_type=delivery.content_type,
+        correlation_id=delivery.correlation_id,
+    )
+    return redecide(outcome, delivery, default_reply_queue)
 
 
 def settle(rt: IntentusRuntime, decision: Decision) -> None:

@@ -13,7 +13,7 @@ from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs, urlsplit
 
 from runtime.errors import IntentusError, RecordNotFound
-from worker.browser_api import ROUTES, BadRequest, RecordQueries
+from worker.browser.api import ROUTES, BadRequest, RecordQueries
 from worker.errors import ConfigError
 from worker.http import BodyHandler
 

@@ -1,5 +1,5 @@
 """The record browser's JSON API as plain functions of the query string: a page of rows, one
-record and its reply, verify, diff and stats. No HTTP here (worker.browser_http)."""
+record and its reply, verify, diff and stats. No HTTP here (worker.browser.handler)."""
 
 from __future__ import annotations
 

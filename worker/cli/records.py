@@ -17,8 +17,9 @@ from runtime.errors import RecordStoreError
 from runtime.reader import open_reader
 from runtime.store import RecordStore
 from worker import config as configuration
-from worker.cli_output import agents_source, output, parse_duration, parse_since, table
+from worker.cli.output import output, parse_duration, parse_since, table
 from worker.errors import EXIT_ERROR, EXIT_OK, ConfigError
+from worker.loader import agents_source
 
 
 def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
@@ -56,7 +57,7 @@ def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     gc = rp("gc", "delete records older than a duration")
     gc.add_argument("--older-than", required=True, help="e.g. 30d, 12h")
     gc.add_argument("--dry-run", action="store_true")
-    from worker import browser
+    from worker.browser import server as browser
 
     serve = rp("serve", browser.HELP)
     configuration.add_arguments(serve, ["agents", "policy_file"])
@@ -150,7 +151,7 @@ def records_gc(args: argparse.Namespace, store: RecordStore) -> int:
 
 
 def records_serve(args: argparse.Namespace, store: RecordStore) -> int:
-    from worker import browser
+    from worker.browser import server as browser
 
     return browser.run(args, store, parse_time=parse_since)
 

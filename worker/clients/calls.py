@@ -1,6 +1,6 @@
 """What both clients share: building a request, the requests in flight matched by
 correlation id, and the errors they end with. The blocking and the asyncio client differ
-only in how they wait (worker.client, worker.async_client)."""
+only in how they wait (worker.clients.blocking, worker.clients.aio)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from typing import Any, Literal, Protocol, Required, TypedDict
 
 from runtime.canonical import dumps
 from runtime.response import AgentResponse
+from worker.clients.intents import amqp_priority, build_envelope, check_traceparent, new_traceparent
 from worker.config import DEFAULT_AMQP_URL, DEFAULT_QUEUE, REPLY_TIMEOUT_S
 from worker.errors import ClientClosed, ClientError, ConnectionLost, RequestTimeout
-from worker.intents import amqp_priority, build_envelope, check_traceparent, new_traceparent
 
 log = logging.getLogger("intentus.client")
 

@@ -32,8 +32,8 @@ from importlib import resources
 from runtime.policy import Policy
 from runtime.registry import AgentRegistry
 from runtime.store import RecordStore
-from worker.browser_api import RecordQueries
-from worker.browser_http import CSP, STATIC, TOKEN_ENV, BrowserHandler, check_token, is_loopback
+from worker.browser.api import RecordQueries
+from worker.browser.handler import STATIC, TOKEN_ENV, BrowserHandler, check_token
 from worker.errors import ConfigError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -65,7 +65,10 @@ class RecordBrowser:
             store, registry=registry, policy=policy, agents=agents, parse_time=parse_time
         )
         assets = {
-            path: (resources.files("worker").joinpath("static", name).read_bytes(), content_type)
+            path: (
+                resources.files("worker.browser").joinpath("static", name).read_bytes(),
+                content_type,
+            )
             for path, (name, content_type) in STATIC.items()
         }
         handler = type(
@@ -116,9 +119,6 @@ def token_from(flag: str | None, env: dict[str, str] | None = None) -> str | Non
     return flag if flag else (environ.get(TOKEN_ENV) or None)
 
 
-__all__ = ["CSP", "DEFAULT_PORT", "TOKEN_ENV", "RecordBrowser", "check_token", "is_loopback"]
-
-
 # -- `intentus records serve` -----------------------------------------------------------
 HELP = "serve a read-only web page and JSON API over the records (loopback by default)"
 
@@ -140,8 +140,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, store: RecordStore, parse_time: Callable[[str], datetime]) -> int:
     """Serve until interrupted; exit code 0."""
     from worker import config as configuration
-    from worker.cli import agents_source
-    from worker.loader import load_agents, load_policy_file
+    from worker.loader import agents_source, load_agents, load_policy_file
 
     cfg = configuration.load(args)
     # As `records verify`: the demo agents when none are named; records of agents the

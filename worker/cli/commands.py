@@ -17,24 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from runtime.envelope import Priority, RoutingStrategy
 from runtime.errors import IntentusError
-from worker import cli_records
 from worker import config as configuration
-from worker.cli_output import agents_source, parse_duration, parse_since
-from worker.cli_records import open_store as _store
+from worker.cli import records
 from worker.config import url_password
 from worker.errors import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, ConfigError, WorkerError
-
-# Imported here too: the record browser, its tests and embedders of the CLI use these names.
-__all__ = [
-    "COMMANDS",
-    "_store",
-    "agents_source",
-    "build_parser",
-    "main",
-    "parse_duration",
-    "parse_since",
-]
 
 log = logging.getLogger("intentus.cli")
 
@@ -64,9 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("send", help="send one intent and print its reply")
     s.add_argument("intent", help="intent name, optionally Name@Version")
     s.add_argument("--payload", default="{}", help="JSON object, or @file to read it from a file")
-    s.add_argument(
-        "--strategy", choices=["DIRECT", "FALLBACK", "BROADCAST", "PARALLEL"], type=str.upper
-    )
+    s.add_argument("--strategy", choices=[s.value for s in RoutingStrategy], type=str.upper)
     s.add_argument("--target", help="targetAgent")
     s.add_argument(
         "--fallback", action="append", default=[], help="a fallbackAgents entry (repeatable)"
@@ -75,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tag", action="append", default=[], help="a context tag (repeatable)")
     s.add_argument(
         "--priority",
-        choices=["LOW", "NORMAL", "HIGH", "CRITICAL"],
+        choices=[p.value for p in Priority],
         type=str.upper,
         help="context.priority, also sent as the AMQP priority (default NORMAL)",
     )
@@ -94,12 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     configuration.add_arguments(s, ["amqp_url", "queue"])
 
-    cli_records.add_parser(sub, _Parser)
-    from worker import dlq
+    records.add_parser(sub, _Parser)
+    from worker.cli import dlq
 
     dlq.add_parser(sub, _Parser)
 
-    from worker import contract
+    from worker.cli import contract
 
     contract.add_parser(sub)
     return parser
@@ -136,7 +122,7 @@ def _run(argv: list[str] | None) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker import logs
-    from worker.loader import load_agents, load_policy_file
+    from worker.loader import agents_source, load_agents, load_policy_file
     from worker.service import Worker
 
     try:
@@ -196,9 +182,9 @@ def _payload(text: str) -> dict[str, Any]:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from worker.calls import correlation_id_for
-    from worker.client import IntentusClient
-    from worker.intents import new_request_id
+    from worker.clients.blocking import IntentusClient
+    from worker.clients.calls import correlation_id_for
+    from worker.clients.intents import new_request_id
 
     cfg = configuration.load(args)
     payload = _payload(args.payload)
@@ -239,13 +225,13 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def _dlq(args: argparse.Namespace) -> int:
-    from worker import dlq
+    from worker.cli import dlq
 
     return dlq.main(args)
 
 
 def _contract(args: argparse.Namespace) -> int:
-    from worker import contract
+    from worker.cli import contract
 
     return contract.main(args)
 
@@ -253,11 +239,7 @@ def _contract(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "worker": cmd_worker,
     "send": cmd_send,
-    "records": cli_records.cmd_records,
+    "records": records.cmd_records,
     "dlq": _dlq,
     "contract": _contract,
 }
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -37,11 +37,6 @@ def parse_since(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def agents_source(spec: str) -> str:
-    """Where the agents come from, as said to the user."""
-    return spec or "the built-in demo agents (runtime.demo; set INTENTUS_AGENTS for yours)"
-
-
 _TITLES = {
     "createdAt": "CREATED",
     "executionId": "EXECUTION ID",

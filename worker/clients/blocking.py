@@ -16,7 +16,7 @@ the pika boundary, the original kept as `__cause__`):
     +-- RequestTimeout        no confirm and reply within the timeout (also a TimeoutError)
     +-- ClientClosed          the client was closed
 
-`AsyncIntentusClient` (worker.async_client) has the same semantics for asyncio.
+`AsyncIntentusClient` (worker.clients.aio) has the same semantics for asyncio.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Unpack, overload
 from runtime.oneshot import OneShot
 from runtime.response import AgentResponse
 from worker.amqp import ClientConnection
-from worker.calls import (
+from worker.clients.calls import (
     DEFAULT_TIMEOUT_S,
     AwaitReply,
     Calls,
@@ -45,8 +45,8 @@ from worker.calls import (
     raw_request,
     timeout_error,
 )
+from worker.clients.intents import PRIORITIES, amqp_priority, build_envelope, new_traceparent
 from worker.errors import ClientClosed, ClientError, ConnectionLost, PublishFailed, RequestTimeout
-from worker.intents import PRIORITIES, amqp_priority, build_envelope, new_traceparent
 
 __all__ = [
     "PRIORITIES",

@@ -3,11 +3,11 @@
     async with AsyncIntentusClient(url, queue="intentus.requests") as client:
         response = await client.send_intent("ProcessIntent", {"document_id": "doc-123"})
 
-Same semantics as worker.client.IntentusClient: many requests in flight on one connection
-and one reply consumer, matched by correlation id; pipelined publishes; one timeout budget
-for (re)connecting, confirm and reply; requests in flight fail at once with ConnectionLost
-when the connection dies, and the next call connects again; the same exceptions. Use one
-client per event loop (it lives in the loop it was opened in).
+Same semantics as `IntentusClient` (worker.clients.blocking): many requests in flight on one
+connection and one reply consumer, matched by correlation id; pipelined publishes; one
+timeout budget for (re)connecting, confirm and reply; requests in flight fail at once with
+ConnectionLost when the connection dies, and the next call connects again; the same
+exceptions. Use one client per event loop (it lives in the loop it was opened in).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import time
 from typing import Unpack, overload
 
 from runtime.response import AgentResponse
-from worker import calls
 from worker.amqp import AsyncClientConnection
-from worker.calls import ClientBase, ClientRequest
+from worker.clients import calls
+from worker.clients.calls import ClientBase, ClientRequest
 from worker.errors import ClientClosed, ClientError
 
 __all__ = ["AsyncIntentusClient"]
