@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -71,20 +70,18 @@ class FlakyStore:
 
 
 class Running:
-    """A Worker running `run()` on a thread, with its memory transport."""
+    """A started Worker with its memory transport."""
 
     def __init__(self, worker: Worker, transport: MemoryTransport) -> None:
         self.worker = worker
         self.transport = transport
         self.exit_code: int | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        self.exit_code = self.worker.run()
+    def start(self) -> None:
+        self.worker.start()
 
-    def stop(self, timeout: float = 20.0) -> int | None:
-        self.worker.request_stop()
-        self.thread.join(timeout)
+    def stop(self) -> int | None:
+        self.exit_code = self.worker.stop()
         return self.exit_code
 
     def reasons(self) -> list[str]:
@@ -107,9 +104,9 @@ def start(registry: AgentRegistry, tmp_path: Path) -> Iterator[Callable[..., Run
             **overrides,
         }
         transport = MemoryTransport()
-        worker = Worker(Config(**settings), registry, handle_signals=False, transport=transport)
+        worker = Worker(Config(**settings), registry, transport=transport)
         running = Running(worker, transport)
-        running.thread.start()
+        running.start()
         assert transport.wait_for(lambda: transport.consuming), "worker did not start consuming"
         started.append(running)
         return running

@@ -48,9 +48,9 @@ def start(reg: AgentRegistry, tmp_path: Path, **overrides: Any) -> Running:
         **overrides,
     }
     transport = MemoryTransport()
-    worker = Worker(Config(**settings), reg, handle_signals=False, transport=transport)
+    worker = Worker(Config(**settings), reg, transport=transport)
     running = Running(worker, transport)
-    running.thread.start()
+    running.start()
     assert transport.wait_for(lambda: transport.consuming)
     return running
 
@@ -76,7 +76,6 @@ class TestPrefetch:
             worker = Worker(
                 Config(records_dir=str(tmp_path / "r"), metrics_addr="127.0.0.1:0"),
                 reg,
-                handle_signals=False,
                 transport=MemoryTransport(),
             )
             assert worker.cfg.prefetch == expected
@@ -86,7 +85,6 @@ class TestPrefetch:
         worker = Worker(
             Config(records_dir=str(tmp_path / "r"), metrics_addr="127.0.0.1:0", prefetch=10),
             async_registry([], threading.Event()),
-            handle_signals=False,
             transport=MemoryTransport(),
         )
         assert worker.cfg.prefetch == 10
