@@ -10,7 +10,6 @@ close. A library object: process signals and exit codes are the caller's (the CL
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +34,7 @@ from worker.middleware import Chain, WorkerMiddleware, route_middleware
 from worker.parking import ParkingLot
 from worker.pipeline import Decision, Delivery, context_of, redecide
 from worker.replies import Responder
+from worker.routing_threads import RoutingThreads
 from worker.runtime_setup import open_runtime
 from worker.store_gate import StoreGate
 from worker.transport import Listeners, Transport
@@ -70,18 +70,16 @@ class Worker:
             members.append(tracing.Tracing(cfg.queue))
         members += middleware
         self.hooks: WorkerMiddleware = Chain(members)
-        # After an async agent, the rest of its request (sync agents, the record, the reply)
-        # waits for a routing thread like a new delivery does.
+        self.threads = RoutingThreads(cfg.concurrency, take=self._take)
         self.runtime = open_runtime(
             cfg,
             registry,
             policy=policy,
             middleware=route_middleware(members),
             observer=self.hooks,
-            carry_on=self._carry_on,
-            resume=self._jobs_put,
+            carry_on=self.threads.carry_on,
+            resume=self.threads.put,
         )
-        self._jobs: queue.SimpleQueue[Delivery | Callable[[], None] | None] = queue.SimpleQueue()
         self._inflight = 0
         self._inflight_lock = threading.Lock()
         self._stop = threading.Event()
@@ -93,7 +91,6 @@ class Worker:
         self._monitor: threading.Thread | None = None
         self.store_gate = StoreGate(pause=self._request_pause)
         self.parking = ParkingLot(self.runtime, self._unpark)
-        self._threads: list[threading.Thread] = []
         self.conn: Transport = transport if transport is not None else ConsumerConnection(cfg)
         self.responder = Responder(
             self.conn, self.hooks, finished=self._done, max_reply_bytes=cfg.max_reply_bytes
@@ -161,12 +158,7 @@ class Worker:
         log.info("starting worker %s", self.cfg.worker_id, extra={"config": describe(self.cfg)})
         self.http.start()
         self.parking.start()
-        for i in range(self.cfg.concurrency):
-            t = threading.Thread(
-                target=self._pipeline_loop, name=f"intentus-pipeline-{i}", daemon=True
-            )
-            t.start()
-            self._threads.append(t)
+        self.threads.start()
         self.hooks.started(self)
         self.conn.start()
         self._monitor = threading.Thread(target=self._watch, name="intentus-monitor", daemon=True)
@@ -234,7 +226,8 @@ class Worker:
         self._stopping = True
         self.conn.call(lambda: self.conn.set_consuming(on=False))
         self.hooks.stopping(self)
-        self._hand_back_queued()
+        for delivery in self.threads.take_queued():
+            self._hand_back(delivery)
         for delivery in self.parking.drain():
             self._hand_back(delivery)
         for delivery in self.store_gate.take_waiting():
@@ -253,8 +246,7 @@ class Worker:
             if cancelled:
                 log.warning("cancelled %d async agents still running at the grace", cancelled)
         self.parking.stop()
-        for _ in self._threads:
-            self._jobs.put(None)
+        self.threads.stop()
         self.conn.stop()
         self.http.stop()
         code = self._close(unfinished, grace)
@@ -284,7 +276,7 @@ class Worker:
         self.hooks.received(delivery)
         with self._inflight_lock:
             self._inflight += 1
-        self._jobs.put(delivery)
+        self.threads.put(delivery)
 
     def _on_consuming(self, *, consuming: bool) -> None:
         # Deliveries of a lost channel are dropped by their generation in _pipeline_loop.
@@ -307,64 +299,24 @@ class Worker:
         with self._inflight_lock:
             self._inflight -= 1
 
-    # -- pipeline threads ----------------------------------------------------------------
-    def _jobs_put(self, job: Callable[[], None]) -> None:
-        self._jobs.put(job)
-
-    def _pipeline_loop(self) -> None:
-        while True:
-            delivery = self._jobs.get()
-            if delivery is None:
-                return
-            if not isinstance(delivery, Delivery):
-                if not self._carry_on_after_async(delivery):
-                    return
-                continue
-            if delivery.generation != self.conn.generation:
-                self._done(delivery, "dropped")  # its channel is gone; the broker redelivers it
-                continue
-            if self._stopping:
-                self._hand_back(delivery)
-                continue
-            if not self.store_gate.ok and self.store_gate.wait(delivery):
-                continue
-            try:
-                self._handle(delivery)
-            except Abandoned:
-                # Its handler overstayed the deadline: the request went on, on the thread that
-                # now takes this one's place in the pool.
-                return
-            except Exception:
-                self._internal_error(delivery)
-
-    def _carry_on_after_async(self, rest: Callable[[], None]) -> bool:
-        """Go on with a request whose async agent ended; False if this thread must leave the
-        pool (a sync agent after it overstayed: another thread took this one's place)."""
+    # -- routing threads -----------------------------------------------------------------
+    def _take(self, delivery: Delivery) -> None:
+        """(routing thread) One delivery, unless it is stale, the worker stops or the store
+        is paused. Raises `Abandoned` if its handler overstayed."""
+        if delivery.generation != self.conn.generation:
+            self._done(delivery, "dropped")  # its channel is gone; the broker redelivers it
+            return
+        if self._stopping:
+            self._hand_back(delivery)
+            return
+        if not self.store_gate.ok and self.store_gate.wait(delivery):
+            return
         try:
-            rest()
+            self._handle(delivery)
         except Abandoned:
-            return False
+            raise
         except Exception:
-            # A bug of ours: the delivery stays unacked (redelivered when the channel goes).
-            log.exception("internal error while finishing a request after an async agent")
-        return True
-
-    def _carry_on(self, rest: Callable[[], None]) -> None:
-        """(watchdog) Finish a timed-out request on a new thread, which then joins the pool in
-        place of the one stuck in the handler."""
-
-        def run() -> None:
-            try:
-                rest()
-            except Abandoned:
-                return  # a later handler of the same request overstayed too
-            except Exception:
-                # A bug of ours past the deadline: the delivery stays unacked (the broker
-                # redelivers it when the channel goes), but the pool must keep its size.
-                log.exception("internal error while finishing a timed-out request")
-            self._pipeline_loop()
-
-        threading.Thread(target=run, name="intentus-pipeline-carry-on", daemon=True).start()
+            self._internal_error(delivery)
 
     def _internal_error(self, delivery: Delivery) -> None:
         # A bug of ours, not bad input. On a quorum queue the delivery goes back and the
@@ -380,24 +332,6 @@ class Worker:
             lambda d=delivery, r=requeue: self.conn.nack(d.generation, d.tag, requeue=r),
             how="requeue" if requeue else "reject",
         )
-
-    def _hand_back_queued(self) -> None:
-        """Return every delivery that no pipeline thread has started (shutdown, pause); the
-        requests under way (after an async agent) stay queued, to be finished."""
-        under_way: list[Callable[[], None]] = []
-        while True:
-            try:
-                delivery = self._jobs.get_nowait()
-            except queue.Empty:
-                break
-            if delivery is None:  # pragma: no cover - only queued by _shutdown itself
-                continue
-            if isinstance(delivery, Delivery):
-                self._hand_back(delivery)
-            else:
-                under_way.append(delivery)
-        for rest in under_way:
-            self._jobs.put(rest)
 
     def _hand_back(self, delivery: Delivery) -> None:
         self._io(
@@ -525,7 +459,7 @@ class Worker:
         if delivery.generation != self.conn.generation:
             self._done(delivery, "dropped")  # its channel is gone; the broker redelivers it
             return
-        self._jobs.put(delivery)
+        self.threads.put(delivery)
 
     def _request_pause(self) -> None:
         """Stop taking new deliveries while the store fails."""
@@ -536,6 +470,6 @@ class Worker:
         if waiting is None:
             return
         for delivery in waiting:
-            self._jobs.put(delivery)
+            self.threads.put(delivery)
         if not self._stopping:
             self.conn.call(lambda: self.conn.set_consuming(on=True))
