@@ -3,10 +3,13 @@ the Worker as a library object (start, stop, `with`), over the in-memory transpo
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from runtime import AgentRegistry, IntentusRuntime
 from tests.unit.worker.conftest import request
@@ -130,7 +133,9 @@ class TestChain:
         sequence += ["replying", "replied", "settled", "stopping", "stopped"]
         assert [h for h in seen if h in sequence] == sequence
 
-    def test_a_failing_middleware_loses_no_message(self, tmp_path: Path) -> None:
+    def test_a_failing_middleware_loses_no_message(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
         """Every hook of one middleware raises: the request is answered and acked all the
         same, each failure is logged and counted by hook, and the worker stops cleanly."""
         events: list[tuple[str, str]] = []
@@ -153,6 +158,8 @@ class TestChain:
         for hook in ("before_route", "after_route", "received", "decided", "replied", "settled"):
             assert errors.labels(hook)._value.get() >= 1, hook
         assert order(events, "stopped") == ["after"]
+        failed = {r.getMessage() for r in caplog.records if r.levelno == logging.ERROR}
+        assert "middleware Broken.decided failed; the message goes on" in failed
 
 
 class TestLibraryWorker:
