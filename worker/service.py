@@ -147,8 +147,8 @@ class Worker:
     def start(self) -> None:
         """Declare the queues and start consuming on the worker's threads; returns at once.
         A broker or store that cannot be used raises (a WorkerError) and leaves nothing open."""
-        if self._started:
-            raise RuntimeError("a Worker starts once")
+        if self._started or self._exit_code is not None:
+            raise RuntimeError("a Worker starts once, and not once stopped")
         self._started = True
         try:
             self.conn.declare()

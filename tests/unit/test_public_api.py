@@ -45,3 +45,12 @@ def test_worker_exports_the_clients_and_their_errors() -> None:
         for name, value in vars(__import__("worker.errors").errors).items()
         if isinstance(value, type) and issubclass(value, ClientError)
     }
+
+
+def test_worker_exports_the_embeddable_worker_and_its_middleware() -> None:
+    """An application embeds `Worker` and extends it with `WorkerMiddleware`, both from `worker`."""
+    from worker.middleware import WorkerMiddleware
+    from worker.service import Worker
+
+    assert worker.Worker is Worker
+    assert worker.WorkerMiddleware is WorkerMiddleware

@@ -179,6 +179,15 @@ class TestLibraryWorker:
         assert worker.stop() == EXIT_OK  # once stopped, stop() answers the same code
         assert not transport.consuming
 
+    def test_stopped_before_starting_it_closes_and_cannot_start(self, tmp_path: Path) -> None:
+        """A worker made and stopped unstarted releases its port and store, and stays stopped."""
+        worker = Worker(config(tmp_path), registry(), transport=MemoryTransport())
+        assert worker.stop() == EXIT_OK
+        assert worker.wait(timeout=0)
+        assert worker.http.httpd.socket.fileno() == -1  # the metrics port is free again
+        with pytest.raises(RuntimeError):
+            worker.start()
+
     def test_stop_from_another_thread_while_the_application_waits(self, tmp_path: Path) -> None:
         """`wait()` blocks until the worker stopped, whoever stopped it."""
         transport = MemoryTransport()
