@@ -80,6 +80,14 @@ class Worker:
             carry_on=self.threads.carry_on,
             resume=self.threads.put,
         )
+        try:
+            self._made(cfg, transport)
+        except BaseException:
+            self.runtime.close()  # its store's threads and temp folder
+            raise
+
+    def _made(self, cfg: Config, transport: Transport | None) -> None:
+        """The rest of the constructor, once the runtime is open."""
         self._inflight = 0
         self._inflight_lock = threading.Lock()
         self._stop = threading.Event()

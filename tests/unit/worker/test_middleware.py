@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from runtime import AgentRegistry, IntentusRuntime
 from tests.unit.worker.conftest import request
 from worker import Config, Worker, WorkerMiddleware
-from worker.errors import EXIT_OK
+from worker.errors import EXIT_OK, ConfigError
 from worker.testing import MemoryTransport
 
 DELIVERY_HOOKS = ("received", "handling", "handled", "decided", "recording", "recorded")
@@ -187,6 +188,23 @@ class TestLibraryWorker:
         assert worker.http.httpd.socket.fileno() == -1  # the metrics port is free again
         with pytest.raises(RuntimeError):
             worker.start()
+
+    def test_a_worker_that_cannot_be_made_leaves_nothing_running(self, tmp_path: Path) -> None:
+        """Its metrics port is taken: the constructor raises and closes the store it opened
+        (no committer thread left, no temp folder), so an application can try again."""
+        before = set(threading.enumerate())
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            with pytest.raises(ConfigError):
+                Worker(
+                    config(tmp_path, metrics_addr=f"127.0.0.1:{port}"),
+                    registry(),
+                    transport=MemoryTransport(),
+                )
+        assert set(threading.enumerate()) - before == set()
+        assert list((tmp_path / "records" / ".tmp").iterdir()) == []
 
     def test_stop_from_another_thread_while_the_application_waits(self, tmp_path: Path) -> None:
         """`wait()` blocks until the worker stopped, whoever stopped it."""
