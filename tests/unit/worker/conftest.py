@@ -30,6 +30,20 @@ def request(request_id: str = "req-1", intent: str = "ProcessIntent", **payload:
     ).encode()
 
 
+def unit_config(records: Path, **overrides: Any) -> Config:
+    """A worker's settings for a unit test: records in `records`, any free metrics port."""
+    settings: dict[str, Any] = {
+        "records_dir": str(records),
+        "metrics_addr": "127.0.0.1:0",
+        "reply_queue": "default.replies",
+        "worker_id": "unit",
+        "concurrency": 2,
+        "shutdown_grace_s": 10.0,
+        **overrides,
+    }
+    return Config(**settings)
+
+
 @pytest.fixture
 def registry() -> AgentRegistry:
     reg = AgentRegistry()
@@ -94,17 +108,11 @@ def start(registry: AgentRegistry, tmp_path: Path) -> Iterator[Callable[..., Run
     started: list[Running] = []
 
     def make(**overrides: Any) -> Running:
-        settings: dict[str, Any] = {
-            "records_dir": str(tmp_path / f"records-{len(started)}"),
-            "metrics_addr": "127.0.0.1:0",
-            "reply_queue": "default.replies",
-            "worker_id": f"unit-{len(started)}",
-            "concurrency": 2,
-            "shutdown_grace_s": 10.0,
-            **overrides,
-        }
+        cfg = unit_config(
+            tmp_path / f"records-{len(started)}", worker_id=f"unit-{len(started)}", **overrides
+        )
         transport = MemoryTransport()
-        worker = Worker(Config(**settings), registry, transport=transport)
+        worker = Worker(cfg, registry, transport=transport)
         running = Running(worker, transport)
         running.start()
         assert transport.wait_for(lambda: transport.consuming), "worker did not start consuming"

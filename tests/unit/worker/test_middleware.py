@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from runtime import AgentRegistry, IntentusRuntime
-from tests.unit.worker.conftest import request
+from tests.unit.worker.conftest import request, unit_config
 from worker import Config, Worker, WorkerMiddleware
 from worker.errors import EXIT_OK, ConfigError
 from worker.testing import MemoryTransport
@@ -97,16 +97,7 @@ def registry() -> AgentRegistry:
 
 
 def config(tmp_path: Path, **overrides: Any) -> Config:
-    settings: dict[str, Any] = {
-        "records_dir": str(tmp_path / "records"),
-        "metrics_addr": "127.0.0.1:0",
-        "reply_queue": "default.replies",
-        "worker_id": "unit-chain",
-        "concurrency": 1,
-        "shutdown_grace_s": 10.0,
-        **overrides,
-    }
-    return Config(**settings)
+    return unit_config(tmp_path / "records", **{"concurrency": 1, **overrides})
 
 
 def order(events: list[tuple[str, str]], hook: str) -> list[str]:
