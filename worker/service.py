@@ -182,7 +182,7 @@ class Worker:
     def stop(self, grace: float | None = None) -> int:
         """Stop consuming, finish in-flight work within `grace` seconds (default: the
         configured shutdown grace), close; returns the exit code (0: clean, 1: an internal
-        thread died, 4: the grace expired with work unfinished). Blocks until stopped; once
+        thread died, 75: the grace expired with work unfinished). Blocks until stopped; once
         stopped, returns the same code again."""
         self._stop.set()
         with self._shutdown_lock:

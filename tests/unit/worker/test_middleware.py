@@ -15,7 +15,7 @@ import pytest
 from runtime import AgentRegistry, IntentusRuntime
 from tests.unit.worker.conftest import request, unit_config
 from worker import Config, Worker, WorkerMiddleware
-from worker.errors import EXIT_OK, ConfigError
+from worker.errors import EXIT_GRACE_EXPIRED, EXIT_OK, ConfigError
 from worker.testing import MemoryTransport
 
 DELIVERY_HOOKS = ("received", "handling", "handled", "decided", "recording", "recorded")
@@ -170,6 +170,27 @@ class TestLibraryWorker:
             assert worker.stop(grace=5) == EXIT_OK
         assert worker.stop() == EXIT_OK  # once stopped, stop() answers the same code
         assert not transport.consuming
+
+    def test_stop_takes_its_own_grace(self, tmp_path: Path) -> None:
+        """`stop(grace)` waits that long, not the configured grace, and says work was left."""
+        entered, release = threading.Event(), threading.Event()
+        reg = AgentRegistry()
+
+        def held(env: Any) -> dict[str, Any]:
+            entered.set()
+            release.wait(30)
+            return {}
+
+        reg.register("held", held, intents=["ProcessIntent"])
+        transport = MemoryTransport()
+        worker = Worker(config(tmp_path, shutdown_grace_s=60), reg, transport=transport)
+        worker.start()
+        try:
+            transport.publish(request("grace-1"), reply_to="rq", correlation_id="c4")
+            assert entered.wait(20)
+            assert worker.stop(grace=0.2) == EXIT_GRACE_EXPIRED
+        finally:
+            release.set()
 
     def test_stopped_before_starting_it_closes_and_cannot_start(self, tmp_path: Path) -> None:
         """A worker made and stopped unstarted releases its port and store, and stays stopped."""
