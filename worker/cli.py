@@ -207,6 +207,9 @@ def serve(worker: Worker) -> int:
         )
         stop.set()
 
+    # After start() (which declares the topology), as before: a signal while the broker is
+    # being reached keeps its default meaning (Ctrl-C: exit 130). start() returns before the
+    # connection that consumes is even open, so no delivery can arrive in between.
     worker.start()
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
