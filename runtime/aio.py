@@ -145,7 +145,7 @@ class AsyncAgents:
         self._pool: ThreadPoolExecutor | None = None
         self._bound: dict[asyncio.AbstractEventLoop, AsyncAgents] = {}
         #: Runs the rest of a request after its async attempt ended, on a thread (the worker
-        #: replaces it to use its routing threads).
+        #: gives its own, through the runtime's constructor, to use its routing threads).
         self.resume: Callable[[Callable[[], None]], None] = resume or self._resume_on_pool
 
     # -- which runner ------------------------------------------------------------------

@@ -84,6 +84,8 @@ class IntentusRuntime:
         max_message_bytes: int = defaults.MAX_MESSAGE_BYTES,
         worker_id: str | None = None,
         observer: Observer | None = None,
+        carry_on: Callable[[Callable[[], None]], None] | None = None,
+        resume: Callable[[Callable[[], None]], None] | None = None,
     ) -> None:
         self.registry = registry
         self.policy = load_policy(
@@ -110,9 +112,12 @@ class IntentusRuntime:
             monotonic=self.clock.monotonic,
             worker_id=self.worker_id,
         )
-        self.invoker = AgentInvoker(self.clock.monotonic)
+        # `carry_on`: starts the thread that finishes a request whose inline handler overstayed;
+        # `resume`: runs the rest of a request after its async agent ended. An embedder with
+        # routing threads of its own (the worker) passes both to keep requests on them.
+        self.invoker = AgentInvoker(self.clock.monotonic, carry_on=carry_on)
         #: The event loop of async agents (started with the first one).
-        self.aio = AsyncAgents(self.clock.monotonic, self.observer)
+        self.aio = AsyncAgents(self.clock.monotonic, self.observer, resume=resume)
         self.router = Router(self.invoker, self.observer, agent_timeout_s, aio=self.aio)
 
     # -- embedding API -------------------------------------------------------------------

@@ -187,7 +187,13 @@ class Attempt:
 class AgentInvoker:
     """An elastic thread pool for handlers: grows when every thread is busy or stuck."""
 
-    def __init__(self, clock_monotonic: Callable[[], float], name: str = "intentus-agent") -> None:
+    def __init__(
+        self,
+        clock_monotonic: Callable[[], float],
+        name: str = "intentus-agent",
+        *,
+        carry_on: Callable[[Callable[[], None]], None] | None = None,
+    ) -> None:
         self._monotonic = clock_monotonic
         self._name = name
         self._jobs: queue.SimpleQueue[tuple[Attempt, Callable[[Any], Any], Any] | None] = (
@@ -201,8 +207,8 @@ class AgentInvoker:
         self._seq = 0
         self.watchdog = Watchdog()
         #: Starts the thread that carries a request on after an inline handler's deadline
-        #: (the embedder replaces it to make that thread join its own pool afterwards).
-        self.carry_on: Callable[[Callable[[], None]], None] = _new_thread
+        #: (an embedder with a pool of its own gives one that makes the thread join it after).
+        self.carry_on: Callable[[Callable[[], None]], None] = carry_on or _new_thread
 
     def call_inline(
         self,

@@ -1,10 +1,11 @@
-"""Prometheus metrics (prefix `intentus_`). Label values come only from the registry, the
-policy and fixed vocabularies, never from message content, so cardinality is bounded."""
+"""Prometheus metrics (prefix `intentus_`), the first middleware of the worker's chain. Label
+values come only from the registry, the policy and fixed vocabularies, never from message
+content, so cardinality is bounded."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -17,9 +18,16 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
-from runtime.observer import Observer
+from runtime.errors import RecordExists
+from runtime.outcome import DUPLICATE_KINDS
 from runtime.registry import AgentRegistry
 from runtime.version import __version__
+from worker.config import DEFAULT_QUEUE
+from worker.middleware import WorkerMiddleware
+
+if TYPE_CHECKING:
+    from worker.pipeline import Decision, Delivery
+    from worker.service import Worker
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -48,10 +56,12 @@ UNKNOWN = "unknown"
 disable_created_metrics()
 
 
-class Metrics(Observer):
-    """All worker metrics on one CollectorRegistry; also the runtime's Observer."""
+class Metrics(WorkerMiddleware):
+    """All worker metrics on one CollectorRegistry, kept up to date as a middleware."""
 
-    def __init__(self, agents: AgentRegistry, rules: set[str] | None = None) -> None:
+    def __init__(
+        self, agents: AgentRegistry, rules: set[str] | None = None, *, queue: str = DEFAULT_QUEUE
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -156,6 +166,7 @@ class Metrics(Observer):
             self.replies.labels(outcome)
         for reason in ("PROTOCOL_ERROR", "VALIDATION_ERROR", "PAYLOAD_TOO_LARGE"):
             self.rejected.labels(reason)
+        self._received = self.messages_received.labels(queue)
 
     def child(self, metric: Any, values: tuple[str, ...]) -> Any:
         """`metric.labels(*values)`, cached: the label sets here are bounded (unknown names
@@ -188,7 +199,62 @@ class Metrics(Observer):
     def agent_label(self, name: str | None) -> str:
         return name if name in self._agents else UNKNOWN
 
-    # -- runtime Observer ----------------------------------------------------------------
+    # -- the worker's hooks --------------------------------------------------------------
+    def started(self, worker: Worker) -> None:
+        # Read at each scrape: always current, and nothing to update on the hot path.
+        self.inflight.set_function(lambda: worker.inflight)
+        self.abandoned.set_function(worker.runtime.invoker.abandoned)
+        self.async_inflight.set_function(worker.runtime.aio.inflight)
+        self.ready.set_function(lambda: 1 if worker.readiness()[0] else 0)
+
+    def received(self, delivery: Delivery) -> None:
+        self._received.inc()
+
+    def decided(self, delivery: Delivery, decision: Decision) -> None:
+        outcome = decision.outcome
+        intent = self.intent_label(outcome.intent)
+        self.child(self.intents, (intent, outcome.status, outcome.error_code or "")).inc()
+        if outcome.kind in DUPLICATE_KINDS:
+            self.duplicates.labels(outcome.kind).inc()
+        elif outcome.kind == "rejected":
+            self.rejected.labels(outcome.error_code or "unknown").inc()
+
+    def recorded(
+        self, delivery: Delivery, decision: Decision, error: BaseException | None, seconds: float
+    ) -> None:
+        if error is None:
+            self.records_written.inc()
+            self.record_write.observe(seconds)
+        elif not isinstance(error, RecordExists):  # a lost race is no write error
+            self.record_write_errors.inc()
+
+    def claim_failed(self, delivery: Delivery, error: BaseException) -> None:
+        self.record_write_errors.inc()
+
+    def replayed(self, delivery: Delivery, decision: Decision) -> None:
+        self.duplicates.labels("replayed").inc()
+
+    def reply_too_large(self, delivery: Delivery, decision: Decision) -> None:
+        self.replies_too_large.inc()
+
+    def published(self, delivery: Delivery, what: str, result: str) -> None:
+        if what == "reply":
+            self.child(self.replies, (result,)).inc()
+
+    def replied(self, delivery: Delivery, decision: Decision, result: str) -> None:
+        if result == "skipped":
+            self.child(self.replies, (result,)).inc()
+
+    def consuming(self, on: bool) -> None:
+        self.broker_connected.set(1 if on else 0)
+
+    def reconnected(self) -> None:
+        self.broker_reconnects.inc()
+
+    def consumer_cancelled(self) -> None:
+        self.consumer_cancels.inc()
+
+    # -- the runtime's reports -----------------------------------------------------------
     def attempt_finished(
         self, agent: str, *, status: str, error_code: str | None, seconds: float
     ) -> None:

@@ -4,19 +4,18 @@ cannot be used is a RecordsUnusable naming the option to fix."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from runtime.claims import new_owner_token
 from runtime.engine import IntentusRuntime
 from runtime.errors import IntentusError, RecordStoreError
 from runtime.middleware import Middleware
+from runtime.observer import Observer
 from runtime.policy import Policy
 from runtime.registry import AgentRegistry
 from runtime.store import RecordStore
-from worker import tracing
 from worker.config import Config, mask_url, option_error
 from worker.errors import RecordsUnusable
-from worker.metrics import Metrics
 
 MEMORY_RECORDS = ":memory:"
 
@@ -38,9 +37,12 @@ def open_runtime(
     *,
     policy: Policy | None,
     middleware: Sequence[Middleware],
-    metrics: Metrics,
+    observer: Observer,
+    carry_on: Callable[[Callable[[], None]], None],
+    resume: Callable[[Callable[[], None]], None],
 ) -> IntentusRuntime:
-    """The runtime over the configured store, checked writable."""
+    """The runtime over the configured store, checked writable; `observer`, `carry_on` and
+    `resume` are the worker's (its middleware chain, and its routing threads)."""
     # ":memory:" keeps records in process memory: for benchmarks only (nothing is durable).
     records_dir = None if cfg.records_dir == MEMORY_RECORDS else cfg.records_dir
     option = "records_url" if cfg.records_url else "records_dir"
@@ -60,7 +62,9 @@ def open_runtime(
             agent_timeout_s=cfg.agent_timeout_s,
             max_message_bytes=cfg.max_message_bytes,
             worker_id=cfg.worker_id,
-            observer=tracing.observer(metrics),
+            observer=observer,
+            carry_on=carry_on,
+            resume=resume,
         )
         runtime.store.check_writable()
     except (OSError, RecordStoreError) as exc:

@@ -1,20 +1,19 @@
 """The worker's lifecycle: start in order, run the per-message pipeline, stop in order.
 
 Threads: the AMQP I/O thread (owns pika), INTENTUS_CONCURRENCY pipeline threads (route one
-delivery each), the runtime's agent threads and record committer, and the HTTP thread. Order
-per message: route → record durable → reply confirmed → ack. Shutdown: stop consuming, hand
-back deliveries not yet started, finish the rest within the grace period, close.
+delivery each), the runtime's agent threads and record committer, the HTTP thread and the
+monitor. Order per message: route → record durable → reply confirmed → ack. Shutdown: stop
+consuming, hand back deliveries not yet started, finish the rest within the grace period,
+close. A library object: process signals and exit codes are the caller's (the CLI's).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import queue
-import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
+from types import TracebackType
 from typing import Any
 
 from runtime import supervision
@@ -22,19 +21,20 @@ from runtime.engine import Outcome
 from runtime.errors import RecordExists, RecordStoreError, RecordUnstorable
 from runtime.invoker import Abandoned
 from runtime.middleware import Middleware
-from runtime.outcome import DUPLICATE_KINDS
 from runtime.policy import Policy
 from runtime.registry import AgentRegistry
 from worker import tracing
 from worker.amqp import ConsumerConnection
 from worker.config import Config, describe, with_prefetch
 from worker.error_replies import unstorable
-from worker.errors import EXIT_ERROR, EXIT_GRACE_EXPIRED, EXIT_OK, EXIT_SECOND_SIGNAL
+from worker.errors import EXIT_ERROR, EXIT_GRACE_EXPIRED, EXIT_OK
 from worker.health import HealthServer
 from worker.metrics import Metrics
+from worker.middleware import Chain, WorkerMiddleware, route_middleware
 from worker.parking import ParkingLot
 from worker.pipeline import Decision, context_of, redecide
 from worker.replies import Responder
+from worker.routing_threads import RoutingThreads
 from worker.runtime_setup import open_runtime
 from worker.store_gate import StoreGate
 from worker.transport import Delivery, Listeners, Transport
@@ -45,7 +45,9 @@ _TICK_S = 0.5
 
 
 class Worker:
-    """One worker process. `run()` blocks until stopped and returns the exit code."""
+    """A worker: `start()` consumes on its own threads, `stop(grace)` finishes in-flight work
+    and returns the exit code; `with Worker(...) as worker:` does both. `middleware` holds
+    `WorkerMiddleware`s (the chain, after metrics and tracing) and runtime `Middleware`s."""
 
     def __init__(
         self,
@@ -54,7 +56,6 @@ class Worker:
         policy: Policy | None = None,
         middleware: Sequence[Middleware] = (),
         *,
-        handle_signals: bool = True,
         transport: Transport | None = None,
     ) -> None:
         cfg = with_prefetch(cfg, any_async=any(agent.is_async for agent in registry))
@@ -62,28 +63,45 @@ class Worker:
         self.registry = registry
         # Made before the runtime, whose stores start their threads as they open.
         self._threads_watch = supervision.Watch()
-        self.metrics = Metrics(registry, {r.id for r in policy.document.rules} if policy else None)
-        self.handle_signals = handle_signals
-        self._received = self.metrics.messages_received.labels(cfg.queue)
+        rules = {r.id for r in policy.document.rules} if policy else None
+        self.metrics = Metrics(registry, rules, queue=cfg.queue)
+        members: list[Middleware] = [self.metrics]
+        if tracing.enabled():
+            members.append(tracing.Tracing(cfg.queue))
+        members += middleware
+        self.hooks: WorkerMiddleware = Chain(members)
+        self.threads = RoutingThreads(cfg.concurrency, take=self._take)
         self.runtime = open_runtime(
-            cfg, registry, policy=policy, middleware=middleware, metrics=self.metrics
+            cfg,
+            registry,
+            policy=policy,
+            middleware=route_middleware(members),
+            observer=self.hooks,
+            carry_on=self.threads.carry_on,
+            resume=self.threads.put,
         )
-        self.runtime.invoker.carry_on = self._carry_on
-        # After an async agent, the rest of its request (sync agents, the record, the reply)
-        # waits for a routing thread like a new delivery does.
-        self.runtime.aio.resume = self._jobs_put
-        self._jobs: queue.SimpleQueue[Delivery | Callable[[], None] | None] = queue.SimpleQueue()
+        try:
+            self._made(cfg, transport)
+        except BaseException:
+            self.runtime.close()  # its store's threads and temp folder
+            raise
+
+    def _made(self, cfg: Config, transport: Transport | None) -> None:
+        """The rest of the constructor, once the runtime is open."""
         self._inflight = 0
         self._inflight_lock = threading.Lock()
         self._stop = threading.Event()
+        self._stopped = threading.Event()
+        self._shutdown_lock = threading.Lock()
+        self._exit_code: int | None = None
+        self._started = False
         self._stopping = False
-        self._signals = 0
+        self._monitor: threading.Thread | None = None
         self.store_gate = StoreGate(pause=self._request_pause)
         self.parking = ParkingLot(self.runtime, self._unpark)
-        self._threads: list[threading.Thread] = []
         self.conn: Transport = transport if transport is not None else ConsumerConnection(cfg)
         self.responder = Responder(
-            self.conn, self.metrics, finished=self._done, max_reply_bytes=cfg.max_reply_bytes
+            self.conn, self.hooks, finished=self._done, max_reply_bytes=cfg.max_reply_bytes
         )
         self.conn.bind(
             Listeners(
@@ -114,26 +132,45 @@ class Worker:
         abandoned = self.runtime.invoker.abandoned()
         if abandoned >= self.cfg.concurrency:
             reasons.append(f"{abandoned} agent threads stuck past their deadline")
-        ready = not reasons
-        self.metrics.ready.set(1 if ready else 0)
-        return ready, reasons
+        return not reasons, reasons
+
+    @property
+    def inflight(self) -> int:
+        """Deliveries received and not finished with yet."""
+        return self._inflight
 
     # -- lifecycle -----------------------------------------------------------------------
-    def run(self) -> int:
-        self.conn.declare()
+    def __enter__(self) -> Worker:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Declare the queues and start consuming on the worker's threads; returns at once.
+        A broker or store that cannot be used raises (a WorkerError) and leaves nothing open."""
+        if self._started or self._exit_code is not None:
+            raise RuntimeError("a Worker starts once, and not once stopped")
+        self._started = True
+        try:
+            self.conn.declare()
+        except BaseException:
+            self._discard()
+            raise
         log.info("starting worker %s", self.cfg.worker_id, extra={"config": describe(self.cfg)})
-        if self.handle_signals:
-            signal.signal(signal.SIGTERM, self._on_signal)
-            signal.signal(signal.SIGINT, self._on_signal)
         self.http.start()
         self.parking.start()
-        for i in range(self.cfg.concurrency):
-            t = threading.Thread(
-                target=self._pipeline_loop, name=f"intentus-pipeline-{i}", daemon=True
-            )
-            t.start()
-            self._threads.append(t)
+        self.threads.start()
+        self.hooks.started(self)
         self.conn.start()
+        self._monitor = threading.Thread(target=self._watch, name="intentus-monitor", daemon=True)
+        self._monitor.start()
         log.info(
             "worker %s consuming %s with %d agents; metrics on http://%s/metrics",
             self.cfg.worker_id,
@@ -141,26 +178,43 @@ class Worker:
             len(self.registry),
             self.cfg.metrics_addr,
         )
+
+    def stop(self, grace: float | None = None) -> int:
+        """Stop consuming, finish in-flight work within `grace` seconds (default: the
+        configured shutdown grace), close; returns the exit code (0: clean, 1: an internal
+        thread died, 75: the grace expired with work unfinished). Blocks until stopped; once
+        stopped, returns the same code again."""
+        self._stop.set()
+        with self._shutdown_lock:
+            if self._exit_code is None:
+                self._exit_code = self._shutdown(grace) if self._started else self._discard()
+                self._stopped.set()
+            return self._exit_code
+
+    def _discard(self) -> int:
+        """Close what the constructor opened, for a worker that never ran (or could not
+        start): nothing ran, so no journal or temp folder is left behind."""
+        if self._exit_code is None:
+            self._exit_code = EXIT_OK
+            self._stopped.set()
+            self.http.httpd.server_close()
+            self.runtime.close()
+        return self._exit_code
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the worker has stopped (by `stop()`, or by itself when an internal
+        thread died); False if `timeout` passed first."""
+        return self._stopped.wait(timeout)
+
+    def _watch(self) -> None:
+        """(monitor thread) Keep the worker's state current; stop it if it cannot go on."""
         while not self._stop.wait(_TICK_S):
-            self._tick()
-        return self._shutdown()
+            if not self._tick():
+                self.stop()
+                return
 
-    def request_stop(self) -> None:
-        self._stop.set()
-
-    def _on_signal(self, signum: int, _frame: Any) -> None:
-        self._signals += 1
-        if self._signals > 1:
-            os.write(2, b"second signal: exiting now\n")
-            os._exit(EXIT_SECOND_SIGNAL)
-        log.info(
-            "received %s: finishing in-flight work (grace %.0f s)",
-            signal.Signals(signum).name,
-            self.cfg.shutdown_grace_s,
-        )
-        self._stop.set()
-
-    def _tick(self) -> None:
+    def _tick(self) -> bool:
+        """False if the worker must stop."""
         deaths = self._threads_watch.deaths()
         if deaths:
             # Never half-alive: without its committer, parking lot, watchdog or liveness
@@ -170,24 +224,23 @@ class Worker:
                 ", ".join(name for name, _ in deaths),
                 EXIT_ERROR,
             )
-            self._stop.set()
-            return
-        self.metrics.abandoned.set(self.runtime.invoker.abandoned())
-        self.metrics.async_inflight.set(self.runtime.aio.inflight())
-        self.metrics.inflight.set(self._inflight)
+            return False
         if not self.store_gate.ok:
             self._try_resume()
-        self.readiness()
+        return True
 
-    def _shutdown(self) -> int:
+    def _shutdown(self, grace: float | None) -> int:
+        grace = self.cfg.shutdown_grace_s if grace is None else grace
         self._stopping = True
         self.conn.call(lambda: self.conn.set_consuming(on=False))
-        self._hand_back_queued()
+        self.hooks.stopping(self)
+        for delivery in self.threads.take_queued():
+            self._hand_back(delivery)
         for delivery in self.parking.drain():
             self._hand_back(delivery)
         for delivery in self.store_gate.take_waiting():
             self._hand_back(delivery)
-        deadline = time.monotonic() + self.cfg.shutdown_grace_s
+        deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             if self._inflight == 0:
                 break
@@ -201,10 +254,14 @@ class Worker:
             if cancelled:
                 log.warning("cancelled %d async agents still running at the grace", cancelled)
         self.parking.stop()
-        for _ in self._threads:
-            self._jobs.put(None)
+        self.threads.stop()
         self.conn.stop()
         self.http.stop()
+        code = self._close(unfinished, grace)
+        self.hooks.stopped(self, code)
+        return code
+
+    def _close(self, unfinished: int, grace: float) -> int:
         if self._threads_watch.deaths():
             if unfinished:
                 log.error("%d deliveries unfinished; they return to the queue", unfinished)
@@ -214,7 +271,7 @@ class Worker:
         if unfinished:
             log.error(
                 "grace period of %.0f s expired with %d deliveries unfinished; they return to the queue",
-                self.cfg.shutdown_grace_s,
+                grace,
                 unfinished,
             )
             return EXIT_GRACE_EXPIRED
@@ -224,89 +281,50 @@ class Worker:
 
     # -- I/O thread callbacks ------------------------------------------------------------
     def _on_delivery(self, delivery: Delivery) -> None:
-        self._received.inc()
+        self.hooks.received(delivery)
         with self._inflight_lock:
             self._inflight += 1
-        self._jobs.put(delivery)
+        self.threads.put(delivery)
 
     def _on_consuming(self, *, consuming: bool) -> None:
         # Deliveries of a lost channel are dropped by their generation in _pipeline_loop.
-        self.metrics.broker_connected.set(1 if consuming else 0)
+        self.hooks.consuming(consuming)
 
     def _on_cancel(self) -> None:
-        self.metrics.consumer_cancels.inc()
+        self.hooks.consumer_cancelled()
 
     def _on_reconnect(self) -> None:
-        self.metrics.broker_reconnects.inc()
-        for _stale in self.parking.drop_stale(self.conn.generation):
-            self._done()  # redelivered on the new channel; nothing to settle on the old one
+        self.hooks.reconnected()
+        for stale in self.parking.drop_stale(self.conn.generation):
+            # Redelivered on the new channel; nothing to settle on the old one.
+            self._done(stale, "dropped")
         if not self.store_gate.ok or self._stopping:
             self.conn.set_consuming(on=False)
 
-    def _done(self) -> None:
+    def _done(self, delivery: Delivery, how: str) -> None:
         """A delivery is finished with (settled, handed back or dropped as stale)."""
+        self.hooks.settled(delivery, how)
         with self._inflight_lock:
             self._inflight -= 1
 
-    # -- pipeline threads ----------------------------------------------------------------
-    def _jobs_put(self, job: Callable[[], None]) -> None:
-        self._jobs.put(job)
-
-    def _pipeline_loop(self) -> None:
-        while True:
-            delivery = self._jobs.get()
-            if delivery is None:
-                return
-            if not isinstance(delivery, Delivery):
-                if not self._carry_on_after_async(delivery):
-                    return
-                continue
-            if delivery.generation != self.conn.generation:
-                self._done()  # its channel is gone; the broker redelivers it
-                continue
-            if self._stopping:
-                self._hand_back(delivery)
-                continue
-            if not self.store_gate.ok and self.store_gate.wait(delivery):
-                continue
-            try:
-                with tracing.receive(delivery, self.cfg.queue):
-                    self._handle(delivery)
-            except Abandoned:
-                # Its handler overstayed the deadline: the request went on, on the thread that
-                # now takes this one's place in the pool.
-                return
-            except Exception:
-                self._internal_error(delivery)
-
-    def _carry_on_after_async(self, rest: Callable[[], None]) -> bool:
-        """Go on with a request whose async agent ended; False if this thread must leave the
-        pool (a sync agent after it overstayed: another thread took this one's place)."""
+    # -- routing threads -----------------------------------------------------------------
+    def _take(self, delivery: Delivery) -> None:
+        """(routing thread) One delivery, unless it is stale, the worker stops or the store
+        is paused. Raises `Abandoned` if its handler overstayed."""
+        if delivery.generation != self.conn.generation:
+            self._done(delivery, "dropped")  # its channel is gone; the broker redelivers it
+            return
+        if self._stopping:
+            self._hand_back(delivery)
+            return
+        if not self.store_gate.ok and self.store_gate.wait(delivery):
+            return
         try:
-            rest()
+            self._handle(delivery)
         except Abandoned:
-            return False
+            raise
         except Exception:
-            # A bug of ours: the delivery stays unacked (redelivered when the channel goes).
-            log.exception("internal error while finishing a request after an async agent")
-        return True
-
-    def _carry_on(self, rest: Callable[[], None]) -> None:
-        """(watchdog) Finish a timed-out request on a new thread, which then joins the pool in
-        place of the one stuck in the handler."""
-
-        def run() -> None:
-            try:
-                rest()
-            except Abandoned:
-                return  # a later handler of the same request overstayed too
-            except Exception:
-                # A bug of ours past the deadline: the delivery stays unacked (the broker
-                # redelivers it when the channel goes), but the pool must keep its size.
-                log.exception("internal error while finishing a timed-out request")
-            self._pipeline_loop()
-
-        threading.Thread(target=run, name="intentus-pipeline-carry-on", daemon=True).start()
+            self._internal_error(delivery)
 
     def _internal_error(self, delivery: Delivery) -> None:
         # A bug of ours, not bad input. On a quorum queue the delivery goes back and the
@@ -320,42 +338,38 @@ class Worker:
         self._io(
             delivery,
             lambda d=delivery, r=requeue: self.conn.nack(d.generation, d.tag, requeue=r),
+            how="requeue" if requeue else "reject",
         )
 
-    def _hand_back_queued(self) -> None:
-        """Return every delivery that no pipeline thread has started (shutdown, pause); the
-        requests under way (after an async agent) stay queued, to be finished."""
-        under_way: list[Callable[[], None]] = []
-        while True:
-            try:
-                delivery = self._jobs.get_nowait()
-            except queue.Empty:
-                break
-            if delivery is None:  # pragma: no cover - only queued by _shutdown itself
-                continue
-            if isinstance(delivery, Delivery):
-                self._hand_back(delivery)
-            else:
-                under_way.append(delivery)
-        for rest in under_way:
-            self._jobs.put(rest)
-
     def _hand_back(self, delivery: Delivery) -> None:
-        self._io(delivery, lambda: self.conn.nack(delivery.generation, delivery.tag, requeue=True))
+        self._io(
+            delivery,
+            lambda: self.conn.nack(delivery.generation, delivery.tag, requeue=True),
+            how="requeue",
+        )
 
-    def _io(self, delivery: Delivery, fn: Any) -> None:
+    def _io(self, delivery: Delivery, fn: Any, *, how: str) -> None:
         """Run fn on the I/O thread, then count the delivery as finished."""
 
         def run() -> None:
             try:
                 fn()
             finally:
-                self._done()
+                self._done(delivery, how)
 
         if not self.conn.call(run):
-            self._done()
+            self._done(delivery, "dropped")
 
     def _handle(self, delivery: Delivery) -> None:
+        self.hooks.handling(delivery)
+        try:
+            self._route(delivery)
+        except BaseException as exc:
+            self.hooks.handled(delivery, exc)
+            raise
+        self.hooks.handled(delivery, None)
+
+    def _route(self, delivery: Delivery) -> None:
         def decided(outcome: Outcome) -> None:
             try:
                 self._decided(delivery, redecide(outcome, delivery, self.cfg.reply_queue))
@@ -376,7 +390,7 @@ class Worker:
         except RecordStoreError as exc:
             # The claim could not be taken: nothing ran. Keep the delivery (no requeue, so no
             # delivery attempt is spent) and pause until the store works again.
-            self.metrics.record_write_errors.inc()
+            self.hooks.claim_failed(delivery, exc)
             log.error("cannot claim a delivery: %s; pausing until the store is usable", exc)
             self.store_gate.claim_failed(delivery)
 
@@ -387,7 +401,7 @@ class Worker:
         if outcome.parked:
             self.parking.park(delivery, outcome)
             return
-        self._count(decision)
+        self.hooks.decided(delivery, decision)
         extra = {"request_id": outcome.request_id, "trace_id": outcome.trace_id}
         if outcome.kind == "rejected":
             log.warning("rejected message: %s", decision.dead_letter_reason, extra=extra)
@@ -411,10 +425,8 @@ class Worker:
         assert outcome.record is not None
 
         def recorded(exc: BaseException | None) -> None:
-            tracing.end(record_span, exc)
+            self.hooks.recorded(delivery, decision, exc, time.monotonic() - started)
             if exc is None:
-                self.metrics.records_written.inc()
-                self.metrics.record_write.observe(time.monotonic() - started)
                 self.runtime.finish(outcome, recorded=True)
                 self.responder.respond(delivery, decision)
             elif isinstance(exc, RecordExists):
@@ -426,15 +438,12 @@ class Worker:
                     # goes back and is answered from that worker's record when it exists.
                     self._hand_back(delivery)
                 else:
-                    self.metrics.duplicates.labels("replayed").inc()
-                    self.responder.respond(
-                        delivery, redecide(again, delivery, self.cfg.reply_queue)
-                    )
+                    replay = redecide(again, delivery, self.cfg.reply_queue)
+                    self.hooks.replayed(delivery, replay)
+                    self.responder.respond(delivery, replay)
             elif isinstance(exc, RecordUnstorable):
-                self.metrics.record_write_errors.inc()
                 self._unstorable(delivery, decision, str(exc))
             else:
-                self.metrics.record_write_errors.inc()
                 log.error(
                     "cannot write record %s: %s; pausing until the execution store is writable",
                     outcome.execution_id,
@@ -445,7 +454,7 @@ class Worker:
             if stored is not None:
                 stored(exc is None or isinstance(exc, (RecordExists, RecordUnstorable)))
 
-        record_span = tracing.record(delivery, outcome)
+        self.hooks.recording(delivery, decision)
         self.runtime.store.put_async(outcome.execution_id, outcome.record, recorded)
 
     def _unstorable(self, delivery: Delivery, decision: Decision, why: str) -> None:
@@ -453,22 +462,12 @@ class Worker:
         self.runtime.finish(decision.outcome, recorded=False)
         self.responder.respond(delivery, unstorable(decision, why))
 
-    def _count(self, decision: Decision) -> None:
-        outcome = decision.outcome
-        metrics = self.metrics
-        intent = metrics.intent_label(outcome.intent)
-        metrics.child(metrics.intents, (intent, outcome.status, outcome.error_code or "")).inc()
-        if outcome.kind in DUPLICATE_KINDS:
-            metrics.duplicates.labels(outcome.kind).inc()
-        elif outcome.kind == "rejected":
-            metrics.rejected.labels(outcome.error_code or "unknown").inc()
-
     def _unpark(self, delivery: Delivery) -> None:
         """(parking thread) Its owner recorded it or died: process it again."""
         if delivery.generation != self.conn.generation:
-            self._done()  # its channel is gone; the broker redelivers it
+            self._done(delivery, "dropped")  # its channel is gone; the broker redelivers it
             return
-        self._jobs.put(delivery)
+        self.threads.put(delivery)
 
     def _request_pause(self) -> None:
         """Stop taking new deliveries while the store fails."""
@@ -479,6 +478,6 @@ class Worker:
         if waiting is None:
             return
         for delivery in waiting:
-            self._jobs.put(delivery)
+            self.threads.put(delivery)
         if not self._stopping:
             self.conn.call(lambda: self.conn.set_consuming(on=True))

@@ -1,10 +1,9 @@
 """An in-memory transport: run a whole `Worker` without a broker, in tests.
 
     transport = MemoryTransport()
-    worker = Worker(cfg, registry, handle_signals=False, transport=transport)
-    ... run worker.run() in a thread ...
-    transport.publish(body, reply_to="replies", correlation_id="c1")
-    transport.wait_for(lambda: transport.acked)
+    with Worker(cfg, registry, transport=transport) as worker:
+        transport.publish(body, reply_to="replies", correlation_id="c1")
+        transport.wait_for(lambda: transport.acked)
 
 Like a broker it delivers on its own I/O thread, confirms publishes asynchronously, and
 redelivers what was nacked with requeue or left unsettled when the connection is lost.

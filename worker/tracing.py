@@ -1,14 +1,16 @@
 """OpenTelemetry spans for each delivery: receive → route → agent attempts, record, reply.
 
-Optional: without the `otel` extra (opentelemetry-api and -sdk) every function here is a
-no-op. With it, tracing is on when a tracer provider is configured: by the embedding
-application, or by `configure_from_env()` (what `intentus worker` calls) when
-`OTEL_TRACES_EXPORTER` names an exporter; `OTEL_SDK_DISABLED=true` turns it off.
+`Tracing` is a middleware of the worker's chain, put there by the worker when `enabled()`:
+without the `otel` extra (opentelemetry-api and -sdk) it is never enabled. With it, tracing is
+on when a tracer provider is configured: by the embedding application, or by
+`configure_from_env()` (what `intentus worker` calls) when `OTEL_TRACES_EXPORTER` names an
+exporter; `OTEL_SDK_DISABLED=true` turns it off.
 
 The receive span continues the request's `traceparent` header; the reply carries the reply
 span's `traceparent`. Span ids stay out of records: the runtime knows nothing of spans, the
-spans of routing and attempts are built from Observer hooks after the fact, on the routing
-thread, with their measured times (or the thread that carries the request on).
+spans of routing and attempts are built from its reports after the fact, on the routing
+thread, with their measured times (or the thread that carries the request on). What is open
+for one delivery is kept on the delivery (`delivery.state`), never in this module.
 """
 
 from __future__ import annotations
@@ -16,15 +18,14 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
-import threading
 import time
-from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from runtime.observer import Observer
 from worker.errors import ConfigError
+from worker.middleware import WorkerMiddleware
+
+if TYPE_CHECKING:
+    from worker.pipeline import Decision, Delivery
 
 try:
     from opentelemetry import context as otel_context
@@ -37,20 +38,6 @@ except ImportError:  # the `otel` extra is not installed
 log = logging.getLogger("intentus.tracing")
 
 TRACER_NAME = "intentusnet-worker"
-# Receive contexts of deliveries not replied to yet. At most `prefetch` (≤ 65535) deliveries
-# are unsettled at once, so keeping the newest 65536 never drops a live one, and bounds what
-# deliveries that end without a reply (handed back, no reply destination) leave behind.
-_MAX_OPEN = 65_536
-
-_active = False
-_open: OrderedDict[int, Any] = OrderedDict()  # id(delivery) → the receive span's context
-_open_lock = threading.Lock()
-# The attempts of the request being routed: a context variable, not a thread-local, because a
-# request whose async agent ended goes on on another thread, in the context it left (the
-# runtime carries it over).
-_request_attempts: contextvars.ContextVar[list[_Attempt] | None] = contextvars.ContextVar(
-    "intentus_request_attempts", default=None
-)
 
 
 def _disabled_by_env() -> bool:
@@ -119,16 +106,6 @@ def enabled() -> bool:
     return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
-def observer(inner: Observer) -> Observer:
-    """`inner`, plus spans for routing and agent attempts when tracing is enabled. Also turns
-    the worker's span hooks below on or off."""
-    global _active
-    _active = enabled()
-    if not _active:
-        return inner
-    return cast(Observer, _TracingObserver(inner))
-
-
 def _tracer() -> Any:
     return trace.get_tracer(TRACER_NAME)
 
@@ -145,31 +122,172 @@ class _Attempt:
         self.error_code: str | None = None
 
 
-class _TracingObserver:
-    """Forwards every hook to the worker's observer (the metrics) and keeps, per routing
-    thread, the attempts of the request being routed; `routed` turns them into spans."""
+class _Open:
+    """The spans of one delivery, in `delivery.state`."""
 
-    def __init__(self, inner: Observer) -> None:
-        self._inner = inner
+    __slots__ = ("context", "receive", "record", "reply", "tokens")
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+    def __init__(self, receive: Any, context: Any) -> None:
+        self.receive = receive
+        self.context = context
+        self.tokens: tuple[Any, Any] | None = None
+        self.record: Any = None
+        self.reply: Any = None
 
+
+class _HeaderGetter:
+    """Reads AMQP headers, whose values may arrive as bytes."""
+
+    def get(self, carrier: dict[str, Any], key: str) -> list[str] | None:
+        value = carrier.get(key)
+        if isinstance(value, bytes):
+            value = value.decode("ascii", "replace")
+        return [value] if isinstance(value, str) else None
+
+    def keys(self, carrier: dict[str, Any]) -> list[str]:
+        return list(carrier)
+
+
+_GETTER = _HeaderGetter()
+
+
+class Tracing(WorkerMiddleware):
+    """Spans for each delivery: receive → route → agent attempts, record, reply. Only made
+    when `enabled()`; also usable alone as a runtime's observer (route and attempt spans)."""
+
+    def __init__(self, queue: str = "") -> None:
+        self.queue = queue
+        # The attempts of the request being routed: a context variable, not a thread-local,
+        # because a request whose async agent ended goes on on another thread, in the context
+        # it left (the runtime carries it over). The list itself is the delivery's.
+        self._attempts_var: contextvars.ContextVar[list[_Attempt] | None] = contextvars.ContextVar(
+            f"intentus_attempts_{id(self)}", default=None
+        )
+
+    # -- the delivery --------------------------------------------------------------------
+    def handling(self, delivery: Delivery) -> None:
+        """The receive span, continued from the delivery's `traceparent`, is current while
+        the runtime routes it."""
+        parent = propagate.extract(delivery.headers, getter=cast(Getter[Any], _GETTER))
+        span = _tracer().start_span(
+            "intentus.receive",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes=_clean(
+                {
+                    "messaging.system": "rabbitmq",
+                    "messaging.operation.name": "process",
+                    "messaging.destination.name": self.queue,
+                    "messaging.message.id": delivery.message_id,
+                    "messaging.message.conversation_id": delivery.correlation_id,
+                    "messaging.rabbitmq.message.delivery_tag": delivery.tag,
+                    "intentus.redelivered": delivery.redelivered,
+                }
+            ),
+        )
+        opened = _Open(span, trace.set_span_in_context(span))
+        opened.tokens = (otel_context.attach(opened.context), self._attempts_var.set([]))
+        delivery.state[self] = opened
+
+    def handled(self, delivery: Delivery, error: BaseException | None) -> None:
+        opened = delivery.state.get(self)
+        if opened is None or opened.tokens is None:
+            return
+        context_token, attempts_token = opened.tokens
+        opened.tokens = None
+        self._attempts_var.reset(attempts_token)
+        otel_context.detach(context_token)
+        if error is not None:
+            opened.receive.record_exception(error)
+            opened.receive.set_status(Status(StatusCode.ERROR, type(error).__name__))
+        opened.receive.end()
+
+    def recording(self, delivery: Delivery, decision: Decision) -> None:
+        opened = delivery.state.get(self)
+        outcome = decision.outcome
+        attributes = _clean(
+            {
+                "intentus.request_id": outcome.request_id,
+                "intentus.execution_id": outcome.execution_id,
+                "intentus.trace_id": outcome.trace_id,
+                "intentus.outcome": outcome.kind,
+            }
+        )
+        if opened is None:
+            return
+        if opened.receive.is_recording():
+            opened.receive.set_attributes(attributes)
+        opened.record = _tracer().start_span(
+            "intentus.record", context=opened.context, attributes=attributes
+        )
+
+    def recorded(
+        self, delivery: Delivery, decision: Decision, error: BaseException | None, seconds: float
+    ) -> None:
+        opened = delivery.state.get(self)
+        if opened is None or opened.record is None:
+            return
+        if error is not None:
+            opened.record.record_exception(error)
+            opened.record.set_status(Status(StatusCode.ERROR, type(error).__name__))
+        opened.record.end()
+        opened.record = None
+
+    def replying(self, delivery: Delivery, decision: Decision) -> None:
+        """The reply span; the reply's headers carry its `traceparent`."""
+        if decision.reply is None and not decision.dead_letter_reason:
+            return
+        opened = delivery.state.get(self)
+        outcome = decision.outcome
+        reply = decision.reply
+        span = _tracer().start_span(
+            "intentus.reply",
+            context=opened.context if opened is not None else None,
+            kind=SpanKind.PRODUCER,
+            attributes=_clean(
+                {
+                    "messaging.system": "rabbitmq",
+                    "messaging.operation.name": "publish",
+                    "messaging.destination.name": reply.routing_key if reply else None,
+                    "messaging.message.conversation_id": reply.correlation_id if reply else None,
+                    "intentus.request_id": outcome.request_id,
+                    "intentus.execution_id": outcome.execution_id,
+                    "intentus.status": outcome.status,
+                    "intentus.error_code": outcome.error_code,
+                    "intentus.dead_lettered": bool(decision.dead_letter_reason),
+                }
+            ),
+        )
+        if reply is not None:
+            propagate.inject(reply.headers, context=trace.set_span_in_context(span))
+        if opened is None:
+            opened = delivery.state[self] = _Open(None, None)
+        opened.reply = span
+
+    def replied(self, delivery: Delivery, decision: Decision, result: str) -> None:
+        opened = delivery.state.get(self)
+        if opened is None or opened.reply is None:
+            return
+        span, opened.reply = opened.reply, None
+        span.set_attribute("intentus.publish_outcome", result)
+        if result != "confirmed":
+            span.set_status(Status(StatusCode.ERROR, result))
+        span.end()
+
+    # -- the runtime's reports -----------------------------------------------------------
     def _attempts(self) -> list[_Attempt]:
-        attempts = _request_attempts.get()
+        attempts = self._attempts_var.get()
         if attempts is None:
             attempts = []
-            _request_attempts.set(attempts)
+            self._attempts_var.set(attempts)
         return attempts
 
     def attempt_started(self, agent: str, attempt: int) -> None:
-        self._inner.attempt_started(agent, attempt)
         self._attempts().append(_Attempt(agent, attempt, time.time_ns()))
 
     def attempt_finished(
         self, agent: str, *, status: str, error_code: str | None, seconds: float
     ) -> None:
-        self._inner.attempt_finished(agent, status=status, error_code=error_code, seconds=seconds)
         for a in self._attempts():
             if a.agent == agent and not a.end_ns:
                 a.end_ns = max(a.start_ns, time.time_ns())
@@ -180,9 +298,8 @@ class _TracingObserver:
     def routed(
         self, intent: str, strategy: str, *, status: str, error_code: str | None, seconds: float
     ) -> None:
-        self._inner.routed(intent, strategy, status=status, error_code=error_code, seconds=seconds)
         attempts = self._attempts()
-        _request_attempts.set([])
+        self._attempts_var.set([])
         end = time.time_ns()
         start = min([end - int(seconds * 1e9), *(a.start_ns for a in attempts)])
         route = _tracer().start_span(
@@ -223,136 +340,3 @@ class _TracingObserver:
 
 def _clean(attributes: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in attributes.items() if v is not None}
-
-
-# -- the worker's hooks (service.py) ---------------------------------------------------------
-
-
-class _HeaderGetter:
-    """Reads AMQP headers, whose values may arrive as bytes."""
-
-    def get(self, carrier: dict[str, Any], key: str) -> list[str] | None:
-        value = carrier.get(key)
-        if isinstance(value, bytes):
-            value = value.decode("ascii", "replace")
-        return [value] if isinstance(value, str) else None
-
-    def keys(self, carrier: dict[str, Any]) -> list[str]:
-        return list(carrier)
-
-
-_GETTER = _HeaderGetter()
-
-
-@contextmanager
-def receive(delivery: Any, queue: str) -> Iterator[None]:
-    """Around the routing of one delivery on its pipeline thread: the receive span, continued
-    from the delivery's `traceparent`, is current while the runtime routes it."""
-    if not _active:
-        yield
-        return
-    _request_attempts.set([])
-    parent = propagate.extract(delivery.headers, getter=cast(Getter[Any], _GETTER))
-    span = _tracer().start_span(
-        "intentus.receive",
-        context=parent,
-        kind=SpanKind.CONSUMER,
-        attributes=_clean(
-            {
-                "messaging.system": "rabbitmq",
-                "messaging.operation.name": "process",
-                "messaging.destination.name": queue,
-                "messaging.message.id": delivery.message_id,
-                "messaging.message.conversation_id": delivery.correlation_id,
-                "messaging.rabbitmq.message.delivery_tag": delivery.tag,
-                "intentus.redelivered": delivery.redelivered,
-            }
-        ),
-    )
-    ctx = trace.set_span_in_context(span)
-    with _open_lock:
-        _open[id(delivery)] = ctx
-        while len(_open) > _MAX_OPEN:
-            _open.popitem(last=False)
-    token = otel_context.attach(ctx)
-    try:
-        yield
-    except BaseException as exc:
-        span.record_exception(exc)
-        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-        raise
-    finally:
-        otel_context.detach(token)
-        span.end()
-
-
-def _parent(delivery: Any, *, done: bool = False) -> Any:
-    with _open_lock:
-        return _open.pop(id(delivery), None) if done else _open.get(id(delivery))
-
-
-def record(delivery: Any, outcome: Any) -> Any:
-    """Start the span of writing the delivery's record; end it with `end()`."""
-    if not _active:
-        return None
-    parent = _parent(delivery)
-    receiving = trace.get_current_span(parent) if parent is not None else None
-    attributes = _clean(
-        {
-            "intentus.request_id": outcome.request_id,
-            "intentus.execution_id": outcome.execution_id,
-            "intentus.trace_id": outcome.trace_id,
-            "intentus.outcome": outcome.kind,
-        }
-    )
-    if receiving is not None and receiving.is_recording():
-        receiving.set_attributes(attributes)
-    return _tracer().start_span("intentus.record", context=parent, attributes=attributes)
-
-
-def reply(delivery: Any, decision: Any) -> Any:
-    """Start the span of publishing the reply (and dead letter) and put its `traceparent`
-    into the reply's headers; end it with `end()` once the broker confirmed."""
-    if not _active:
-        return None
-    outcome = decision.outcome
-    span = _tracer().start_span(
-        "intentus.reply",
-        context=_parent(delivery, done=True),
-        kind=SpanKind.PRODUCER,
-        attributes=_clean(
-            {
-                "messaging.system": "rabbitmq",
-                "messaging.operation.name": "publish",
-                "messaging.destination.name": decision.reply.routing_key
-                if decision.reply is not None
-                else None,
-                "messaging.message.conversation_id": decision.reply.correlation_id
-                if decision.reply is not None
-                else None,
-                "intentus.request_id": outcome.request_id,
-                "intentus.execution_id": outcome.execution_id,
-                "intentus.status": outcome.status,
-                "intentus.error_code": outcome.error_code,
-                "intentus.dead_lettered": bool(decision.dead_letter_reason),
-            }
-        ),
-    )
-    if decision.reply is not None:
-        propagate.inject(decision.reply.headers, context=trace.set_span_in_context(span))
-    return span
-
-
-def end(span: Any, result: BaseException | str | None = None) -> None:
-    """End a span from `record()` (`result`: the write's exception, if any) or `reply()`
-    (`result`: the publish outcome, `confirmed` or what went wrong)."""
-    if span is None:
-        return
-    if isinstance(result, BaseException):
-        span.record_exception(result)
-        span.set_status(Status(StatusCode.ERROR, type(result).__name__))
-    elif result:
-        span.set_attribute("intentus.publish_outcome", result)
-        if result != "confirmed":
-            span.set_status(Status(StatusCode.ERROR, result))
-    span.end()

@@ -34,6 +34,9 @@ class Delivery:
     properties: Any = None  # the transport's own properties object, for the dead-letter copy
     refusal: EnvelopeError | None = None
     """Why a property cannot be used (set by the transport): the message is refused."""
+    state: dict[object, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
+    """What middlewares keep about this delivery until it is settled, each under its own key
+    (itself): per-delivery state lives with the delivery, never in a module."""
 
     @property
     def delivery_count(self) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -21,13 +20,14 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from runtime import AgentError, AgentRegistry, ErrorCode, IntentusRuntime
 from runtime.canonical import execution_id_for
-from runtime.observer import Observer
 from tests.integration.wire import Wire, envelope, load_record, record_path
 from tests.support.broker import AMQP_URL
 from tests.support.workerproc import free_port
 from worker import tracing
 from worker.config import Config
+from worker.middleware import Chain
 from worker.service import Worker
+from worker.testing import MemoryTransport
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
@@ -127,7 +127,7 @@ class TestRuntimeSpans:
         self, spans: InMemorySpanExporter
     ) -> None:
         """Routing in-process under a caller's span: route → two attempts; records hold no span ids."""
-        runtime = IntentusRuntime(registry(), observer=tracing.observer(Observer()))
+        runtime = IntentusRuntime(registry(), observer=tracing.Tracing())
         caller = trace.get_tracer("test").start_span("caller")
         try:
             with trace.use_span(caller, end_on_exit=True):
@@ -147,28 +147,23 @@ class TestRuntimeSpans:
             assert hex_span(span).encode() not in stored
 
     def test_off_when_disabled_by_environment(
-        self, spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+        self, spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     ) -> None:
-        """OTEL_SDK_DISABLED=true: the observer is returned unchanged and no span is made."""
+        """OTEL_SDK_DISABLED=true: a worker puts no tracing middleware in its chain."""
         monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
-        inner = Observer()
-        assert tracing.observer(inner) is inner
-        with tracing.receive(_FakeDelivery(), "q"):
-            pass
+        assert not tracing.enabled()
+        assert not any(isinstance(mw, tracing.Tracing) for mw in _chain_of(tmp_path))
         assert spans.get_finished_spans() == ()
 
     def test_off_without_the_package(
-        self, spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+        self, spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     ) -> None:
-        """Without OpenTelemetry importable every hook is a no-op, whatever the environment."""
+        """Without OpenTelemetry importable there is no tracing, whatever the environment."""
         monkeypatch.setattr(tracing, "trace", None)
         monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
         assert not tracing.configure_from_env()
-        inner = Observer()
-        assert tracing.observer(inner) is inner
-        with tracing.receive(_FakeDelivery(), "q"):
-            assert tracing.record(_FakeDelivery(), None) is None
-        tracing.end(None, "confirmed")
+        assert not tracing.enabled()
+        assert not any(isinstance(mw, tracing.Tracing) for mw in _chain_of(tmp_path))
         assert spans.get_finished_spans() == ()
 
     @pytest.mark.parametrize("value", ["", "none"])
@@ -180,12 +175,13 @@ class TestRuntimeSpans:
         assert not tracing.configure_from_env()
 
 
-class _FakeDelivery:
-    headers: dict[str, Any] = {"traceparent": TRACEPARENT}
-    message_id = None
-    correlation_id = "cid"
-    tag = 1
-    redelivered = False
+def _chain_of(tmp_path: Path) -> tuple[object, ...]:
+    """The middlewares of a worker made (and closed unstarted) with these settings."""
+    cfg = Config(records_dir=str(tmp_path / "r"), metrics_addr="127.0.0.1:0")
+    w = Worker(cfg, registry(), transport=MemoryTransport())
+    w.stop()
+    assert isinstance(w.hooks, Chain)
+    return w.hooks.middlewares
 
 
 @pytest.fixture
@@ -200,18 +196,14 @@ def worker(queue_name: str, tmp_path: Path, spans: InMemorySpanExporter) -> Iter
         worker_id=f"trace-{queue_name.rsplit('.', 1)[-1]}",
         concurrency=2,
     )
-    w = Worker(cfg, registry(), handle_signals=False)
-    codes: list[int] = []
-    thread = threading.Thread(target=lambda: codes.append(w.run()), daemon=True)
-    thread.start()
+    w = Worker(cfg, registry())
+    w.start()
     deadline = time.monotonic() + 30
     while not w.conn.consuming:
         assert time.monotonic() < deadline, "in-process worker did not start consuming"
         time.sleep(0.05)
     yield w
-    w.request_stop()
-    thread.join(timeout=30)
-    assert codes == [0]
+    assert w.stop() == 0
     # pika's SelectConnection leaves its ioloop's wake-up socket pair to the garbage collector;
     # a subprocess worker never notices, an in-process one would warn at some later test.
     with warnings.catch_warnings():

@@ -52,6 +52,15 @@ def test_worker_exports_the_clients_and_their_errors() -> None:
     }
 
 
+def test_worker_exports_the_embeddable_worker_and_its_middleware() -> None:
+    """An application embeds `Worker` and extends it with `WorkerMiddleware`, both from `worker`."""
+    from worker.middleware import WorkerMiddleware
+    from worker.service import Worker
+
+    assert worker.Worker is Worker
+    assert worker.WorkerMiddleware is WorkerMiddleware
+
+
 class TestEntryPoints:
     def test_console_scripts_resolve(self) -> None:
         """Every console script in pyproject.toml names a callable that imports."""

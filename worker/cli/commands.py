@@ -12,17 +12,29 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime.envelope import Priority, RoutingStrategy
 from runtime.errors import IntentusError
 from worker import config as configuration
 from worker.cli import records
 from worker.config import url_password
-from worker.errors import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, ConfigError, WorkerError
+from worker.errors import (
+    EXIT_CONFIG,
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_SECOND_SIGNAL,
+    ConfigError,
+    WorkerError,
+)
+
+if TYPE_CHECKING:
+    from worker.service import Worker
 
 log = logging.getLogger("intentus.cli")
 
@@ -152,18 +164,45 @@ def cmd_worker(args: argparse.Namespace) -> int:
     policy = load_policy_file(cfg.policy_file)
     try:
         worker = Worker(cfg, registry, policy)
+        return serve(worker)
     except WorkerError as exc:
         log.error("%s", exc)
-        return exc.exit_code
-    try:
-        return worker.run()
-    except WorkerError as exc:
-        log.error("%s", exc)
-        worker.runtime.close()  # nothing ran: leave no journal or temp folder behind
         return exc.exit_code
     except Exception:
         log.exception("worker failed")
         return EXIT_ERROR
+
+
+def serve(worker: Worker) -> int:
+    """Run the worker until SIGTERM or SIGINT, then stop it within its grace period; a second
+    signal exits at once (exit 130). Signals are the process's, so they are handled here and
+    never by the Worker, which an application may embed."""
+    stop = threading.Event()
+    signals = 0
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            os.write(2, b"second signal: exiting now\n")
+            os._exit(EXIT_SECOND_SIGNAL)
+        log.info(
+            "received %s: finishing in-flight work (grace %.0f s)",
+            signal.Signals(signum).name,
+            worker.cfg.shutdown_grace_s,
+        )
+        stop.set()
+
+    # After start() (which declares the topology), as before: a signal while the broker is
+    # being reached keeps its default meaning (Ctrl-C: exit 130). start() returns before the
+    # connection that consumes is even open, so no delivery can arrive in between.
+    worker.start()
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    # Short waits: the signal handler runs on this thread, between them.
+    while not stop.wait(0.2) and not worker.wait(0.2):
+        pass
+    return worker.stop()
 
 
 def _payload(text: str) -> dict[str, Any]:

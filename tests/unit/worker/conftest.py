@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +28,20 @@ def request(request_id: str = "req-1", intent: str = "ProcessIntent", **payload:
             "metadata": {"requestId": request_id},
         }
     ).encode()
+
+
+def unit_config(records: Path, **overrides: Any) -> Config:
+    """A worker's settings for a unit test: records in `records`, any free metrics port."""
+    settings: dict[str, Any] = {
+        "records_dir": str(records),
+        "metrics_addr": "127.0.0.1:0",
+        "reply_queue": "default.replies",
+        "worker_id": "unit",
+        "concurrency": 2,
+        "shutdown_grace_s": 10.0,
+        **overrides,
+    }
+    return Config(**settings)
 
 
 @pytest.fixture
@@ -71,20 +84,18 @@ class FlakyStore:
 
 
 class Running:
-    """A Worker running `run()` on a thread, with its memory transport."""
+    """A started Worker with its memory transport."""
 
     def __init__(self, worker: Worker, transport: MemoryTransport) -> None:
         self.worker = worker
         self.transport = transport
         self.exit_code: int | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        self.exit_code = self.worker.run()
+    def start(self) -> None:
+        self.worker.start()
 
-    def stop(self, timeout: float = 20.0) -> int | None:
-        self.worker.request_stop()
-        self.thread.join(timeout)
+    def stop(self) -> int | None:
+        self.exit_code = self.worker.stop()
         return self.exit_code
 
     def reasons(self) -> list[str]:
@@ -97,19 +108,13 @@ def start(registry: AgentRegistry, tmp_path: Path) -> Iterator[Callable[..., Run
     started: list[Running] = []
 
     def make(**overrides: Any) -> Running:
-        settings: dict[str, Any] = {
-            "records_dir": str(tmp_path / f"records-{len(started)}"),
-            "metrics_addr": "127.0.0.1:0",
-            "reply_queue": "default.replies",
-            "worker_id": f"unit-{len(started)}",
-            "concurrency": 2,
-            "shutdown_grace_s": 10.0,
-            **overrides,
-        }
+        cfg = unit_config(
+            tmp_path / f"records-{len(started)}", worker_id=f"unit-{len(started)}", **overrides
+        )
         transport = MemoryTransport()
-        worker = Worker(Config(**settings), registry, handle_signals=False, transport=transport)
+        worker = Worker(cfg, registry, transport=transport)
         running = Running(worker, transport)
-        running.thread.start()
+        running.start()
         assert transport.wait_for(lambda: transport.consuming), "worker did not start consuming"
         started.append(running)
         return running

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime import AgentRegistry
-from tests.unit.worker.conftest import Running, request
+from tests.unit.worker.conftest import Running, request, unit_config
 from worker.config import Config
 from worker.errors import EXIT_GRACE_EXPIRED
 from worker.service import Worker
@@ -38,19 +38,11 @@ def async_registry(seen: list[str], cleaned: threading.Event) -> AgentRegistry:
 
 
 def start(reg: AgentRegistry, tmp_path: Path, **overrides: Any) -> Running:
-    settings: dict[str, Any] = {
-        "records_dir": str(tmp_path / "records"),
-        "metrics_addr": "127.0.0.1:0",
-        "reply_queue": "default.replies",
-        "worker_id": "unit-async",
-        "concurrency": 2,
-        "shutdown_grace_s": 10.0,
-        **overrides,
-    }
+    cfg = unit_config(tmp_path / "records", **{"worker_id": "unit-async", **overrides})
     transport = MemoryTransport()
-    worker = Worker(Config(**settings), reg, handle_signals=False, transport=transport)
+    worker = Worker(cfg, reg, transport=transport)
     running = Running(worker, transport)
-    running.thread.start()
+    running.start()
     assert transport.wait_for(lambda: transport.consuming)
     return running
 
@@ -76,7 +68,6 @@ class TestPrefetch:
             worker = Worker(
                 Config(records_dir=str(tmp_path / "r"), metrics_addr="127.0.0.1:0"),
                 reg,
-                handle_signals=False,
                 transport=MemoryTransport(),
             )
             assert worker.cfg.prefetch == expected
@@ -86,7 +77,6 @@ class TestPrefetch:
         worker = Worker(
             Config(records_dir=str(tmp_path / "r"), metrics_addr="127.0.0.1:0", prefetch=10),
             async_registry([], threading.Event()),
-            handle_signals=False,
             transport=MemoryTransport(),
         )
         assert worker.cfg.prefetch == 10

@@ -62,15 +62,12 @@ def test_dead_watchdog_stops_the_worker(start: Start) -> None:
 def _assert_stops(running: Running, thread: str) -> None:
     worker = running.worker
     assert running.transport.wait_for(
-        lambda: (
-            any(thread in reason for reason in worker.readiness()[1])
-            or not running.thread.is_alive()
-        )
+        lambda: any(thread in reason for reason in worker.readiness()[1]) or worker.wait(timeout=0)
     ), worker.readiness()
     RELEASE.set()
-    running.thread.join(30)
-    assert not running.thread.is_alive()
-    assert running.exit_code == EXIT_ERROR
+    # The worker stops by itself: `wait()` returns without anyone calling `stop()`.
+    assert worker.wait(timeout=30)
+    assert running.stop() == EXIT_ERROR
     ready, reasons = worker.readiness()
     assert not ready
     assert any(thread in reason and "died" in reason for reason in reasons), reasons
