@@ -114,6 +114,10 @@ class Driver:
     def dead_letter(self, timeout: float = 15.0) -> Message:
         raise NotImplementedError
 
+    def unread_dead_letters(self) -> int:
+        """Dead letters not taken with `dead_letter()` yet."""
+        raise NotImplementedError
+
     def metrics_text(self) -> str:
         raise NotImplementedError
 
@@ -229,6 +233,9 @@ class BrokerDriver(Driver):
     def dead_letter(self, timeout: float = 15.0) -> Message:
         return self.get(f"{self.worker.queue}.dlq", timeout)
 
+    def unread_dead_letters(self) -> int:
+        return queue_depth(f"{self.worker.queue}.dlq")
+
     def metrics_text(self) -> str:
         return self.worker.http("/metrics")[1].decode()
 
@@ -329,6 +336,10 @@ class MemoryDriver(Driver):
             content_type=got.content_type,
             reason=got.reason,
         )
+
+    def unread_dead_letters(self) -> int:
+        events = list(self.memory.events)
+        return sum(1 for i, e in enumerate(events) if e[0] == "dead_letter" and i not in self._read)
 
     def metrics_text(self) -> str:
         return generate_latest(self.worker.metrics.registry).decode()
