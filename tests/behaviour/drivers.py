@@ -146,13 +146,13 @@ class Driver:
     def reply(self, timeout: float = 15.0) -> Message:
         return self.get(self.own_queue, timeout)
 
-    def replies(self, count: int, timeout: float = 15.0) -> dict[str | None, Message]:
+    def replies(self, count: int, timeout: float = 15.0) -> dict[str, Message]:
         """`count` replies from the own queue, by correlation id."""
-        out: dict[str | None, Message] = {}
+        out: dict[str, Message] = {}
         deadline = time.monotonic() + timeout
         while len(out) < count:
             r = self.reply(max(0.1, deadline - time.monotonic()))
-            out[r.correlation_id] = r
+            out[str(r.correlation_id)] = r
         return out
 
     def nothing_on(self, queue: str, wait: float = 1.0) -> bool:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.behaviour.drivers import Driver
+from tests.behaviour.drivers import Driver, Message
 from tests.integration.wire import (
     body_of,
     envelope,
@@ -177,7 +177,7 @@ def test_waiting_duplicates_do_not_hold_routing_threads(start: Callable[..., Dri
         fast = body_of(envelope("ProcessIntent", {"document_id": f"d{i}"}, request_id=f"p-{i}"))
         w.send(fast, correlation_id=f"fast-{i}")
     order = []
-    replies = {}
+    replies: dict[str | None, Message] = {}
     while len(replies) < 10:
         r = w.reply(timeout=20)
         order.append(r.correlation_id)
