@@ -9,12 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.behaviour.drivers import Driver, open_driver
-
-TRANSPORT_PARAMS = [
-    pytest.param("memory", id="memory"),
-    pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.integration),
-]
+from tests.behaviour.drivers import TRANSPORT_PARAMS, Driver, open_driver
 
 
 @pytest.fixture(params=TRANSPORT_PARAMS)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client import generate_latest
 
 from runtime.registry import AgentRegistry
@@ -36,7 +37,11 @@ from worker.loader import load_agents, load_policy_file
 from worker.service import Worker
 from worker.testing import MemoryTransport, Published
 
-TRANSPORTS = ("memory", "rabbitmq")
+# Every behaviour case runs once per entry; the broker one is an integration test.
+TRANSPORT_PARAMS = [
+    pytest.param("memory", id="memory"),
+    pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.integration),
+]
 
 
 @dataclass

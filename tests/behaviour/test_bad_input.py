@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 
 from runtime.canonical import rejection_id_for
-from tests.behaviour.conftest import TRANSPORT_PARAMS
-from tests.behaviour.drivers import Driver, open_driver
+from tests.behaviour.drivers import TRANSPORT_PARAMS, Driver, open_driver
 from tests.integration.wire import (
     body_of,
     check_reply_shape,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,26 @@ class TestBrokerDriver:
         monkeypatch.setattr(broker, "IN_CI", False)
         with pytest.raises(pytest.skip.Exception), open_driver("rabbitmq", tmp_path):
             pass
+
+
+class TestMemoryDriver:
+    def test_logs_hold_what_the_worker_logged_with_tracebacks(self, tmp_path: Path) -> None:
+        """An exception logged while the worker runs shows in `logs()` with its traceback."""
+        with open_driver("memory", tmp_path, test_agents=False) as driver:
+            try:
+                raise ValueError("seen")
+            except ValueError:
+                logging.getLogger("intentus.worker").exception("failed")
+            assert "Traceback" in driver.logs()
+            assert "ValueError: seen" in driver.logs()
+
+    def test_stop_leaves_nothing_unsettled(self, tmp_path: Path) -> None:
+        """After a request is answered and the worker stopped, nothing is left in the queue."""
+        with open_driver("memory", tmp_path, test_agents=False) as driver:
+            driver.send(b"{}", correlation_id="c")
+            assert driver.reply().correlation_id == "c"
+            assert driver.stop() == 0
+            assert driver.left_in_queue() == 0
 
 
 class TestMetricIn:
