@@ -49,7 +49,7 @@ class MemoryDriver(Driver):
         self._read: set[int] = set()  # ids of the events already taken with get()
         self._log = _LogText()
         logging.getLogger().addHandler(self._log)
-        self.worker, self.exit_code, self._thread = _start_memory_worker(cfg, registry, self.memory)
+        self.worker = InProcessWorker(cfg, registry, self.memory)
 
     def send(
         self,
@@ -107,16 +107,13 @@ class MemoryDriver(Driver):
         return sum(1 for i, e in enumerate(events) if e[0] == "dead_letter" and i not in self._read)
 
     def metrics_text(self) -> str:
-        return generate_latest(self.worker.metrics.registry).decode()
+        return generate_latest(self.worker.worker.metrics.registry).decode()
 
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return self.worker.alive()
 
     def stop(self) -> int | None:
-        if self._thread.is_alive():
-            self.worker.request_stop()
-            self._thread.join(30)
-        return self.exit_code[0] if self.exit_code else None
+        return self.worker.stop()
 
     def left_in_queue(self) -> int:
         return self.memory.queued + self.memory.unsettled
@@ -129,21 +126,31 @@ class MemoryDriver(Driver):
         logging.getLogger().removeHandler(self._log)
 
 
-def _start_memory_worker(
-    cfg: Config, registry: AgentRegistry, memory: MemoryTransport
-) -> tuple[Worker, list[int], threading.Thread]:
-    """Build and run the in-process worker: the one place that knows how a Worker is made."""
-    worker = Worker(
-        cfg,
-        registry,
-        load_policy_file(cfg.policy_file),
-        handle_signals=False,
-        transport=memory,
-    )
-    exit_code: list[int] = []
-    thread = threading.Thread(
-        target=lambda: exit_code.append(worker.run()), name="memory-worker", daemon=True
-    )
-    thread.start()
-    assert wait_until(lambda: memory.consuming), "the worker did not start consuming"
-    return worker, exit_code, thread
+class InProcessWorker:
+    """The worker's lifecycle in this process: the one place that knows how a `Worker` is
+    built, started and stopped."""
+
+    def __init__(self, cfg: Config, registry: AgentRegistry, memory: MemoryTransport) -> None:
+        self.worker = Worker(
+            cfg,
+            registry,
+            load_policy_file(cfg.policy_file),
+            handle_signals=False,
+            transport=memory,
+        )
+        self.exit_code: int | None = None
+        self._thread = threading.Thread(target=self._run, name="memory-worker", daemon=True)
+        self._thread.start()
+        assert wait_until(lambda: memory.consuming), "the worker did not start consuming"
+
+    def _run(self) -> None:
+        self.exit_code = self.worker.run()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> int | None:
+        if self._thread.is_alive():
+            self.worker.request_stop()
+            self._thread.join(30)
+        return self.exit_code
