@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -131,26 +130,12 @@ class InProcessWorker:
     built, started and stopped."""
 
     def __init__(self, cfg: Config, registry: AgentRegistry, memory: MemoryTransport) -> None:
-        self.worker = Worker(
-            cfg,
-            registry,
-            load_policy_file(cfg.policy_file),
-            handle_signals=False,
-            transport=memory,
-        )
-        self.exit_code: int | None = None
-        self._thread = threading.Thread(target=self._run, name="memory-worker", daemon=True)
-        self._thread.start()
+        self.worker = Worker(cfg, registry, load_policy_file(cfg.policy_file), transport=memory)
+        self.worker.start()
         assert wait_until(lambda: memory.consuming), "the worker did not start consuming"
 
-    def _run(self) -> None:
-        self.exit_code = self.worker.run()
-
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return not self.worker.wait(timeout=0)
 
     def stop(self) -> int | None:
-        if self._thread.is_alive():
-            self.worker.request_stop()
-            self._thread.join(30)
-        return self.exit_code
+        return self.worker.stop()
