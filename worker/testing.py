@@ -39,6 +39,9 @@ class Published:
     correlation_id: str | None = None
     headers: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None
+    # A dead letter keeps these properties of the original, as the broker's copy does.
+    message_id: str | None = None
+    content_type: str | None = None
 
 
 class _Events(Generic[_T]):
@@ -144,6 +147,8 @@ class MemoryTransport:
             correlation_id=delivery.correlation_id,
             headers={**delivery.headers, "x-intentus-execution-id": execution_id},
             reason=reason,
+            message_id=delivery.message_id,
+            content_type=delivery.content_type,
         )
         self.events.append(("dead_letter", published))
         self._confirm(done)

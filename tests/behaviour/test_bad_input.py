@@ -1,5 +1,5 @@
-"""Bad input: an error reply with its code, a record, a DLQ copy with the reason, a metric,
-and the worker keeps going. One worker serves the whole module."""
+"""Bad input on both transports: an error reply with its code, a record, a dead letter with
+the reason, a metric, and the worker keeps going. One worker per transport serves the module."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from runtime.canonical import rejection_id_for
+from tests.behaviour.drivers import TRANSPORT_PARAMS, Driver, open_driver
 from tests.integration.wire import (
-    Wire,
     body_of,
     check_reply_shape,
     envelope,
@@ -24,37 +24,20 @@ from tests.integration.wire import (
     record_path,
     sha256_hex,
 )
-from tests.support.broker import delete_topology, queue_depth, require_broker, unique
-from tests.support.workerproc import WorkerProcess
-
-pytestmark = pytest.mark.integration
 
 MAX_BYTES = 4096
 
 
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    require_broker()
-    queue = unique("it-bad")
-    folder = tmp_path_factory.mktemp("bad-input")
-    w = WorkerProcess(
-        queue,
-        folder / "records",
-        env={"INTENTUS_MAX_MESSAGE_BYTES": str(MAX_BYTES)},
-        log_path=folder / "worker.log",
-    )
-    try:
-        yield w.start().wait_ready()
-    finally:
-        w.stop()
-        delete_topology(queue, f"{queue}.replies")
-
-
-@pytest.fixture
-def wire(worker: WorkerProcess) -> Iterator[Wire]:
-    w = Wire()
-    yield w
-    w.close()
+@pytest.fixture(scope="module", params=TRANSPORT_PARAMS)
+def driver(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Driver]:
+    """The built-in demo agents, with a small message size limit."""
+    folder = tmp_path_factory.mktemp(f"bad-input-{request.param}")
+    with open_driver(
+        request.param, folder, test_agents=False, max_message_bytes=MAX_BYTES
+    ) as driver:
+        yield driver
 
 
 def env_with(rid: str, **changes: Any) -> dict[str, Any]:
@@ -203,28 +186,26 @@ def _cases() -> dict[str, Case]:
 CASES = _cases()
 
 
-def rejected(worker: WorkerProcess, code: str) -> float:
-    return worker.metric("intentus_messages_rejected_total", reason=code)
+def rejected(driver: Driver, code: str) -> float:
+    return driver.metric("intentus_messages_rejected_total", reason=code)
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_message(name: str, wire: Wire, worker: WorkerProcess) -> None:
+def test_bad_message(name: str, driver: Driver) -> None:
     """Error reply with the code, record (envelope null), DLQ copy with the reason, metric."""
     case = CASES[name]
-    before = rejected(worker, case.code)
+    before = rejected(driver, case.code)
     cid = f"cid-{name}"
-    wire.publish(
-        worker.queue,
+    driver.send(
         case.body,
         correlation_id=cid,
         message_id=case.message_id,
         content_type=case.content_type,
     )
-    reply = wire.reply()
+    reply = driver.reply()
     body = reply.json
     check_reply_shape(body)
-    assert reply.props.correlation_id == cid
-    assert reply.props.type == "AgentResponse"
+    assert reply.correlation_id == cid
     assert reply.headers["x-intentus-status"] == "error"
     assert body["status"] == "error"
     assert body["payload"] is None
@@ -238,7 +219,7 @@ def test_bad_message(name: str, wire: Wire, worker: WorkerProcess) -> None:
     assert body["metadata"]["execution_id"] == eid
     assert reply.headers["x-intentus-execution-id"] == eid
 
-    record = load_record(worker.records_dir, eid)
+    record = load_record(driver.records_dir, eid)
     assert record["envelope"] is None
     assert record["rawBodySha256"] in (sha256_hex(case.body), "sha256:" + sha256_hex(case.body))
     assert record["header"]["requestId"] == case.request_id
@@ -248,86 +229,76 @@ def test_bad_message(name: str, wire: Wire, worker: WorkerProcess) -> None:
     assert record["routerDecision"]["reason"] == "invalid_request"
     assert record["routerDecision"]["agent"] is None
 
-    dead = wire.get(f"{worker.queue}.dlq")
+    dead = driver.dead_letter()
     assert dead.body == case.body
-    reason = dead.headers.get("x-intentus-reject-reason")
-    assert isinstance(reason, str) and reason.strip()
-    assert dead.props.correlation_id == cid
-    assert dead.props.message_id == case.message_id
-    assert dead.props.content_type == case.content_type
+    assert isinstance(dead.reason, str) and dead.reason.strip()
+    assert dead.correlation_id == cid
+    assert dead.message_id == case.message_id
+    assert dead.content_type == case.content_type
 
-    assert worker.wait_until(lambda: rejected(worker, case.code) == before + 1, timeout=5)
-    assert worker.proc is not None and worker.proc.poll() is None
-    assert worker.http("/healthz")[0] == 200
+    assert driver.wait_until(lambda: rejected(driver, case.code) == before + 1, timeout=5)
+    assert driver.alive()
 
 
-def test_raw_body_kept_as_text_or_base64(wire: Wire, worker: WorkerProcess) -> None:
+def test_raw_body_kept_as_text_or_base64(driver: Driver) -> None:
     """The record keeps the body: text when UTF-8, base64 when not."""
     text_body = b"plain words, not an envelope"
     binary_body = b"\x00\xff\xfe binary \x80"
-    wire.publish(worker.queue, text_body, message_id="m-raw-text")
-    wire.publish(worker.queue, binary_body, message_id="m-raw-bin")
-    wire.replies(2)
-    as_text = json.dumps(load_record(worker.records_dir, rejection_id_for(text_body)))
+    driver.send(text_body, message_id="m-raw-text")
+    driver.send(binary_body, message_id="m-raw-bin")
+    driver.replies(2)
+    as_text = json.dumps(load_record(driver.records_dir, rejection_id_for(text_body)))
     assert text_body.decode() in as_text
-    as_bin = json.dumps(load_record(worker.records_dir, rejection_id_for(binary_body)))
+    as_bin = json.dumps(load_record(driver.records_dir, rejection_id_for(binary_body)))
     assert base64.b64encode(binary_body).decode() in as_bin
-    assert len(wire_drain_dlq(wire, worker.queue, 2)) == 2
+    assert {driver.dead_letter().body for _ in range(2)} == {text_body, binary_body}
 
 
-def wire_drain_dlq(wire: Wire, queue: str, count: int) -> list[bytes]:
-    return [wire.get(f"{queue}.dlq").body for _ in range(count)]
-
-
-def test_bad_input_without_reply_to_goes_to_the_default_reply_queue(
-    wire: Wire, worker: WorkerProcess
-) -> None:
+def test_bad_input_without_reply_to_goes_to_the_default_reply_queue(driver: Driver) -> None:
     """An error reply to bad input follows the same no-reply_to rule."""
-    wire.publish(
-        worker.queue, b"nope", reply_to=None, message_id="m-noreply", correlation_id="c-nr"
-    )
-    reply = wire.get(worker.reply_queue)
-    assert reply.props.correlation_id == "c-nr"
+    driver.send(b"nope", reply_to=None, message_id="m-noreply", correlation_id="c-nr")
+    reply = driver.get(driver.reply_queue)
+    assert reply.correlation_id == "c-nr"
     assert reply.json["error"]["code"] == "PROTOCOL_ERROR"
-    assert wire.get(f"{worker.queue}.dlq").body == b"nope"
+    assert driver.dead_letter().body == b"nope"
 
 
-def test_no_record_over_an_existing_one(wire: Wire, worker: WorkerProcess) -> None:
+def test_no_record_over_an_existing_one(driver: Driver) -> None:
     """A bad message whose requestId already has a record leaves it untouched."""
     rid = "req-bad-existing"
-    ok = wire.request(worker.queue, envelope(request_id=rid))
+    ok = driver.request(envelope(request_id=rid))
     assert ok.json["status"] == "success"
-    path = record_path(worker.records_dir, execution_id(rid))
+    path = record_path(driver.records_dir, execution_id(rid))
     stored = path.read_bytes()
     bad = env_with(rid)
     bad["extra"] = 1
-    reply = wire.request(worker.queue, bad, correlation_id="bad-over-existing")
+    reply = driver.request(bad, correlation_id="bad-over-existing")
     assert reply.json["error"]["code"] == "VALIDATION_ERROR"
     assert path.read_bytes() == stored
-    assert wire.get(f"{worker.queue}.dlq").body == body_of(bad)
+    assert driver.dead_letter().body == body_of(bad)
 
 
-def test_nesting_within_the_limit_is_accepted(wire: Wire, worker: WorkerProcess) -> None:
+def test_nesting_within_the_limit_is_accepted(driver: Driver) -> None:
     """Deep but allowed nesting is routed normally."""
-    reply = wire.request(worker.queue, env_with("req-nested-ok", payload=nested(30)))
+    reply = driver.request(env_with("req-nested-ok", payload=nested(30)))
     assert reply.json["status"] == "success"
 
 
-def test_worker_survived_and_acked_everything(wire: Wire, worker: WorkerProcess) -> None:
+def test_worker_survived_and_acked_everything(driver: Driver) -> None:
     """After all the bad input: still routing, nothing left unacked, clean stop."""
-    reply = wire.request(worker.queue, envelope(request_id="req-after-bad"))
+    reply = driver.request(envelope(request_id="req-after-bad"))
     assert reply.json["status"] == "success"
     assert reply.json["payload"]["echo"] == {"document_id": "doc-123"}
-    assert worker.stop() == 0
-    assert queue_depth(worker.queue) == 0  # unacked deliveries would be back in the queue
-    assert queue_depth(f"{worker.queue}.dlq") == 0  # every DLQ copy was read by the tests
-    log = worker.logs()
+    assert driver.stop() == 0
+    assert driver.left_in_queue() == 0  # unacked deliveries would be back in the queue
+    assert driver.unread_dead_letters() == 0  # every dead letter was read by the tests
+    log = driver.logs()
     assert "Traceback" not in log, log
 
 
-def test_records_folder_of_the_module(worker: WorkerProcess) -> None:
+def test_records_folder_of_the_module(driver: Driver) -> None:
     """Every rejected record is a well-formed file named by its executionId."""
-    paths = list(Path(worker.records_dir).rglob("exec-*.json"))
+    paths = list(Path(driver.records_dir).rglob("exec-*.json"))
     assert len(paths) >= len(CASES)
     for path in paths:
         record = json.loads(path.read_bytes())

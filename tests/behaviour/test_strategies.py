@@ -1,4 +1,4 @@
-"""Each routing strategy end to end over the wire: the reply, its properties and the record."""
+"""Each routing strategy end to end, on both transports: the reply, its headers and the record."""
 
 from __future__ import annotations
 
@@ -6,15 +6,13 @@ import re
 import stat
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Agents
+from tests.behaviour.drivers import Driver, Message
 from tests.integration.wire import (
     HEADER_KEYS,
-    Wire,
     check_events_well_formed,
     check_reply_shape,
     envelope,
@@ -24,41 +22,34 @@ from tests.integration.wire import (
     load_record,
     record_path,
 )
-from tests.support.workerproc import WorkerProcess
-
-pytestmark = pytest.mark.integration
 
 ISO_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 
 
 @pytest.fixture
-def worker(start_worker: Callable[..., WorkerProcess], agents: Agents) -> WorkerProcess:
-    return start_worker(env={**agents.env, "INTENTUS_AGENT_TIMEOUT_S": "5"})
+def driver(start: Callable[..., Driver]) -> Driver:
+    return start(agent_timeout_s=5)
 
 
-def routed(
-    wire: Wire, worker: WorkerProcess, rid: str, **kw: Any
-) -> tuple[dict[str, Any], dict[str, Any], Any]:
+def routed(driver: Driver, rid: str, **kw: Any) -> tuple[dict[str, Any], dict[str, Any], Message]:
     """Send one envelope; return (reply JSON, record, raw reply)."""
     env = envelope(request_id=rid, **kw)
-    reply = wire.request(worker.queue, env)
+    reply = driver.request(env)
     body = reply.json
     check_reply_shape(body)
-    record = load_record(worker.records_dir, execution_id(rid))
+    record = load_record(driver.records_dir, execution_id(rid))
     check_events_well_formed(record)
     assert record["finalResponse"] == body
     return body, record, reply
 
 
 class TestDirect:
-    def test_first_candidate_answers_with_the_exact_reply_and_record(
-        self, wire: Wire, worker: WorkerProcess, agents: Agents
-    ) -> None:
+    def test_first_candidate_answers_with_the_exact_reply_and_record(self, driver: Driver) -> None:
         """DIRECT picks the first of the ordered candidates; reply and record are complete."""
         rid = "req-direct-1"
         eid = execution_id(rid)
         env = envelope(request_id=rid)
-        reply = wire.request(worker.queue, env, correlation_id="corr-direct-1")
+        reply = driver.request(env, correlation_id="corr-direct-1")
         body = reply.json
         check_reply_shape(body)
         assert body["status"] == "success"
@@ -74,22 +65,20 @@ class TestDirect:
         assert meta["replayable"] is True
 
         # reply properties
-        assert reply.props.correlation_id == "corr-direct-1"
-        assert reply.props.content_type == "application/json"
-        assert reply.props.type == "AgentResponse"
+        assert reply.correlation_id == "corr-direct-1"
         assert reply.headers["x-intentus-status"] == "success"
         assert reply.headers["x-intentus-execution-id"] == eid
 
         # the record file: sharded, named by the id, 0640 in a 0750 folder
-        path = record_path(worker.records_dir, eid)
+        path = record_path(driver.records_dir, eid)
         assert path.name == f"{eid}.json"
         shard = path.parent
-        assert shard.parent == worker.records_dir
+        assert shard.parent == driver.records_dir
         assert eid[len("exec-") :].startswith(shard.name) and shard.name
         assert stat.S_IMODE(path.stat().st_mode) == 0o640
         assert stat.S_IMODE(shard.stat().st_mode) == 0o750
 
-        record = load_record(worker.records_dir, eid)
+        record = load_record(driver.records_dir, eid)
         header = record["header"]
         assert set(header) >= HEADER_KEYS
         assert any("version" in key.lower() for key in header), header
@@ -136,11 +125,9 @@ class TestDirect:
         }
         assert record["finalResponse"] == body
         assert isinstance(record["trace"], dict)
-        assert agents.calls() == [f"alpha {rid}"]
+        assert driver.calls() == [f"alpha {rid}"]
 
-    def test_defaults_are_filled_in_and_recorded(
-        self, wire: Wire, worker: WorkerProcess, agents: Agents
-    ) -> None:
+    def test_defaults_are_filled_in_and_recorded(self, driver: Driver) -> None:
         """A minimal envelope is normalised (defaults, uppercase enums, generated traceId)."""
         rid = "req-minimal-1"
         minimal = {
@@ -150,11 +137,11 @@ class TestDirect:
             "context": {"priority": "high"},
             "routing": {"strategy": "direct"},
         }
-        reply = wire.request(worker.queue, minimal)
+        reply = driver.request(minimal)
         body = reply.json
         assert body["status"] == "success"
         assert body["payload"] == {"by": "alpha", "doc": None}
-        record = load_record(worker.records_dir, execution_id(rid))
+        record = load_record(driver.records_dir, execution_id(rid))
         env = record["envelope"]
         assert env["intent"] == {"name": "ProcessIntent", "version": "1.0"}
         assert env["payload"] == {}
@@ -176,9 +163,9 @@ class TestDirect:
         assert env["routing"] == {"strategy": "DIRECT", "targetAgent": None, "fallbackAgents": []}
         assert record["header"]["envelopeHash"] == envelope_hash(env)
 
-    def test_target_agent(self, wire: Wire, worker: WorkerProcess, agents: Agents) -> None:
+    def test_target_agent(self, driver: Driver) -> None:
         """DIRECT with targetAgent runs that agent only."""
-        body, record, _ = routed(wire, worker, "req-target-1", target="beta")
+        body, record, _ = routed(driver, "req-target-1", target="beta")
         assert body["status"] == "success"
         assert body["payload"] == {"by": "beta", "doc": "doc-123"}
         assert body["metadata"]["agent"] == "beta"
@@ -189,45 +176,41 @@ class TestDirect:
             "tryOrder": ["beta"],
             "reason": "target_specified",
         }
-        assert agents.calls() == ["beta req-target-1"]
+        assert driver.calls() == ["beta req-target-1"]
 
-    def test_target_that_is_not_a_candidate(
-        self, wire: Wire, worker: WorkerProcess, agents: Agents
-    ) -> None:
+    def test_target_that_is_not_a_candidate(self, driver: Driver) -> None:
         """An unknown targetAgent is a ROUTING_ERROR with just three events; no agent runs."""
-        body, record, reply = routed(wire, worker, "req-ghost-1", target="ghost")
+        body, record, reply = routed(driver, "req-ghost-1", target="ghost")
         assert body["status"] == "error"
         assert body["error"]["code"] == "ROUTING_ERROR"
         assert reply.headers["x-intentus-status"] == "error"
         assert event_types(record) == ["INTENT_RECEIVED", "ROUTER_DECISION", "FINAL_RESPONSE"]
-        assert agents.calls() == []
+        assert driver.calls() == []
 
-    def test_no_candidates(self, wire: Wire, worker: WorkerProcess, agents: Agents) -> None:
+    def test_no_candidates(self, driver: Driver) -> None:
         """No agent for the intent → CAPABILITY_NOT_FOUND, reason no_candidates."""
-        body, record, _ = routed(wire, worker, "req-nobody-1", intent="NobodyIntent")
+        body, record, _ = routed(driver, "req-nobody-1", intent="NobodyIntent")
         assert body["error"]["code"] == "CAPABILITY_NOT_FOUND"
         assert body["metadata"]["attempts"] == 0
         assert body["metadata"]["agent"] is None
         assert event_types(record) == ["INTENT_RECEIVED", "ROUTER_DECISION", "FINAL_RESPONSE"]
         assert record["routerDecision"]["reason"] == "no_candidates"
         assert record["routerDecision"]["tryOrder"] == []
-        assert agents.calls() == []
+        assert driver.calls() == []
 
-    def test_agent_exception_is_internal_agent_error(
-        self, wire: Wire, worker: WorkerProcess
-    ) -> None:
+    def test_agent_exception_is_internal_agent_error(self, driver: Driver) -> None:
         """Any other exception from an agent becomes INTERNAL_AGENT_ERROR with its message."""
-        body, record, _ = routed(wire, worker, "req-broken-1", intent="BrokenIntent")
+        body, record, _ = routed(driver, "req-broken-1", intent="BrokenIntent")
         assert body["error"]["code"] == "INTERNAL_AGENT_ERROR"
         assert "boom" in body["error"]["message"]
         assert body["metadata"]["agent"] == "broken"
         assert record["events"][2]["type"] == "AGENT_ATTEMPT_END"
         assert record["events"][2]["payload"]["status"] == "error"
 
-    def test_agent_timeout(self, wire: Wire, worker: WorkerProcess) -> None:
+    def test_agent_timeout(self, driver: Driver) -> None:
         """An agent past its timeout_s ends with AGENT_TIMEOUT without waiting for it."""
         started = time.monotonic()
-        body, record, _ = routed(wire, worker, "req-late-1", intent="LateIntent")
+        body, record, _ = routed(driver, "req-late-1", intent="LateIntent")
         assert time.monotonic() - started < 1.8
         assert body["error"]["code"] == "AGENT_TIMEOUT"
         assert body["metadata"]["agent"] == "laggard"
@@ -235,10 +218,10 @@ class TestDirect:
 
 
 class TestFallback:
-    def test_failure_then_success(self, wire: Wire, worker: WorkerProcess, agents: Agents) -> None:
+    def test_failure_then_success(self, driver: Driver) -> None:
         """FALLBACK tries the ordered list and stops at the first success."""
         rid = "req-fallback-1"
-        body, record, _ = routed(wire, worker, rid, intent="SummarizeIntent", strategy="FALLBACK")
+        body, record, _ = routed(driver, rid, intent="SummarizeIntent", strategy="FALLBACK")
         assert body["status"] == "success"
         assert body["payload"] == {"summary": "short", "by": "up"}
         assert body["metadata"]["agent"] == "up"
@@ -269,16 +252,14 @@ class TestFallback:
             "tryOrder": ["down", "up"],
             "reason": "fallback_attempt",
         }
-        assert agents.calls() == [f"down {rid}", f"up {rid}"]
-        assert worker.metric("intentus_fallbacks_total", intent="SummarizeIntent") == 1
+        assert driver.calls() == [f"down {rid}", f"up {rid}"]
+        assert driver.metric("intentus_fallbacks_total", intent="SummarizeIntent") == 1
 
-    def test_named_try_order_all_failing(
-        self, wire: Wire, worker: WorkerProcess, agents: Agents
-    ) -> None:
+    def test_named_try_order_all_failing(self, driver: Driver) -> None:
         """targetAgent alone is the whole try order; its failure is the reply."""
         rid = "req-fallback-2"
         body, record, _ = routed(
-            wire, worker, rid, intent="SummarizeIntent", strategy="FALLBACK", target="down"
+            driver, rid, intent="SummarizeIntent", strategy="FALLBACK", target="down"
         )
         assert body["status"] == "error"
         assert body["error"]["code"] == "AGENT_UNAVAILABLE"
@@ -286,16 +267,13 @@ class TestFallback:
         assert body["metadata"]["agent"] == "down"
         assert record["routerDecision"]["tryOrder"] == ["down"]
         assert record["routerDecision"]["reason"] == "all_failed"
-        assert agents.calls() == [f"down {rid}"]
+        assert driver.calls() == [f"down {rid}"]
 
-    def test_target_and_fallback_agents(
-        self, wire: Wire, worker: WorkerProcess, agents: Agents
-    ) -> None:
+    def test_target_and_fallback_agents(self, driver: Driver) -> None:
         """[targetAgent] + fallbackAgents is the try order."""
         rid = "req-fallback-3"
         body, record, _ = routed(
-            wire,
-            worker,
+            driver,
             rid,
             intent="SummarizeIntent",
             strategy="FALLBACK",
@@ -305,16 +283,14 @@ class TestFallback:
         assert body["metadata"]["agent"] == "up"
         assert record["routerDecision"]["tryOrder"] == ["down", "up"]
         assert record["routerDecision"]["reason"] == "fallback_attempt"
-        assert agents.calls() == [f"down {rid}", f"up {rid}"]
+        assert driver.calls() == [f"down {rid}", f"up {rid}"]
 
 
 class TestBroadcast:
-    def test_every_candidate_once_in_order(
-        self, wire: Wire, worker: WorkerProcess, agents: Agents
-    ) -> None:
+    def test_every_candidate_once_in_order(self, driver: Driver) -> None:
         """BROADCAST runs every candidate in order (local first) and answers the last success."""
         rid = "req-broadcast-1"
-        body, record, _ = routed(wire, worker, rid, strategy="BROADCAST")
+        body, record, _ = routed(driver, rid, strategy="BROADCAST")
         assert body["status"] == "success"
         # remote-zero ran after alpha changed its own copy: copies are private
         assert body["payload"] == {"by": "remote-zero", "saw_mutation": False}
@@ -337,17 +313,15 @@ class TestBroadcast:
             "tryOrder": ["alpha", "beta", "remote-zero"],
             "reason": "broadcast_last_success",
         }
-        assert agents.calls() == [f"alpha {rid}", f"beta {rid}", f"remote-zero {rid}"]
+        assert driver.calls() == [f"alpha {rid}", f"beta {rid}", f"remote-zero {rid}"]
 
 
 class TestParallel:
-    def test_first_success_without_waiting_for_stragglers(
-        self, wire: Wire, worker: WorkerProcess, agents: Agents
-    ) -> None:
+    def test_first_success_without_waiting_for_stragglers(self, driver: Driver) -> None:
         """PARALLEL answers at the first success; the straggler is recorded as abandoned."""
         rid = "req-parallel-1"
         started = time.monotonic()
-        body, record, _ = routed(wire, worker, rid, intent="RaceIntent", strategy="PARALLEL")
+        body, record, _ = routed(driver, rid, intent="RaceIntent", strategy="PARALLEL")
         assert time.monotonic() - started < 2.5  # slowpoke sleeps 3 s
         assert body["status"] == "success"
         assert body["payload"] == {"by": "fast"}
@@ -371,14 +345,12 @@ class TestParallel:
             "tryOrder": ["slowpoke", "fast"],
             "reason": "parallel_first_success",
         }
-        assert sorted(agents.calls()) == [f"fast {rid}", f"slowpoke {rid}"]
+        assert sorted(driver.calls()) == [f"fast {rid}", f"slowpoke {rid}"]
 
 
-def test_records_dir_holds_only_records_named_exec(
-    wire: Wire, worker: WorkerProcess, tmp_path: Path
-) -> None:
+def test_records_dir_holds_only_records_named_exec(driver: Driver) -> None:
     """Nothing but records is named exec-*.json under records_dir."""
     for i in range(3):
-        wire.request(worker.queue, envelope(request_id=f"req-only-{i}"))
-    files = sorted(p.name for p in worker.records_dir.rglob("exec-*.json"))
+        driver.request(envelope(request_id=f"req-only-{i}"))
+    files = sorted(p.name for p in driver.records_dir.rglob("exec-*.json"))
     assert files == sorted(f"{execution_id(f'req-only-{i}')}.json" for i in range(3))

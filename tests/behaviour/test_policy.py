@@ -1,4 +1,4 @@
-"""Policy over the wire: rules by AMQP user_id, agent, intent, tag; default deny."""
+"""Policy on both transports: rules by AMQP user_id, agent, intent, tag; default deny."""
 
 from __future__ import annotations
 
@@ -9,11 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Agents
-from tests.integration.wire import Wire, envelope, event_types, execution_id, load_record
-from tests.support.workerproc import WorkerProcess
-
-pytestmark = pytest.mark.integration
+from tests.behaviour.drivers import Driver
+from tests.integration.wire import envelope, event_types, execution_id, load_record
 
 POLICY = {
     "default": "deny",
@@ -33,25 +30,21 @@ POLICY = {
 
 
 @pytest.fixture
-def worker(
-    start_worker: Callable[..., WorkerProcess], agents: Agents, tmp_path: Path
-) -> WorkerProcess:
+def driver(start: Callable[..., Driver], tmp_path: Path) -> Driver:
     policy = tmp_path / "policy.json"
     policy.write_text(json.dumps(POLICY, indent=2))
-    return start_worker(env={**agents.env, "INTENTUS_POLICY_FILE": str(policy)})
+    return start(policy_file=str(policy))
 
 
-def answer(
-    wire: Wire, worker: WorkerProcess, rid: str, **kw: Any
-) -> tuple[dict[str, Any], dict[str, Any]]:
+def answer(driver: Driver, rid: str, **kw: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     user_id = kw.pop("user_id", None)
-    reply = wire.request(worker.queue, envelope(request_id=rid, **kw), user_id=user_id)
-    return reply.json, load_record(worker.records_dir, execution_id(rid))
+    reply = driver.request(envelope(request_id=rid, **kw), user_id=user_id)
+    return reply.json, load_record(driver.records_dir, execution_id(rid))
 
 
-def test_user_denied_by_rule(wire: Wire, worker: WorkerProcess, agents: Agents) -> None:
+def test_user_denied_by_rule(driver: Driver) -> None:
     """The broker-validated user_id "guest" is denied ProcessIntent → UNAUTHORIZED."""
-    body, record = answer(wire, worker, "req-guest", user_id="guest")
+    body, record = answer(driver, "req-guest", user_id="guest")
     assert body["status"] == "error"
     assert body["error"]["code"] == "UNAUTHORIZED"
     assert record["policy"]["allowed"] == []
@@ -61,15 +54,15 @@ def test_user_denied_by_rule(wire: Wire, worker: WorkerProcess, agents: Agents) 
     }
     assert event_types(record) == ["INTENT_RECEIVED", "ROUTER_DECISION", "FINAL_RESPONSE"]
     assert record["routerDecision"]["reason"] == "all_filtered"
-    assert agents.calls() == []
+    assert driver.calls() == []
     assert (
-        worker.metric("intentus_policy_filtered_total", agent="alpha", rule="no-guest-process") == 1
+        driver.metric("intentus_policy_filtered_total", agent="alpha", rule="no-guest-process") == 1
     )
 
 
-def test_no_user_id_is_the_empty_user(wire: Wire, worker: WorkerProcess, agents: Agents) -> None:
+def test_no_user_id_is_the_empty_user(driver: Driver) -> None:
     """Without user_id the user rule does not match; the agent rule still filters beta."""
-    body, record = answer(wire, worker, "req-anon", strategy="BROADCAST")
+    body, record = answer(driver, "req-anon", strategy="BROADCAST")
     assert body["status"] == "success"
     assert body["metadata"]["agent"] == "remote-zero"
     assert record["policy"] == {
@@ -78,35 +71,34 @@ def test_no_user_id_is_the_empty_user(wire: Wire, worker: WorkerProcess, agents:
         "reasons": {"beta": "denied by rule 'no-beta'"},
     }
     assert record["routerDecision"]["tryOrder"] == ["alpha", "remote-zero"]
-    assert agents.calls() == ["alpha req-anon", "remote-zero req-anon"]
-    assert worker.metric("intentus_policy_filtered_total", agent="beta", rule="no-beta") == 1
+    assert driver.calls() == ["alpha req-anon", "remote-zero req-anon"]
+    assert driver.metric("intentus_policy_filtered_total", agent="beta", rule="no-beta") == 1
 
 
-def test_filtered_target_is_unauthorized(wire: Wire, worker: WorkerProcess, agents: Agents) -> None:
+def test_filtered_target_is_unauthorized(driver: Driver) -> None:
     """DIRECT to a filtered targetAgent → UNAUTHORIZED, no agent runs."""
-    body, record = answer(wire, worker, "req-beta", target="beta")
+    body, record = answer(driver, "req-beta", target="beta")
     assert body["error"]["code"] == "UNAUTHORIZED"
     assert event_types(record) == ["INTENT_RECEIVED", "ROUTER_DECISION", "FINAL_RESPONSE"]
-    assert agents.calls() == []
+    assert driver.calls() == []
 
 
-def test_denied_by_default(wire: Wire, worker: WorkerProcess, agents: Agents) -> None:
+def test_denied_by_default(driver: Driver) -> None:
     """No rule matches → the default (deny) with its reason."""
-    body, record = answer(wire, worker, "req-race", intent="RaceIntent", strategy="PARALLEL")
+    body, record = answer(driver, "req-race", intent="RaceIntent", strategy="PARALLEL")
     assert body["error"]["code"] == "UNAUTHORIZED"
     assert record["policy"]["reasons"] == {
         "slowpoke": "denied by default",
         "fast": "denied by default",
     }
-    assert agents.calls() == []
-    assert worker.metric("intentus_policy_filtered_total", agent="fast", rule="default") == 1
+    assert driver.calls() == []
+    assert driver.metric("intentus_policy_filtered_total", agent="fast", rule="default") == 1
 
 
-def test_fallback_skips_a_filtered_name(wire: Wire, worker: WorkerProcess, agents: Agents) -> None:
+def test_fallback_skips_a_filtered_name(driver: Driver) -> None:
     """A tag rule filters `down`; FALLBACK skips it and goes straight to `up`."""
     body, record = answer(
-        wire,
-        worker,
+        driver,
         "req-tagged",
         intent="SummarizeIntent",
         strategy="FALLBACK",
@@ -118,11 +110,9 @@ def test_fallback_skips_a_filtered_name(wire: Wire, worker: WorkerProcess, agent
     assert body["metadata"]["agent"] == "up"
     assert record["policy"]["reasons"] == {"down": "denied by rule 'skip-down'"}
     assert record["routerDecision"]["tryOrder"] == ["up"]
-    assert agents.calls() == ["up req-tagged"]
+    assert driver.calls() == ["up req-tagged"]
 
-    body, record = answer(
-        wire, worker, "req-untagged", intent="SummarizeIntent", strategy="FALLBACK"
-    )
+    body, record = answer(driver, "req-untagged", intent="SummarizeIntent", strategy="FALLBACK")
     assert body["metadata"]["agent"] == "up"
     assert record["routerDecision"]["tryOrder"] == ["down", "up"]
-    assert agents.calls()[1:] == ["down req-untagged", "up req-untagged"]
+    assert driver.calls()[1:] == ["down req-untagged", "up req-untagged"]
