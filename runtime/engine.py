@@ -45,7 +45,8 @@ from runtime.recorder import (
 )
 from runtime.registry import AgentRegistry
 from runtime.response import AgentResponse
-from runtime.router import Route, RouteOutcome, Router, plan
+from runtime.router import RouteOutcome, Router, plan
+from runtime.routes import Route
 from runtime.store import MemoryRecordStore, RecordStore
 
 log = logging.getLogger("intentus.runtime")

@@ -14,17 +14,37 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
-from runtime.aio import AsyncAttempt, Ending
-from runtime.invoker import Attempt, AttemptResult
-from runtime.recorder import ExecutionRecorder
+from runtime.aio import AsyncAgents, AsyncAttempt, Ending
+from runtime.invoker import AgentInvoker, Attempt, AttemptResult
+from runtime.observer import Observer
+from runtime.recorder import ExecutionRecorder, RouteReason
+from runtime.registry import AgentDefinition
+from runtime.routes import Route
 
-if TYPE_CHECKING:
-    from runtime.router import Route, Router, RouteReason
+
+class Racer(Protocol):
+    """What running agents at once needs of the router, which calls in here."""
+
+    aio: AsyncAgents
+    observer: Observer
+    invoker: AgentInvoker
+
+    def timeout_for(self, agent: AgentDefinition) -> float: ...
+
+    def end_attempt(
+        self,
+        rec: ExecutionRecorder,
+        name: str,
+        *,
+        number: int,
+        result: AttemptResult,
+        ending: Ending,
+    ) -> None: ...
 
 
-def run_parallel(router: Router, route: Route) -> tuple[str, AttemptResult, RouteReason]:
+def run_parallel(router: Racer, route: Route) -> tuple[str, AttemptResult, RouteReason]:
     """Run every agent of the plan at once; the agent whose result answers, and why."""
     agents, p, rec = route.agents, route.plan, route.recorder
     done: queue.SimpleQueue[Attempt | AsyncAttempt] = queue.SimpleQueue()
@@ -89,7 +109,7 @@ def run_parallel(router: Router, route: Route) -> tuple[str, AttemptResult, Rout
 
 
 def race_async(
-    router: Router,
+    router: Racer,
     route: Route,
     finish: Callable[[str, AttemptResult, RouteReason], None],
 ) -> None:

@@ -12,9 +12,9 @@ import logging
 import time
 from _thread import allocate_lock as _allocate_lock
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 from runtime.aio import AsyncAgents, AsyncAttempt, Ending
 from runtime.envelope import IntentEnvelope, RoutingStrategy
@@ -23,26 +23,14 @@ from runtime.invoker import Abandoned, AgentInvoker, AttemptResult
 from runtime.observer import Observer
 from runtime.parallel import race_async, run_parallel
 from runtime.policy import PolicyDecision
-from runtime.recorder import ExecutionRecorder
+from runtime.recorder import ExecutionRecorder, RouteReason
 from runtime.registry import AgentDefinition
 from runtime.response import error_dict
+from runtime.routes import Plan, Route
 
 log = logging.getLogger("intentus.runtime.router")
 
 _HANDOFF_WAIT_S = 60.0
-
-RouteReason = Literal[
-    "deterministic_match",  # the first candidate in the deterministic order
-    "target_specified",  # the request named the agent
-    "fallback_attempt",  # an agent after the first in a FALLBACK order answered
-    "broadcast_last_success",
-    "parallel_first_success",
-    "all_failed",
-    "no_candidates",  # no agent handles the intent
-    "all_filtered",  # the policy allows none of the candidates
-    "invalid_request",  # a named agent is not a candidate, or the message was refused
-    "execution_in_doubt",  # a duplicate of a request whose outcome is unknown
-]
 
 
 class _Handoff:
@@ -69,29 +57,6 @@ class _Handoff:
             return None
         self._decided.release()
         return self._result
-
-
-@dataclass(slots=True)
-class Plan:
-    """The try order, or the error that ends the request before any agent runs."""
-
-    try_order: list[str]
-    reason: RouteReason
-    error: dict[str, Any] | None = None
-    agent: str | None = None
-    skipped: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class Route:
-    """What running a plan needs: the routed envelope, its agents by name, the plan, the
-    request's event log, and how to make each agent's private envelope."""
-
-    envelope: IntentEnvelope
-    agents: dict[str, AgentDefinition]
-    plan: Plan
-    recorder: ExecutionRecorder
-    fresh: Callable[[], IntentEnvelope]
 
 
 @dataclass(slots=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from runtime.claims import Claim, ClaimState, MemoryClaims, new_owner_token
 from runtime.errors import RecordExists, RecordStoreError
@@ -56,6 +56,41 @@ class RecordStore(Protocol):
     def ids(self) -> Iterator[str]: ...
     def check_writable(self) -> None: ...
     def close(self) -> None: ...
+
+
+class ReadOnly:
+    """Refuses every claim and write of a RecordStore; deletes only when opened for them."""
+
+    deletes: bool = False
+    owner = ""  # claims nothing, so owns nothing
+
+    def _refuse(self, what: str) -> NoReturn:
+        raise RecordStoreError(f"the record store is open read-only: cannot {what}")
+
+    def check_deletes(self) -> None:
+        if not self.deletes:
+            self._refuse("delete records")
+
+    def claim(self, execution_id: str, *, user_id: str, fingerprint: str | None) -> Claim:
+        self._refuse("claim")
+
+    def take_over(self, claim: Claim, *, user_id: str, fingerprint: str | None) -> Claim:
+        self._refuse("take over a claim")
+
+    def release(self, claim: Claim) -> None:
+        self._refuse("release a claim")
+
+    def probe(self, execution_ids: list[str]) -> dict[str, ClaimState]:
+        self._refuse("probe claims")
+
+    def put(self, execution_id: str, data: bytes) -> None:
+        self._refuse("write records")
+
+    def put_async(self, execution_id: str, data: bytes, done: Callback) -> None:
+        done(RecordStoreError("the record store is open read-only: cannot write records"))
+
+    def check_writable(self) -> None:
+        self._refuse("write records")
 
 
 class MemoryRecordStore:

@@ -32,7 +32,7 @@ from runtime.pgstore.schema import (
     mask,
     migrate,
 )
-from runtime.reader import ReadOnly
+from runtime.store import ReadOnly
 from runtime.supervision import Supervised
 
 

@@ -1,0 +1,35 @@
+"""A route's models: the plan (try order, or the error that stops the request) and what
+running it needs. Below the router and its strategy helpers, which all use them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime.envelope import IntentEnvelope
+from runtime.recorder import ExecutionRecorder, RouteReason
+from runtime.registry import AgentDefinition
+
+
+@dataclass(slots=True)
+class Plan:
+    """The try order, or the error that ends the request before any agent runs."""
+
+    try_order: list[str]
+    reason: RouteReason
+    error: dict[str, Any] | None = None
+    agent: str | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Route:
+    """What running a plan needs: the routed envelope, its agents by name, the plan, the
+    request's event log, and how to make each agent's private envelope."""
+
+    envelope: IntentEnvelope
+    agents: dict[str, AgentDefinition]
+    plan: Plan
+    recorder: ExecutionRecorder
+    fresh: Callable[[], IntentEnvelope]
