@@ -33,7 +33,6 @@ from runtime.duplicates import Duplicates
 from runtime.envelope import IntentEnvelope, RequestContext
 from runtime.errors import RecordExists, RecordStoreError
 from runtime.executed import executed as build_executed
-from runtime.filestore import FileRecordStore
 from runtime.intake import Arrival, Incoming, Refused, Request, read
 from runtime.invoker import Abandoned, AgentInvoker
 from runtime.middleware import Middleware, run_before
@@ -47,7 +46,9 @@ from runtime.registry import AgentRegistry
 from runtime.response import AgentResponse
 from runtime.router import RouteOutcome, Router, plan
 from runtime.routes import Route
-from runtime.store import MemoryRecordStore, RecordStore
+from runtime.stores.base import RecordStore
+from runtime.stores.files.store import FileRecordStore
+from runtime.stores.memory import MemoryRecordStore
 
 log = logging.getLogger("intentus.runtime")
 

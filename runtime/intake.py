@@ -39,7 +39,7 @@ from runtime.recorder import (
     unrouted_record,
 )
 from runtime.response import error_dict, response_body, response_dict
-from runtime.store import RecordStore
+from runtime.stores.base import RecordStore
 
 Incoming = IntentEnvelope | dict[str, Any] | bytes | str
 

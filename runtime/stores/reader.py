@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 
 from runtime.errors import RecordStoreError
-from runtime.filestore import FileRecordStore
-from runtime.store import ReadOnly, RecordStore
+from runtime.stores.base import ReadOnly, RecordStore
+from runtime.stores.files.store import FileRecordStore
 
 
 class FileRecordReader(ReadOnly, FileRecordStore):
@@ -38,7 +38,7 @@ class FileRecordReader(ReadOnly, FileRecordStore):
 def open_reader(*, records_dir: str, records_url: str = "", deletes: bool = False) -> RecordStore:
     """The PostgreSQL store at `records_url` if given, else the records folder, read-only."""
     if records_url:
-        from runtime.pgstore import PostgresRecordReader
+        from runtime.stores.postgres import PostgresRecordReader
 
         return PostgresRecordReader(records_url, deletes=deletes)
     return FileRecordReader(records_dir, deletes=deletes)
