@@ -36,10 +36,8 @@ class Engine(Protocol):
     def process_inline(
         self,
         request: Incoming,
-        context: RequestContext | None = None,
+        context: RequestContext | None,
         *,
-        content_type: str | None = None,
-        correlation_id: str | None = None,
         deliver: Callable[[Outcome], None],
     ) -> None: ...
 

@@ -21,7 +21,7 @@ from runtime.invoker import AgentInvoker, Attempt, AttemptResult
 from runtime.observer import Observer
 from runtime.recorder import ExecutionRecorder, RouteReason
 from runtime.registry import AgentDefinition
-from runtime.routes import Route
+from runtime.routes import Route, end_attempt
 
 
 class Racer(Protocol):
@@ -32,16 +32,6 @@ class Racer(Protocol):
     invoker: AgentInvoker
 
     def timeout_for(self, agent: AgentDefinition) -> float: ...
-
-    def end_attempt(
-        self,
-        rec: ExecutionRecorder,
-        name: str,
-        *,
-        number: int,
-        result: AttemptResult,
-        ending: Ending,
-    ) -> None: ...
 
 
 def run_parallel(router: Racer, route: Route) -> tuple[str, AttemptResult, RouteReason]:
@@ -86,7 +76,14 @@ def run_parallel(router: Racer, route: Route) -> tuple[str, AttemptResult, Route
                 continue  # it returned just now; its completion is in the queue
             result = router.invoker.timeout_result(nearest)
             number = pending.pop(nearest)
-            router.end_attempt(rec, nearest.agent, number=number, result=result, ending="abandoned")
+            end_attempt(
+                router.observer,
+                rec,
+                nearest.agent,
+                number=number,
+                result=result,
+                ending="abandoned",
+            )
             results[nearest.agent] = result
             continue
         if finished not in pending:
@@ -96,7 +93,9 @@ def run_parallel(router: Racer, route: Route) -> tuple[str, AttemptResult, Route
         if isinstance(finished, AsyncAttempt) and finished.ending == "cancelled":
             ending = "cancelled"
         number = pending.pop(finished)
-        router.end_attempt(rec, finished.agent, number=number, result=result, ending=ending)
+        end_attempt(
+            router.observer, rec, finished.agent, number=number, result=result, ending=ending
+        )
         results[finished.agent] = result
         if result.status == "success":
             winner = (finished.agent, result)
@@ -130,7 +129,9 @@ def race_async(
                 return  # the race was decided before it ended
             result = attempt.result()
             ending: Ending = "cancelled" if attempt.ending == "cancelled" else "returned"
-            router.end_attempt(rec, attempt.agent, number=number, result=result, ending=ending)
+            end_attempt(
+                router.observer, rec, attempt.agent, number=number, result=result, ending=ending
+            )
             results[attempt.agent] = result
             if result.status != "success" and pending:
                 return

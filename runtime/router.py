@@ -23,10 +23,10 @@ from runtime.invoker import Abandoned, AgentInvoker, AttemptResult
 from runtime.observer import Observer
 from runtime.parallel import race_async, run_parallel
 from runtime.policy import PolicyDecision
-from runtime.recorder import ExecutionRecorder, RouteReason
+from runtime.recorder import RouteReason
 from runtime.registry import AgentDefinition
 from runtime.response import error_dict
-from runtime.routes import Plan, Route
+from runtime.routes import Plan, Route, end_attempt
 
 log = logging.getLogger("intentus.runtime.router")
 
@@ -337,7 +337,7 @@ class Router:
             rec.event("AGENT_ATTEMPT_START", {"agent": name, "attempt": attempts})
             self.observer.attempt_started(name, attempts)
             result, ending = yield AttemptCall(agent, route.fresh(), self.timeout_for(agent))
-            self.end_attempt(rec, name, number=attempts, result=result, ending=ending)
+            end_attempt(self.observer, rec, name, number=attempts, result=result, ending=ending)
             last = (name, result)
             if result.status == "success":
                 last_success = last
@@ -358,28 +358,4 @@ class Router:
         reason = p.reason if strategy is RoutingStrategy.DIRECT else "all_failed"
         return RouteOutcome.of(
             last[0], last[1], attempts=attempts, reason=reason, try_order=p.try_order
-        )
-
-    def end_attempt(
-        self,
-        rec: ExecutionRecorder,
-        name: str,
-        *,
-        number: int,
-        result: AttemptResult,
-        ending: Ending,
-    ) -> None:
-        payload: dict[str, Any] = {
-            "agent": name,
-            "attempt": number,
-            "status": result.status,
-            "latency_ms": round(result.seconds * 1000.0, 3),
-        }
-        if result.error is not None:
-            payload["error_code"] = result.error_code
-        if ending != "returned":
-            payload[ending] = True  # "abandoned" (a sync thread left behind) or "cancelled"
-        rec.event("AGENT_ATTEMPT_END", payload)
-        self.observer.attempt_finished(
-            name, status=result.status, error_code=result.error_code, seconds=result.seconds
         )
