@@ -49,8 +49,9 @@ from bench.noop_agent import registry
 from runtime import IntentusRuntime
 from runtime.claims import new_owner_token
 from runtime.envelope import RequestContext
-from runtime.filestore import FileRecordStore
-from runtime.store import MemoryRecordStore, RecordStore
+from runtime.stores.base import RecordStore
+from runtime.stores.files.store import FileRecordStore
+from runtime.stores.memory import MemoryRecordStore
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ("memory", "files", "postgres")
@@ -296,7 +297,7 @@ def run_backend(backend: str, template: Template, args: argparse.Namespace) -> R
             )
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-    from runtime.pgstore import PostgresRecordStore
+    from runtime.stores.postgres import PostgresRecordStore
 
     def pg(url: str) -> Result:
         return measure(

@@ -27,13 +27,14 @@ from runtime.errors import (
     RecordUnstorable,
     RegistryError,
 )
-from runtime.filestore import FileRecordStore
 from runtime.middleware import Middleware
 from runtime.observer import Observer
 from runtime.policy import Policy, load_policy
 from runtime.registry import AgentDefinition, AgentRegistry
 from runtime.response import AgentResponse, ErrorInfo, ResponseMetadata
-from runtime.store import MemoryRecordStore, RecordStore
+from runtime.stores.base import RecordStore
+from runtime.stores.files.store import FileRecordStore
+from runtime.stores.memory import MemoryRecordStore
 from runtime.version import __version__
 
 __all__ = [

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from runtime.aio import AsyncAgents
 from runtime.envelope import RequestContext
@@ -22,14 +23,30 @@ from runtime.invoker import Abandoned
 from runtime.outcome import Outcome
 from runtime.response import AgentResponse
 
-if TYPE_CHECKING:
-    from runtime.engine import IntentusRuntime
+
+class Engine(Protocol):
+    """What this needs of `IntentusRuntime`, which calls in here."""
+
+    aio: AsyncAgents
+
+    def settled(self, parked: Outcome) -> bool: ...
+
+    def commit_sync(self, outcome: Outcome) -> Outcome: ...
+
+    def process_inline(
+        self,
+        request: Incoming,
+        context: RequestContext | None,
+        *,
+        deliver: Callable[[Outcome], None],
+    ) -> None: ...
+
 
 _POLL_S = 0.02
 
 
 async def route_intent_async(
-    runtime: IntentusRuntime, envelope: Incoming, context: RequestContext | None = None
+    runtime: Engine, envelope: Incoming, context: RequestContext | None = None
 ) -> AgentResponse:
     loop = asyncio.get_running_loop()
     token = AsyncAgents.use(runtime.aio.on_loop(loop))
@@ -46,7 +63,7 @@ async def route_intent_async(
 
 
 async def _process(
-    runtime: IntentusRuntime,
+    runtime: Engine,
     loop: asyncio.AbstractEventLoop,
     envelope: Incoming,
     context: RequestContext | None,

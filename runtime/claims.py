@@ -15,9 +15,9 @@ system (files) or the database server (PostgreSQL) releases when the owner's pro
 session ends. Records are write-once, which fences a worker whose liveness lapsed: it cannot
 write over the record that another worker wrote meanwhile.
 
-The claim methods are part of the `RecordStore` protocol (runtime/store.py). This module
-holds the shared types and the in-memory claims; the file claims live beside the
-file store (`runtime/store.py`), the PostgreSQL ones in `runtime/pgstore.py`.
+The claim methods are part of the `RecordStore` protocol (runtime/stores/base.py). This module
+holds the shared types and the in-memory claims; the file claims live beside the file store
+(`runtime/stores/files/claims.py`), the PostgreSQL ones in `runtime/stores/postgres/claims.py`.
 """
 
 from __future__ import annotations

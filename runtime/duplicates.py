@@ -39,7 +39,7 @@ from runtime.outcome import Outcome, rejection_from_record, replayed
 from runtime.policy import Policy, PolicySubject
 from runtime.recorder import ExecutionRecorder, unrouted_record
 from runtime.response import error_dict
-from runtime.store import RecordStore
+from runtime.stores.base import RecordStore
 
 log = logging.getLogger("intentus.runtime")
 

@@ -33,7 +33,6 @@ from runtime.duplicates import Duplicates
 from runtime.envelope import IntentEnvelope, RequestContext
 from runtime.errors import RecordExists, RecordStoreError
 from runtime.executed import executed as build_executed
-from runtime.filestore import FileRecordStore
 from runtime.intake import Arrival, Incoming, Refused, Request, read
 from runtime.invoker import Abandoned, AgentInvoker
 from runtime.middleware import Middleware, run_before
@@ -45,8 +44,11 @@ from runtime.recorder import (
 )
 from runtime.registry import AgentRegistry
 from runtime.response import AgentResponse
-from runtime.router import Route, RouteOutcome, Router, plan
-from runtime.store import MemoryRecordStore, RecordStore
+from runtime.router import RouteOutcome, Router, plan
+from runtime.routes import Route
+from runtime.stores.base import RecordStore
+from runtime.stores.files.store import FileRecordStore
+from runtime.stores.memory import MemoryRecordStore
 
 log = logging.getLogger("intentus.runtime")
 
@@ -155,20 +157,30 @@ class IntentusRuntime:
             return outcome
         try:
             self.store.put(outcome.execution_id, outcome.record)
-        except RecordExists:
-            self.finish(outcome, recorded=False)
-            again = self.after_lost_race(outcome)
-            if again is None:
-                raise RecordStoreError(
-                    f"request {outcome.request_id} was taken over by another worker and is not "
-                    "recorded yet; its result here is not the record"
-                ) from None
-            return again
+        except RecordExists as exc:
+            answer = self.settle_write(outcome, exc)
         except RecordStoreError:
             self.finish(outcome, recorded=False)
             raise
-        self.finish(outcome, recorded=True)
-        return outcome
+        else:
+            answer = self.settle_write(outcome, None)
+        if answer is None:
+            raise RecordStoreError(
+                f"request {outcome.request_id} was taken over by another worker and is not "
+                "recorded yet; its result here is not the record"
+            )
+        return answer
+
+    def settle_write(self, outcome: Outcome, exc: RecordExists | None) -> Outcome | None:
+        """After a record write that succeeded or was refused as a duplicate (`put`, or the
+        callback of `put_async`): release the claim. What to answer with: this outcome, the
+        durable record's after a lost race, or None while the worker that took the request over
+        has not recorded it yet. Other write failures stay the caller's: it holds or fails."""
+        if exc is None:
+            self.finish(outcome, recorded=True)
+            return outcome
+        self.finish(outcome, recorded=False)
+        return self.after_lost_race(outcome)
 
     def finish(self, outcome: Outcome, *, recorded: bool) -> None:
         """Release the claim once the record is durable (or will not be written).

@@ -309,3 +309,13 @@ def request_id_hint(data: Any) -> str | None:
             if isinstance(rid, str) and 0 < len(rid) <= MAX_ID_LENGTH:
                 return rid
     return None
+
+
+@dataclass(slots=True)
+class Arrival:
+    """What is known of any delivery: its transport context and when it arrived."""
+
+    context: RequestContext
+    received: datetime  # wall clock, for the record
+    started: float  # the runtime clock's monotonic time, for latencies
+    correlation_id: str | None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from runtime.canonical import (
@@ -20,6 +19,7 @@ from runtime.canonical import (
     trace_id_for,
 )
 from runtime.envelope import (
+    Arrival,
     IntentEnvelope,
     RequestContext,
     decode_json,
@@ -39,19 +39,9 @@ from runtime.recorder import (
     unrouted_record,
 )
 from runtime.response import error_dict, response_body, response_dict
-from runtime.store import RecordStore
+from runtime.stores.base import RecordStore
 
 Incoming = IntentEnvelope | dict[str, Any] | bytes | str
-
-
-@dataclass(slots=True)
-class Arrival:
-    """What is known of any delivery: its transport context and when it arrived."""
-
-    context: RequestContext
-    received: datetime  # wall clock, for the record
-    started: float  # the runtime clock's monotonic time, for latencies
-    correlation_id: str | None
 
 
 @dataclass(slots=True)

@@ -14,17 +14,27 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
-from runtime.aio import AsyncAttempt, Ending
-from runtime.invoker import Attempt, AttemptResult
-from runtime.recorder import ExecutionRecorder
+from runtime.aio import AsyncAgents, AsyncAttempt, Ending
+from runtime.invoker import AgentInvoker, Attempt, AttemptResult
+from runtime.observer import Observer
+from runtime.recorder import ExecutionRecorder, RouteReason
+from runtime.registry import AgentDefinition
+from runtime.routes import Route, end_attempt
 
-if TYPE_CHECKING:
-    from runtime.router import Route, Router, RouteReason
+
+class Racer(Protocol):
+    """What running agents at once needs of the router, which calls in here."""
+
+    aio: AsyncAgents
+    observer: Observer
+    invoker: AgentInvoker
+
+    def timeout_for(self, agent: AgentDefinition) -> float: ...
 
 
-def run_parallel(router: Router, route: Route) -> tuple[str, AttemptResult, RouteReason]:
+def run_parallel(router: Racer, route: Route) -> tuple[str, AttemptResult, RouteReason]:
     """Run every agent of the plan at once; the agent whose result answers, and why."""
     agents, p, rec = route.agents, route.plan, route.recorder
     done: queue.SimpleQueue[Attempt | AsyncAttempt] = queue.SimpleQueue()
@@ -66,7 +76,14 @@ def run_parallel(router: Router, route: Route) -> tuple[str, AttemptResult, Rout
                 continue  # it returned just now; its completion is in the queue
             result = router.invoker.timeout_result(nearest)
             number = pending.pop(nearest)
-            router.end_attempt(rec, nearest.agent, number=number, result=result, ending="abandoned")
+            end_attempt(
+                router.observer,
+                rec,
+                nearest.agent,
+                number=number,
+                result=result,
+                ending="abandoned",
+            )
             results[nearest.agent] = result
             continue
         if finished not in pending:
@@ -76,7 +93,9 @@ def run_parallel(router: Router, route: Route) -> tuple[str, AttemptResult, Rout
         if isinstance(finished, AsyncAttempt) and finished.ending == "cancelled":
             ending = "cancelled"
         number = pending.pop(finished)
-        router.end_attempt(rec, finished.agent, number=number, result=result, ending=ending)
+        end_attempt(
+            router.observer, rec, finished.agent, number=number, result=result, ending=ending
+        )
         results[finished.agent] = result
         if result.status == "success":
             winner = (finished.agent, result)
@@ -89,7 +108,7 @@ def run_parallel(router: Router, route: Route) -> tuple[str, AttemptResult, Rout
 
 
 def race_async(
-    router: Router,
+    router: Racer,
     route: Route,
     finish: Callable[[str, AttemptResult, RouteReason], None],
 ) -> None:
@@ -110,7 +129,9 @@ def race_async(
                 return  # the race was decided before it ended
             result = attempt.result()
             ending: Ending = "cancelled" if attempt.ending == "cancelled" else "returned"
-            router.end_attempt(rec, attempt.agent, number=number, result=result, ending=ending)
+            end_attempt(
+                router.observer, rec, attempt.agent, number=number, result=result, ending=ending
+            )
             results[attempt.agent] = result
             if result.status != "success" and pending:
                 return

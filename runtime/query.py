@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 from runtime.replay import iter_records, summary
-from runtime.store import RecordStore
+from runtime.stores.base import RecordStore
 
 #: The keys of one row: `replay.summary` plus the correlationId searched by `RecordFilter.text`.
 ROW_FIELDS = (

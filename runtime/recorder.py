@@ -16,8 +16,7 @@ from runtime.clock import format_timestamp
 from runtime.version import __version__
 
 if TYPE_CHECKING:
-    from runtime.intake import Arrival
-    from runtime.router import RouteReason
+    from runtime.envelope import Arrival
 
 EventType = Literal[
     "INTENT_RECEIVED",
@@ -33,6 +32,20 @@ EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 RecordKind = Literal["execution", "rejected", "in_doubt"]
 RAW_BODY_LIMIT = 64 * 1024
 RECORD_FORMAT = 1
+
+# Why a record ended as it did: the routing decision, written into every record.
+RouteReason = Literal[
+    "deterministic_match",  # the first candidate in the deterministic order
+    "target_specified",  # the request named the agent
+    "fallback_attempt",  # an agent after the first in a FALLBACK order answered
+    "broadcast_last_success",
+    "parallel_first_success",
+    "all_failed",
+    "no_candidates",  # no agent handles the intent
+    "all_filtered",  # the policy allows none of the candidates
+    "invalid_request",  # a named agent is not a candidate, or the message was refused
+    "execution_in_doubt",  # a duplicate of a request whose outcome is unknown
+]
 
 
 class RecordHeader(TypedDict):

@@ -17,7 +17,7 @@ from runtime.recorder import EVENT_TYPES
 from runtime.registry import AgentRegistry
 from runtime.response import response_body
 from runtime.router import plan
-from runtime.store import EXECUTION_ID, RecordStore
+from runtime.stores.base import EXECUTION_ID, RecordStore
 
 
 def load(store: RecordStore, execution_id: str) -> dict[str, Any]:

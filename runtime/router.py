@@ -12,9 +12,9 @@ import logging
 import time
 from _thread import allocate_lock as _allocate_lock
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 from runtime.aio import AsyncAgents, AsyncAttempt, Ending
 from runtime.envelope import IntentEnvelope, RoutingStrategy
@@ -23,26 +23,14 @@ from runtime.invoker import Abandoned, AgentInvoker, AttemptResult
 from runtime.observer import Observer
 from runtime.parallel import race_async, run_parallel
 from runtime.policy import PolicyDecision
-from runtime.recorder import ExecutionRecorder
+from runtime.recorder import RouteReason
 from runtime.registry import AgentDefinition
 from runtime.response import error_dict
+from runtime.routes import Plan, Route, end_attempt
 
 log = logging.getLogger("intentus.runtime.router")
 
 _HANDOFF_WAIT_S = 60.0
-
-RouteReason = Literal[
-    "deterministic_match",  # the first candidate in the deterministic order
-    "target_specified",  # the request named the agent
-    "fallback_attempt",  # an agent after the first in a FALLBACK order answered
-    "broadcast_last_success",
-    "parallel_first_success",
-    "all_failed",
-    "no_candidates",  # no agent handles the intent
-    "all_filtered",  # the policy allows none of the candidates
-    "invalid_request",  # a named agent is not a candidate, or the message was refused
-    "execution_in_doubt",  # a duplicate of a request whose outcome is unknown
-]
 
 
 class _Handoff:
@@ -69,29 +57,6 @@ class _Handoff:
             return None
         self._decided.release()
         return self._result
-
-
-@dataclass(slots=True)
-class Plan:
-    """The try order, or the error that ends the request before any agent runs."""
-
-    try_order: list[str]
-    reason: RouteReason
-    error: dict[str, Any] | None = None
-    agent: str | None = None
-    skipped: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class Route:
-    """What running a plan needs: the routed envelope, its agents by name, the plan, the
-    request's event log, and how to make each agent's private envelope."""
-
-    envelope: IntentEnvelope
-    agents: dict[str, AgentDefinition]
-    plan: Plan
-    recorder: ExecutionRecorder
-    fresh: Callable[[], IntentEnvelope]
 
 
 @dataclass(slots=True)
@@ -372,7 +337,7 @@ class Router:
             rec.event("AGENT_ATTEMPT_START", {"agent": name, "attempt": attempts})
             self.observer.attempt_started(name, attempts)
             result, ending = yield AttemptCall(agent, route.fresh(), self.timeout_for(agent))
-            self.end_attempt(rec, name, number=attempts, result=result, ending=ending)
+            end_attempt(self.observer, rec, name, number=attempts, result=result, ending=ending)
             last = (name, result)
             if result.status == "success":
                 last_success = last
@@ -393,28 +358,4 @@ class Router:
         reason = p.reason if strategy is RoutingStrategy.DIRECT else "all_failed"
         return RouteOutcome.of(
             last[0], last[1], attempts=attempts, reason=reason, try_order=p.try_order
-        )
-
-    def end_attempt(
-        self,
-        rec: ExecutionRecorder,
-        name: str,
-        *,
-        number: int,
-        result: AttemptResult,
-        ending: Ending,
-    ) -> None:
-        payload: dict[str, Any] = {
-            "agent": name,
-            "attempt": number,
-            "status": result.status,
-            "latency_ms": round(result.seconds * 1000.0, 3),
-        }
-        if result.error is not None:
-            payload["error_code"] = result.error_code
-        if ending != "returned":
-            payload[ending] = True  # "abandoned" (a sync thread left behind) or "cancelled"
-        rec.event("AGENT_ATTEMPT_END", payload)
-        self.observer.attempt_finished(
-            name, status=result.status, error_code=result.error_code, seconds=result.seconds
         )

@@ -64,3 +64,10 @@ class RequestTimeout(ClientError, TimeoutError):
 
 class ClientClosed(ClientError):
     """The client was closed before or while the request was sent."""
+
+
+def fresh(error: ClientError) -> ClientError:
+    """A copy of a shared error to raise in one caller, keeping its cause."""
+    copy = type(error)(*error.args)
+    copy.__cause__ = error.__cause__
+    return copy

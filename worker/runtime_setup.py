@@ -13,7 +13,7 @@ from runtime.middleware import Middleware
 from runtime.observer import Observer
 from runtime.policy import Policy
 from runtime.registry import AgentRegistry
-from runtime.store import RecordStore
+from runtime.stores.base import RecordStore
 from worker.config import Config, mask_url, option_error
 from worker.errors import RecordsUnusable
 
@@ -22,7 +22,7 @@ MEMORY_RECORDS = ":memory:"
 
 def open_postgres_store(cfg: Config) -> RecordStore:
     """The PostgreSQL execution store for this worker (the `postgres` extra)."""
-    from runtime.pgstore import PostgresRecordStore
+    from runtime.stores.postgres import PostgresRecordStore
 
     return PostgresRecordStore(
         cfg.records_url,

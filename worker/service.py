@@ -426,13 +426,11 @@ class Worker:
 
         def recorded(exc: BaseException | None) -> None:
             self.hooks.recorded(delivery, decision, exc, time.monotonic() - started)
-            if exc is None:
-                self.runtime.finish(outcome, recorded=True)
-                self.responder.respond(delivery, decision)
-            elif isinstance(exc, RecordExists):
-                self.runtime.finish(outcome, recorded=False)
-                again = self.runtime.after_lost_race(outcome)
-                if again is None:
+            if exc is None or isinstance(exc, RecordExists):
+                again = self.runtime.settle_write(outcome, exc)
+                if exc is None:
+                    self.responder.respond(delivery, decision)
+                elif again is None:
                     # Fenced, and the worker that took the request over has not recorded it
                     # yet. Our result is not the record, so it is not replied: the delivery
                     # goes back and is answered from that worker's record when it exists.

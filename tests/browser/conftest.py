@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from runtime.store import RecordStore
+from runtime.stores.base import RecordStore
 from tests.browser.corpus import Corpus, make_runtime, populate, registry
 from tests.support.pg import temporary_database
 from worker.browser.server import RecordBrowser
@@ -47,7 +47,7 @@ def files(folder: Path) -> Iterator[Backend]:
 
 @contextmanager
 def postgres(folder: Path) -> Iterator[Backend]:
-    from runtime.pgstore import PostgresRecordStore
+    from runtime.stores.postgres import PostgresRecordStore
 
     with temporary_database() as url:
         yield Backend(

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from runtime.claims import ClaimState
-from runtime.pgstore import PostgresRecordStore
+from runtime.stores.postgres import PostgresRecordStore
 from tests.deploy.common import DATABASE_TABLES, OPERATIONS_DOC
 from tests.support.broker import IN_CI
 from tests.support.pg import PG_URL

@@ -41,7 +41,7 @@ from urllib.parse import unquote
 import pika.exceptions
 import pytest
 
-from runtime.reader import open_reader
+from runtime.stores.reader import open_reader
 from tests.faults.adversarial import (
     FIGURES,
     Planner,

@@ -45,7 +45,7 @@ def modules() -> set[str]:
 def test_the_checkout_has_what_the_packages_must_carry() -> None:
     files = shipped_files()
     assert {"runtime/py.typed", "worker/py.typed", "worker/browser/static/index.html"} <= set(files)
-    assert {"worker.amqp.consumer", "runtime.pgstore"} <= modules()
+    assert {"worker.amqp.consumer", "runtime.stores.postgres"} <= modules()
 
 
 def test_the_build_uses_nothing_its_backend_has_deprecated(dist: Dist) -> None:

@@ -22,8 +22,9 @@ from runtime.canonical import execution_id_for, rejection_id_for
 from runtime.claims import ClaimState
 from runtime.envelope import RequestContext
 from runtime.errors import RecordStoreError
-from runtime.filestore import FileRecordStore
-from runtime.store import MemoryRecordStore, RecordStore
+from runtime.stores.base import RecordStore
+from runtime.stores.files.store import FileRecordStore
+from runtime.stores.memory import MemoryRecordStore
 from tests.support import pg
 
 BACKENDS = ["memory", "files", "postgres"]
@@ -56,7 +57,7 @@ class Backend:
         elif self.kind == "files":
             store = FileRecordStore(self.place)
         else:
-            from runtime.pgstore import PostgresRecordStore
+            from runtime.stores.postgres import PostgresRecordStore
 
             store = PostgresRecordStore(self.place, pool_size=4)
         self.opened.append(store)

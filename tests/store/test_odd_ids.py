@@ -206,7 +206,7 @@ def test_unstorable_is_a_record_store_error() -> None:
 _OVER_THE_FILE_LIMIT = r"""
 import resource, signal, sys
 from runtime.errors import RecordUnstorable
-from runtime.filestore import FileRecordStore
+from runtime.stores.files.store import FileRecordStore
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of the signal
 resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))

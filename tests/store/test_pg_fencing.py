@@ -14,7 +14,7 @@ from tests.support import pg
 def test_fenced_commit_without_a_record_answers_nothing() -> None:
     """The agent ran, then another worker took the request over (this one looked dead) and
     has not recorded it yet: commit_sync raises instead of returning the unrecorded result."""
-    from runtime.pgstore import PostgresRecordStore
+    from runtime.stores.postgres import PostgresRecordStore
 
     with pg.temporary_database() as url:
         one = PostgresRecordStore(url, pool_size=4)

@@ -6,8 +6,8 @@ import psycopg
 import pytest
 
 from runtime.errors import RecordStoreError
-from runtime.pgstore import PostgresRecordReader, PostgresRecordStore
 from runtime.query import RecordFilter
+from runtime.stores.postgres import PostgresRecordReader, PostgresRecordStore
 from tests.support import pg
 
 EXECUTION_ID = "exec-" + "c" * 24

@@ -20,8 +20,8 @@ import pytest
 from runtime import AgentError, AgentRegistry, ErrorCode, FixedClock, IntentusRuntime
 from runtime.canonical import execution_id_for
 from runtime.envelope import RequestContext
-from runtime.filestore import FileRecordStore
-from runtime.store import RecordStore
+from runtime.stores.base import RecordStore
+from runtime.stores.files.store import FileRecordStore
 from tests.support import pg
 from tests.support.workerproc import ROOT
 
@@ -59,7 +59,7 @@ def request(request_id: str, **payload: Any) -> bytes:
 def store_args(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[str]]:
     """CLI arguments naming a store filled with the same five records."""
     if request.param == "postgres":
-        from runtime.pgstore import PostgresRecordStore
+        from runtime.stores.postgres import PostgresRecordStore
 
         with pg.temporary_database() as url:
             store: RecordStore = PostgresRecordStore(url, pool_size=2)

@@ -8,8 +8,8 @@ import pytest
 
 from worker import config as configuration
 from worker.amqp import queue_arguments
-from worker.clients.intents import amqp_priority, build_envelope, check_traceparent, new_traceparent
 from worker.errors import ConfigError
+from worker.intents import amqp_priority, build_envelope, check_traceparent, new_traceparent
 
 
 class TestPriority:

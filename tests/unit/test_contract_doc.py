@@ -8,7 +8,7 @@ from typing import get_args
 
 from runtime import ErrorCode
 from runtime.demo import registry as demo_registry
-from runtime.router import RouteReason
+from runtime.recorder import RouteReason
 from worker.config import OPTIONS
 from worker.metrics import Metrics
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from runtime.canonical import execution_id_for
 from runtime.claims import ClaimState
-from runtime.filestore import FileRecordStore
+from runtime.stores.files.store import FileRecordStore
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,7 +19,7 @@ OWNER = textwrap.dedent(
     """
     import os, sys, time
     from runtime.canonical import execution_id_for
-    from runtime.filestore import FileRecordStore
+    from runtime.stores.files.store import FileRecordStore
 
     store = FileRecordStore(sys.argv[1], owner="victim")
     assert store.claim(execution_id_for("forked"), user_id="", fingerprint="f").won
@@ -66,7 +66,7 @@ PROBE = textwrap.dedent(
     """
     import sys
     from runtime.canonical import execution_id_for
-    from runtime.filestore import FileRecordStore
+    from runtime.stores.files.store import FileRecordStore
 
     store = FileRecordStore(sys.argv[1], owner="probe")
     print(store.claim(execution_id_for("mine"), user_id="", fingerprint="f").state.value)

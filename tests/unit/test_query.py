@@ -19,7 +19,7 @@ from runtime.query import (
     row,
     search,
 )
-from runtime.store import MemoryRecordStore
+from runtime.stores.memory import MemoryRecordStore
 
 from .conftest import Calls, body, envelope, fail, ok
 

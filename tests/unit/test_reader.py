@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from runtime.errors import RecordStoreError
-from runtime.filestore import FileRecordStore
 from runtime.query import delete_older_than
-from runtime.reader import FileRecordReader, open_reader
+from runtime.stores.files.store import FileRecordStore
+from runtime.stores.reader import FileRecordReader, open_reader
 
 EXECUTION_ID = "exec-" + "a" * 24
 RECORD = b'{"header": {"createdAt": "2024-01-15T10:30:00.000Z"}}'

@@ -17,7 +17,7 @@ import pytest
 
 from runtime import FileRecordStore, MemoryRecordStore, RecordExists, RecordStoreError
 from runtime.canonical import execution_id_for
-from runtime.filestore import TMP_DIR
+from runtime.stores.files.store import TMP_DIR
 
 EID = execution_id_for("req-1")
 
@@ -220,7 +220,7 @@ WRITER = textwrap.dedent(
     """
     import json, sys
     from runtime.canonical import execution_id_for
-    from runtime.filestore import FileRecordStore
+    from runtime.stores.files.store import FileRecordStore
     store = FileRecordStore(sys.argv[1], owner="victim")
     blob = "x" * (512 * 1024)
     i = 0

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from runtime import RecordExists
-from runtime import filecommit as store_module
-from runtime.filestore import FileRecordStore
+from runtime.stores.files import commit as store_module
+from runtime.stores.files.store import FileRecordStore
 
 
 def _eid(i: int) -> str:

@@ -14,9 +14,9 @@ from pika.adapters.asyncio_connection import AsyncioConnection
 
 from worker.amqp.client_link import ClientLink
 from worker.amqp.connect import describe
-from worker.clients.calls import ClientRequest, fresh
 from worker.config import mask_url
-from worker.errors import ClientError, ConnectionLost
+from worker.errors import ClientError, ConnectionLost, fresh
+from worker.intents import ClientRequest
 
 log = logging.getLogger("intentus.amqp")
 

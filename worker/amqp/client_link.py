@@ -18,9 +18,9 @@ from pika.channel import Channel
 
 from worker.amqp.connect import PERSISTENT, describe, parameters, translated
 from worker.amqp.publisher import settle_confirmed
-from worker.clients.calls import ClientRequest
 from worker.config import mask_url, url_problem
 from worker.errors import ClientClosed, ClientError, ConnectionLost, PublishFailed
+from worker.intents import ClientRequest
 
 log = logging.getLogger("intentus.amqp")
 

@@ -16,7 +16,7 @@ from typing import Any
 import pika
 
 from runtime.errors import EnvelopeError, ErrorCode
-from worker.clients.intents import check_traceparent
+from worker.intents import check_traceparent
 from worker.transport import Delivery
 
 #: The properties the worker reads as text, in the order their faults are reported.

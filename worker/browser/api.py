@@ -10,11 +10,12 @@ from typing import Any
 from runtime import query
 from runtime import replay as records
 from runtime.errors import IntentusError
-from runtime.filestore import FileRecordStore
-from runtime.pgstore import PostgresRecordStore
 from runtime.policy import Policy
 from runtime.registry import AgentRegistry
-from runtime.store import MemoryRecordStore, RecordStore
+from runtime.stores.base import RecordStore
+from runtime.stores.files.store import FileRecordStore
+from runtime.stores.memory import MemoryRecordStore
+from runtime.stores.postgres import PostgresRecordStore
 from runtime.version import __version__
 from worker.errors import ConfigError
 

@@ -31,7 +31,7 @@ from importlib import resources
 
 from runtime.policy import Policy
 from runtime.registry import AgentRegistry
-from runtime.store import RecordStore
+from runtime.stores.base import RecordStore
 from worker.browser.api import RecordQueries
 from worker.browser.handler import STATIC, TOKEN_ENV, BrowserHandler, check_token
 from worker.errors import ConfigError

@@ -223,7 +223,7 @@ def _payload(text: str) -> dict[str, Any]:
 def cmd_send(args: argparse.Namespace) -> int:
     from worker.clients.blocking import IntentusClient
     from worker.clients.calls import correlation_id_for
-    from worker.clients.intents import new_request_id
+    from worker.intents import new_request_id
 
     cfg = configuration.load(args)
     payload = _payload(args.payload)

@@ -1,6 +1,6 @@
 """`intentus records ...`: inspect, verify, replay and collect execution records.
 
-Every subcommand opens the configured store read-only (`runtime.reader`); only `gc` may delete.
+Every subcommand opens the configured store read-only (`runtime.stores.reader`); only `gc` may delete.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 from runtime import query
 from runtime import replay as records
 from runtime.errors import RecordStoreError
-from runtime.reader import open_reader
-from runtime.store import RecordStore
+from runtime.stores.base import RecordStore
+from runtime.stores.reader import open_reader
 from worker import config as configuration
 from worker.cli.output import output, parse_duration, parse_since, table
 from worker.errors import EXIT_ERROR, EXIT_OK, ConfigError

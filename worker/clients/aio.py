@@ -20,8 +20,9 @@ from typing import Unpack, overload
 from runtime.response import AgentResponse
 from worker.amqp import AsyncClientConnection
 from worker.clients import calls
-from worker.clients.calls import ClientBase, ClientRequest
-from worker.errors import ClientClosed, ClientError
+from worker.clients.calls import ClientBase
+from worker.errors import ClientClosed, ClientError, fresh
+from worker.intents import ClientRequest
 
 __all__ = ["AsyncIntentusClient"]
 
@@ -41,7 +42,7 @@ class _Call:
         if self.future.done():
             return
         if error is not None:
-            self.future.set_exception(calls.fresh(error))
+            self.future.set_exception(fresh(error))
         else:
             self.future.set_result(body)
 

@@ -34,19 +34,30 @@ from worker.clients.calls import (
     AwaitReply,
     Calls,
     ClientBase,
-    ClientRequest,
     ConfirmOnly,
     Payload,
     RawOptions,
     SendOptions,
     answer,
-    fresh,
     intent_request,
     raw_request,
     timeout_error,
 )
-from worker.clients.intents import PRIORITIES, amqp_priority, build_envelope, new_traceparent
-from worker.errors import ClientClosed, ClientError, ConnectionLost, PublishFailed, RequestTimeout
+from worker.errors import (
+    ClientClosed,
+    ClientError,
+    ConnectionLost,
+    PublishFailed,
+    RequestTimeout,
+    fresh,
+)
+from worker.intents import (
+    PRIORITIES,
+    ClientRequest,
+    amqp_priority,
+    build_envelope,
+    new_traceparent,
+)
 
 __all__ = [
     "PRIORITIES",

@@ -9,14 +9,20 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Literal, Protocol, Required, TypedDict
 
 from runtime.canonical import dumps
 from runtime.response import AgentResponse
-from worker.clients.intents import amqp_priority, build_envelope, check_traceparent, new_traceparent
 from worker.config import DEFAULT_AMQP_URL, DEFAULT_QUEUE, REPLY_TIMEOUT_S
 from worker.errors import ClientClosed, ClientError, ConnectionLost, RequestTimeout
+from worker.intents import (
+    ClientRequest,
+    amqp_priority,
+    build_envelope,
+    check_traceparent,
+    new_traceparent,
+)
 
 log = logging.getLogger("intentus.client")
 
@@ -49,21 +55,6 @@ def _checked_property(name: str, value: str | None) -> str | None:
             f"got {len(value.encode())}"
         )
     return value
-
-
-@dataclass(frozen=True)
-class ClientRequest:
-    """One request as a client hands it to its link."""
-
-    queue: str
-    body: bytes
-    correlation_id: str
-    message_id: str | None  # the requestId when it fits the property, else none
-    reply: bool
-    headers: dict[str, Any]
-    priority: int | None
-    request_id: str = ""
-    correlation_chosen: bool = True  # by the caller: never replaced (see ClientBase._register)
 
 
 class IntentOptions(TypedDict, total=False):
@@ -187,13 +178,6 @@ def timeout_error(request: ClientRequest, timeout: float, *, confirmed: bool) ->
         f"{what}; the request may still be executed: re-send it with "
         f"request_id={request_id!r} to get its recorded answer"
     )
-
-
-def fresh(error: ClientError) -> ClientError:
-    """A copy of a shared error to raise in one caller, keeping its cause."""
-    copy = type(error)(*error.args)
-    copy.__cause__ = error.__cause__
-    return copy
 
 
 class Call(Protocol):

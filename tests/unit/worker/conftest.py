@@ -12,7 +12,7 @@ import pytest
 
 from runtime import AgentRegistry
 from runtime.errors import RecordStoreError
-from runtime.store import Callback, RecordStore
+from runtime.stores.base import Callback, RecordStore
 from worker.config import Config
 from worker.service import Worker
 from worker.testing import MemoryTransport

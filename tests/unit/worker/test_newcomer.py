@@ -14,7 +14,7 @@ import pytest
 from runtime import IntentusRuntime
 from runtime.demo import registry as demo_registry
 from runtime.replay import stats
-from runtime.store import MemoryRecordStore
+from runtime.stores.memory import MemoryRecordStore
 from tests.support.workerproc import ROOT
 from worker import cli
 from worker import config as configuration
@@ -146,7 +146,7 @@ class TestStats:
 
     def test_stats_keys_are_never_a_literal_none(self, tmp_path: Path) -> None:
         _records_without_intent_or_agent(tmp_path / "records")
-        from runtime.reader import open_reader
+        from runtime.stores.reader import open_reader
 
         summary = stats(open_reader(records_dir=str(tmp_path / "records"), records_url=""))
         assert summary["records"] == 2

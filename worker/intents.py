@@ -1,5 +1,6 @@
 """What one intent request is made of: the IntentEnvelope JSON, the AMQP priority of its
-`context.priority`, and its W3C `traceparent`. Pure; shared by both clients and the CLI."""
+`context.priority`, its W3C `traceparent`, and the request a client hands to its link. Pure;
+shared by both clients, their links in worker/amqp/ and the CLI."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import re
 import secrets
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 #: AMQP `priority` published for each `context.priority`. A classic queue declared with
@@ -80,3 +82,18 @@ def build_envelope(
         "metadata": metadata,
         "routing": routing,
     }
+
+
+@dataclass(frozen=True)
+class ClientRequest:
+    """One request as a client hands it to its link."""
+
+    queue: str
+    body: bytes
+    correlation_id: str
+    message_id: str | None  # the requestId when it fits the property, else none
+    reply: bool
+    headers: dict[str, Any]
+    priority: int | None
+    request_id: str = ""
+    correlation_chosen: bool = True  # by the caller: never replaced (see ClientBase._register)

@@ -1,19 +1,18 @@
 """Record stores: where ExecutionRecords live, one immutable JSON document per executionId.
 
 `RecordStore` is the protocol every store keeps (claims and records; runtime/claims.py has the
-claim protocol); `MemoryRecordStore` keeps them in process memory. The files store is in
-runtime/filestore.py, the PostgreSQL store in runtime/pgstore/.
+claim protocol), and `ReadOnly` what a store opened for reading refuses. The backends are
+beside this module: memory.py, files/, postgres/; reader.py opens one read-only.
 """
 
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import NoReturn, Protocol
 
-from runtime.claims import Claim, ClaimState, MemoryClaims, new_owner_token
-from runtime.errors import RecordExists, RecordStoreError
+from runtime.claims import Claim, ClaimState
+from runtime.errors import RecordStoreError
 from runtime.oneshot import OneShot
 
 EXECUTION_ID = re.compile(r"^exec-[0-9a-f]{24}$")
@@ -58,57 +57,36 @@ class RecordStore(Protocol):
     def close(self) -> None: ...
 
 
-class MemoryRecordStore:
-    """Records in a dict: for embedding and tests (nothing survives the process)."""
+class ReadOnly:
+    """Refuses every claim and write of a RecordStore; deletes only when opened for them."""
 
-    def __init__(self, owner: str | None = None) -> None:
-        self._data: dict[str, bytes] = {}
-        self._lock = threading.Lock()
-        self.owner = owner or new_owner_token("memory")
-        self._claims = MemoryClaims(self.owner, self)
+    deletes: bool = False
+    owner = ""  # claims nothing, so owns nothing
+
+    def _refuse(self, what: str) -> NoReturn:
+        raise RecordStoreError(f"the record store is open read-only: cannot {what}")
+
+    def check_deletes(self) -> None:
+        if not self.deletes:
+            self._refuse("delete records")
 
     def claim(self, execution_id: str, *, user_id: str, fingerprint: str | None) -> Claim:
-        return self._claims.claim(execution_id, user_id=user_id, fingerprint=fingerprint)
+        self._refuse("claim")
 
     def take_over(self, claim: Claim, *, user_id: str, fingerprint: str | None) -> Claim:
-        return self._claims.take_over(claim, user_id=user_id, fingerprint=fingerprint)
+        self._refuse("take over a claim")
 
     def release(self, claim: Claim) -> None:
-        self._claims.release(claim)
+        self._refuse("release a claim")
 
     def probe(self, execution_ids: list[str]) -> dict[str, ClaimState]:
-        return self._claims.probe(execution_ids)
-
-    def get(self, execution_id: str) -> bytes | None:
-        return self._data.get(execution_id)
-
-    def exists(self, execution_id: str) -> bool:
-        return execution_id in self._data
+        self._refuse("probe claims")
 
     def put(self, execution_id: str, data: bytes) -> None:
-        check_execution_id(execution_id)
-        with self._lock:
-            if execution_id in self._data:
-                raise RecordExists(execution_id)
-            self._data[execution_id] = bytes(data)
+        self._refuse("write records")
 
     def put_async(self, execution_id: str, data: bytes, done: Callback) -> None:
-        try:
-            self.put(execution_id, data)
-        except RecordStoreError as exc:
-            done(exc)
-        else:
-            done(None)
-
-    def delete(self, execution_id: str) -> bool:
-        with self._lock:
-            return self._data.pop(execution_id, None) is not None
-
-    def ids(self) -> Iterator[str]:
-        return iter(sorted(self._data))
+        done(RecordStoreError("the record store is open read-only: cannot write records"))
 
     def check_writable(self) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
+        self._refuse("write records")

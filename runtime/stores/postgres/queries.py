@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from runtime.pgstore.connection import Connected
-from runtime.pgstore.schema import TABLE, index_text, one_row
 from runtime.query import RecordFilter
+from runtime.stores.postgres.connection import Connected
+from runtime.stores.postgres.schema import TABLE, index_text, one_row
 
 #: The RecordFilter fields compared with indexed columns of the same name.
 _INDEXED = ("intent", "status", "error_code", "agent")

@@ -9,47 +9,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import NoReturn
 
-from runtime.claims import Claim, ClaimState
 from runtime.errors import RecordStoreError
-from runtime.filestore import FileRecordStore
-from runtime.store import Callback, RecordStore
-
-
-class ReadOnly:
-    """Refuses every claim and write of a RecordStore; deletes only when opened for them."""
-
-    deletes: bool = False
-    owner = ""  # claims nothing, so owns nothing
-
-    def _refuse(self, what: str) -> NoReturn:
-        raise RecordStoreError(f"the record store is open read-only: cannot {what}")
-
-    def check_deletes(self) -> None:
-        if not self.deletes:
-            self._refuse("delete records")
-
-    def claim(self, execution_id: str, *, user_id: str, fingerprint: str | None) -> Claim:
-        self._refuse("claim")
-
-    def take_over(self, claim: Claim, *, user_id: str, fingerprint: str | None) -> Claim:
-        self._refuse("take over a claim")
-
-    def release(self, claim: Claim) -> None:
-        self._refuse("release a claim")
-
-    def probe(self, execution_ids: list[str]) -> dict[str, ClaimState]:
-        self._refuse("probe claims")
-
-    def put(self, execution_id: str, data: bytes) -> None:
-        self._refuse("write records")
-
-    def put_async(self, execution_id: str, data: bytes, done: Callback) -> None:
-        done(RecordStoreError("the record store is open read-only: cannot write records"))
-
-    def check_writable(self) -> None:
-        self._refuse("write records")
+from runtime.stores.base import ReadOnly, RecordStore
+from runtime.stores.files.store import FileRecordStore
 
 
 class FileRecordReader(ReadOnly, FileRecordStore):
@@ -75,7 +38,7 @@ class FileRecordReader(ReadOnly, FileRecordStore):
 def open_reader(*, records_dir: str, records_url: str = "", deletes: bool = False) -> RecordStore:
     """The PostgreSQL store at `records_url` if given, else the records folder, read-only."""
     if records_url:
-        from runtime.pgstore import PostgresRecordReader
+        from runtime.stores.postgres import PostgresRecordReader
 
         return PostgresRecordReader(records_url, deletes=deletes)
     return FileRecordReader(records_dir, deletes=deletes)

@@ -20,10 +20,11 @@ from datetime import datetime
 from runtime.claims import new_owner_token
 from runtime.errors import RecordStoreError
 from runtime.forksafe import detach_in_children, fileno_of
-from runtime.pgstore.claims import PostgresClaims
-from runtime.pgstore.queries import RecordQueries
-from runtime.pgstore.records import RecordWrites, _Pending
-from runtime.pgstore.schema import (
+from runtime.stores.base import ReadOnly
+from runtime.stores.postgres.claims import PostgresClaims
+from runtime.stores.postgres.queries import RecordQueries
+from runtime.stores.postgres.records import RecordWrites, _Pending
+from runtime.stores.postgres.schema import (
     MIGRATIONS,
     SCHEMA_VERSION,
     TABLE,
@@ -32,7 +33,6 @@ from runtime.pgstore.schema import (
     mask,
     migrate,
 )
-from runtime.reader import ReadOnly
 from runtime.supervision import Supervised
 
 

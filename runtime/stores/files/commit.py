@@ -1,7 +1,7 @@
 """Group commit for the files store: temp file, sync, link into place, sync, report.
 
 A committer thread takes every record written since its last round and makes them durable
-together (see runtime/filestore.py for the two syncs each record needs and when `syncfs`
+together (see runtime/stores/files/store.py for the two syncs each record needs and when `syncfs`
 replaces the fsyncs). `GroupCommit` is the files store's writing half.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runtime.errors import RecordExists, RecordStoreError, RecordUnstorable
-from runtime.store import Callback
+from runtime.stores.base import Callback
 
 log = logging.getLogger("intentus.runtime.store")
 

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 from runtime.errors import RecordExists, RecordStoreError, RecordUnstorable
-from runtime.pgstore.connection import Connected
-from runtime.pgstore.schema import TABLE, index_columns
-from runtime.store import check_execution_id, put_and_wait
+from runtime.stores.base import check_execution_id, put_and_wait
+from runtime.stores.postgres.connection import Connected
+from runtime.stores.postgres.schema import TABLE, index_columns
 
-log = logging.getLogger("intentus.runtime.pgstore")
+log = logging.getLogger("intentus.runtime.stores.postgres")
 
 Callback = Callable[[BaseException | None], None]
 

@@ -11,7 +11,7 @@ from urllib.parse import unquote, urlsplit
 
 from runtime.errors import RecordStoreError
 
-log = logging.getLogger("intentus.runtime.pgstore")
+log = logging.getLogger("intentus.runtime.stores.postgres")
 
 TABLE = "intentus_executions"
 VERSION_TABLE = "intentus_schema_version"

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 from runtime.errors import RecordStoreError
-from runtime.pgstore.schema import mask, psycopg_module
+from runtime.stores.postgres.schema import mask, psycopg_module
 
-log = logging.getLogger("intentus.runtime.pgstore")
+log = logging.getLogger("intentus.runtime.stores.postgres")
 
 
 # The liveness session's server side. A worker whose host dies (power, kernel panic, a cut

@@ -30,8 +30,9 @@ from pathlib import Path
 
 from runtime.claims import Claim, ClaimState, new_owner_token
 from runtime.errors import RecordStoreError
-from runtime.fileclaims import CLAIMS_DIR, FileClaims
-from runtime.filecommit import (
+from runtime.stores.base import EXECUTION_ID, Callback, check_execution_id, put_and_wait
+from runtime.stores.files.claims import CLAIMS_DIR, FileClaims
+from runtime.stores.files.commit import (
     FILE_MODE,
     O_TMPFILE_FLAGS,
     SYNCFS,
@@ -41,7 +42,6 @@ from runtime.filecommit import (
     umask_strips,
     unlink_quietly,
 )
-from runtime.store import EXECUTION_ID, Callback, check_execution_id, put_and_wait
 from runtime.supervision import Supervised
 
 log = logging.getLogger("intentus.runtime.store")
@@ -95,7 +95,7 @@ class FileRecordStore(GroupCommit):
         self._committer = Supervised(self._commit_loop, name="intentus-record-commit")
         self._committer.start()
 
-    # -- claims (runtime/fileclaims.py) --------------------------------------------------
+    # -- claims (runtime/stores/files/claims.py) --------------------------------------------------
     def claim(self, execution_id: str, *, user_id: str, fingerprint: str | None) -> Claim:
         check_execution_id(execution_id)
         return self.claims.claim(execution_id, user_id=user_id, fingerprint=fingerprint)

@@ -13,11 +13,11 @@ import threading
 from typing import Any
 
 from runtime.claims import Claim, ClaimError, ClaimState, Holder
-from runtime.pgstore.connection import Connected, open_liveness_session
-from runtime.pgstore.schema import ALIVE, TABLE
-from runtime.store import check_execution_id
+from runtime.stores.base import check_execution_id
+from runtime.stores.postgres.connection import Connected, open_liveness_session
+from runtime.stores.postgres.schema import ALIVE, TABLE
 
-log = logging.getLogger("intentus.runtime.pgstore")
+log = logging.getLogger("intentus.runtime.stores.postgres")
 
 _LIVENESS_S = 1.0
 
