@@ -21,6 +21,7 @@ from pika.channel import Channel
 
 from runtime import forksafe
 from worker.acks import AckBook
+from worker.amqp.batched import BatchedSelectConnection
 from worker.amqp.connect import parameters
 from worker.amqp.mailbox import Mailbox
 from worker.amqp.properties import delivery_of
@@ -45,7 +46,7 @@ class ConsumerConnection:
     def __init__(self, cfg: Config, listeners: Listeners | None = None) -> None:
         self.cfg = cfg
         self.listeners = listeners or Listeners()
-        self._conn: pika.SelectConnection | None = None
+        self._conn: BatchedSelectConnection | None = None
         self._channel: Channel | None = None
         self._consumer_tag: str | None = None
         self._want_consume = True
@@ -120,7 +121,7 @@ class ConsumerConnection:
 
     def _run_one_connection(self) -> None:
         try:
-            self._conn = pika.SelectConnection(
+            self._conn = BatchedSelectConnection(
                 parameters(self.cfg.amqp_url, f"intentus-worker {self.cfg.worker_id}"),
                 on_open_callback=self._on_open,
                 on_open_error_callback=self._on_open_error,
