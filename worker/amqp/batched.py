@@ -53,8 +53,3 @@ class BatchedSelectConnection(pika.SelectConnection):
             return  # the stream is gone; pika drops unsent frames the same way
         self.writes += 1
         transport.write(out[0] if len(out) == 1 else b"".join(out))
-
-    def _adapter_disconnect(self) -> None:
-        """[override] What this turn wrote (a Connection.Close, say) goes before the end."""
-        self._flush_out()
-        super()._adapter_disconnect()
