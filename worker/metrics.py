@@ -164,6 +164,10 @@ class Metrics(WorkerMiddleware):
             self.duplicates.labels(kind)
         for outcome in ("confirmed", "unroutable", "failed", "skipped"):
             self.replies.labels(outcome)
+        # From 0, so that rate() and increase() count an async agent's first cancellations.
+        for agent in agents:
+            if agent.is_async:
+                self.agent_cancellations.labels(agent.name)
         for reason in ("PROTOCOL_ERROR", "VALIDATION_ERROR", "PAYLOAD_TOO_LARGE"):
             self.rejected.labels(reason)
         self._received = self.messages_received.labels(queue)

@@ -34,8 +34,10 @@ from tests.deploy.common import (
     OPERATIONS_DOC,
     PROM_DIR,
     ROOT,
+    alert_rules,
     contract_section,
     contract_table_names,
+    dashboard_queries,
     deploy_text_files,
     intentus_env_names,
     load_yaml,
@@ -61,6 +63,9 @@ CONTRACT_METRICS = {
     "intentus_record_write_errors_total",
     "intentus_inflight",
     "intentus_abandoned_agent_threads",
+    "intentus_async_inflight",
+    "intentus_agent_cancellations_total",
+    "intentus_async_loop_stalls_total",
     "intentus_broker_connected",
     "intentus_broker_reconnects_total",
     "intentus_build_info",
@@ -68,13 +73,10 @@ CONTRACT_METRICS = {
 BEYOND_CONTRACT_METRICS = {
     "intentus_ready",
     "intentus_consumer_cancels_total",
-    "intentus_async_inflight",
 }
 # Documented too, but nothing in deploy/ reads them.
 UNUSED_IN_DEPLOY_METRICS = {
     "intentus_middleware_errors_total",
-    "intentus_agent_cancellations_total",
-    "intentus_async_loop_stalls_total",
     "intentus_replies_too_large_total",
 }
 
@@ -172,6 +174,7 @@ class TestContractNames:
             for n in re.findall(r"\bintentus_[a-z_]+\b", text)
         } - DATABASE_TABLES
         assert used - CONTRACT_METRICS <= BEYOND_CONTRACT_METRICS
+        assert not used & UNUSED_IN_DEPLOY_METRICS
         assert len(used & CONTRACT_METRICS) >= 15
 
 
@@ -401,8 +404,33 @@ class TestComposeStack:
             "in flight",
             "record write latency",
             "broker connected",
+            "async attempts in flight",
+            "async cancellations by agent",
+            "async event loop stalls",
         ):
             assert needed in titles, needed
+
+    def test_dashboard_panels_tile_the_grid(self) -> None:
+        """Every panel lies within Grafana's 24 columns and no two panels overlap."""
+        cells: dict[tuple[int, int], str] = {}
+        for panel in json.loads(DASHBOARD_FILE.read_text())["panels"]:
+            pos = panel["gridPos"]
+            assert pos["x"] >= 0 and pos["x"] + pos["w"] <= 24, panel["title"]
+            for x in range(pos["x"], pos["x"] + pos["w"]):
+                for y in range(pos["y"], pos["y"] + pos["h"]):
+                    assert (x, y) not in cells, (panel["title"], cells.get((x, y)))
+                    cells[(x, y)] = panel["title"]
+
+    def test_every_alerted_metric_has_a_panel(self) -> None:
+        """An operator paged by an alert finds its worker metric on the dashboard."""
+
+        def names(expr: str) -> set[str]:
+            return set(re.findall(r"\bintentus_[a-z_]+\b", expr))
+
+        shown = set().union(*(names(expr) for _title, expr in dashboard_queries()))
+        alerted = set().union(*(names(rule["expr"]) for rule in alert_rules()))
+        assert len(alerted) >= 9
+        assert alerted - shown == set()
 
 
 class TestDockerfile:

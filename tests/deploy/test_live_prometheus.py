@@ -24,6 +24,7 @@ import dockerfile
 import pytest
 import yaml
 
+from runtime.errors import ErrorCode
 from tests.deploy.common import (
     DASHBOARD_FILE,
     DATABASE_TABLES,
@@ -46,6 +47,8 @@ pytestmark = pytest.mark.integration
 
 RABBITMQ_PROMETHEUS = ("127.0.0.1", 15692)
 SCRAPE_INTERVAL = "1s"
+# The demo agents plus an async agent that misses its deadline and one that blocks the loop.
+AGENTS = "tests.deploy.agents:registry"
 
 # Phase 1: distinct requests, each routed once. (intent, payload, options, expected status)
 LOAD: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
@@ -229,7 +232,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("deploy-live")
     # Matches the rules' request-queue pattern (intentus.requests*), so queue alerts see it.
     queue = unique("intentus.requests.deploytest")
-    worker = WorkerProcess(queue, tmp / "records", log_path=tmp / "worker.log")
+    worker = WorkerProcess(
+        queue, tmp / "records", env={"INTENTUS_AGENTS": AGENTS}, log_path=tmp / "worker.log"
+    )
     config = tmp / "prometheus.yml"
     config.write_text(yaml.safe_dump(prometheus_config(worker.port, rabbitmq), sort_keys=False))
     prometheus = PrometheusServer(binary, config, tmp / "tsdb", tmp / "prometheus.log")
@@ -249,7 +254,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def after_extras(stack: Stack) -> Stack:
-    """Phase 2: a duplicate and a bad message, once the exact count has been checked."""
+    """Phase 2: a duplicate, a bad message, an async agent cancelled at its deadline and one
+    blocking the event loop, once the exact count has been checked."""
     intent, payload, _options, _expected = LOAD[0]
     with IntentusClient(stack.worker.env["INTENTUS_AMQP_URL"], queue=stack.queue) as client:
         first = client.send_intent(intent, payload, timeout=20, request_id="req-deploy-dup")
@@ -257,7 +263,11 @@ def after_extras(stack: Stack) -> Stack:
         assert first is not None and again is not None
         assert again == first  # answered from the record
         bad = client.send_raw(b"this is not json", timeout=20)
+        late = client.send_intent("LateIntent", {}, timeout=20)
+        blocked = client.send_intent("BlockingIntent", {"block_s": 1.2}, timeout=20)
     assert bad is not None and b"PROTOCOL_ERROR" in bad
+    assert late.error is not None and late.error.code == ErrorCode.AGENT_TIMEOUT
+    assert blocked.status == "success"
     stack.extras_sent = True
     p = stack.prometheus
     _wait(
@@ -269,6 +279,16 @@ def after_extras(stack: Stack) -> Stack:
         lambda: p.value('sum(intentus_messages_rejected_total{reason="PROTOCOL_ERROR"})') == 1,
         20,
         "the rejected message in Prometheus",
+    )
+    _wait(
+        lambda: p.value('sum(intentus_agent_cancellations_total{agent="late-async"})') == 1,
+        20,
+        "the cancelled async agent in Prometheus",
+    )
+    _wait(
+        lambda: (p.value("sum(intentus_async_loop_stalls_total)") or 0) >= 1,
+        20,
+        "the blocked event loop in Prometheus",
     )
     return stack
 
@@ -426,6 +446,45 @@ class TestAlertRules:
         ]
         assert dlq_series == []
 
+    def test_loop_stall_alert_fires_for_the_worker(self, after_extras: Stack) -> None:
+        """The agent that blocked the event loop makes the server fire the stall alert for
+        this worker, at once (a stall is a bug: the rule has no `for`)."""
+        stack = after_extras
+        instance = f"127.0.0.1:{stack.worker.port}"
+
+        def firing() -> dict[str, Any] | None:
+            for alert in stack.prometheus.api("alerts")["data"]["alerts"]:
+                labels = alert["labels"]
+                if (
+                    labels["alertname"] == "IntentusAsyncLoopBlocked"
+                    and labels.get("instance") == instance
+                    and alert["state"] == "firing"
+                ):
+                    return alert
+            return None
+
+        alert = _wait(firing, 20, "the loop stall alert firing")
+        assert alert["labels"]["severity"] == "warning"
+        assert alert["annotations"]["summary"] == (
+            f"Worker {instance}: the event loop of async agents was blocked"
+        )
+        assert "agent 'blocking-async'" in stack.worker.logs()
+
+    def test_cancellation_rule_sees_the_cancelled_agent(self, after_extras: Stack) -> None:
+        """The cancellation rule's rate, without its threshold, has the cancelled agent's
+        series; one cancellation is no sustained rate, so the condition itself stays empty."""
+        stack = after_extras
+        expr = alert_rules_expr("IntentusAsyncAgentCancellations")
+        rate, threshold = expr.rsplit(">", 1)
+        assert float(threshold) > 0
+        per_agent = _wait(
+            lambda: {m["agent"]: v for m, v in stack.prometheus.vector(rate) if v > 0},
+            20,
+            "the cancelled agent's rate",
+        )
+        assert set(per_agent) == {"late-async"}
+        assert stack.prometheus.vector(expr) == []
+
 
 def alert_rules_expr(name: str) -> str:
     (rule,) = [r for r in alert_rules() if r["alert"] == name]
@@ -451,8 +510,10 @@ class TestDashboard:
 
         assert _wait(data, 15, f"data for {title!r}: {expr}")
 
-    def test_dashboard_metric_names_exist(self, stack: Stack) -> None:
-        """Every intentus_* series the dashboard and the rules name is exposed by the worker."""
+    def test_dashboard_metric_names_exist(self, after_extras: Stack) -> None:
+        """Every intentus_* series the dashboard and the rules name is exposed by the worker
+        (after phase 2: a labelled series appears with its first sample)."""
+        stack = after_extras
         exposed = set(
             re.findall(r"^(intentus_\w+?)(?:\{| )", stack.worker.http("/metrics")[1].decode(), re.M)
         )

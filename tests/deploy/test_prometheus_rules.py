@@ -31,6 +31,8 @@ REQUIRED_ALERTS = {
     "queue backlog growing": "IntentusQueueBacklogGrowing",
     "DLQ not empty": "IntentusDeadLetterQueueNotEmpty",
     "broker disconnected": "IntentusBrokerDisconnected",
+    "event loop of async agents blocked": "IntentusAsyncLoopBlocked",
+    "async agents cancelled at a sustained rate": "IntentusAsyncAgentCancellations",
 }
 
 

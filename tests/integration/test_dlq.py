@@ -147,6 +147,37 @@ class TestList:
         assert row["reason"] == "broker:delivery_limit"
         assert row["requestId"] == "mid-poison"
 
+    def test_control_characters_are_escaped_in_the_table_not_in_json(
+        self, wire: Wire, topology: str
+    ) -> None:
+        """A requestId, message_id or reason carrying NUL, ESC, a newline or a C1 control
+        prints escaped in the table (raw, it would garble the terminal or forge a row);
+        --json keeps the exact strings."""
+        rid = "rid-\x00\x1b[2J\nFAKE\r\x7f\x9b-end"
+        reason = "VALIDATION_ERROR: bad\x07\tvalue"
+        mid = "mid-\x00\x01"
+        dead_letter(wire, topology, rid, reason)
+        dead_letter(wire, topology, "x", None, body=b"\xff\xfe", message_id=mid)
+        rows = listed(topology)
+        assert [(r["requestId"], r["reason"]) for r in rows] == [
+            (rid, reason),
+            (mid, "broker:delivery_limit"),
+        ]
+        code, out, err = dlq(topology, "list")
+        assert code == 0, err
+        lines = out.split("\n")
+        assert lines.pop() == ""
+        assert len(lines) == 3
+        assert all(ch.isprintable() for line in lines for ch in line)
+        assert [line.split(maxsplit=2)[1:] for line in lines[1:]] == [
+            [r"rid-\x00\x1b[2J\nFAKE\r\x7f\x9b-end", r"VALIDATION_ERROR: bad\x07\tvalue"],
+            [r"mid-\x00\x01", "broker:delivery_limit"],
+        ]
+        code, out, err = dlq(topology, "show", "cid-x")
+        assert code == 0, err
+        assert "requestId: mid-\\x00\\x01\n" in out
+        assert '  message_id: "mid-\\u0000\\u0001"\n' in out
+
     def test_empty_queue(self, topology: str) -> None:
         """An empty DLQ says so and lists an empty JSON array."""
         assert listed(topology) == []

@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import generate_latest
 
 from runtime.demo import registry as demo_registry
+from runtime.registry import AgentRegistry
 from worker import config
 from worker.errors import ConfigError
 from worker.health import HealthServer
@@ -93,3 +95,18 @@ class TestMetricsExposition:
         assert "intentus_intents_total{" in text
         assert "intentus_record_write_seconds_count" in text
         assert "_created" not in text
+
+    def test_async_agents_cancellations_start_at_zero(self) -> None:
+        """Each async agent's cancellation series is there from the start, at 0 (a series
+        born at 1 would hide its first cancellation from rate() and increase()); a sync
+        agent, which is never cancelled, has none."""
+        agents = AgentRegistry()
+
+        async def waits(envelope: Any) -> dict[str, Any]:
+            return {}
+
+        agents.register("waits", waits, intents=["WaitIntent"])
+        agents.register("plain", lambda envelope: {}, intents=["PlainIntent"])
+        text = generate_latest(Metrics(agents).registry).decode()
+        assert 'intentus_agent_cancellations_total{agent="waits"} 0.0' in text
+        assert 'agent="plain"' not in text

@@ -15,6 +15,7 @@ import fnmatch
 import json
 import sys
 import time
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -215,6 +216,15 @@ def select(
     return [letter for letter in letters if wanted(letter)]
 
 
+def printable(text: str) -> str:
+    """`text` for a terminal: control characters (C0, DEL, C1) escaped as `repr` writes them
+    (`\\x00`, `\\n`, `\\x9b`), everything else as it is. Ids and reasons come from the message,
+    and an AMQP short string may carry any of them."""
+    if text.isprintable():
+        return text
+    return "".join(repr(ch)[1:-1] if unicodedata.category(ch) == "Cc" else ch for ch in text)
+
+
 def _age(seconds: float | None) -> str:
     if seconds is None:
         return "?"
@@ -226,7 +236,10 @@ def _age(seconds: float | None) -> str:
 
 def _table(rows: list[dict[str, Any]], out: TextIO) -> None:
     titles = ["AGE", "REQUEST ID", "REASON"]
-    cells = [[_age(r["ageSeconds"]), r["requestId"] or "-", r["reason"]] for r in rows]
+    cells = [
+        [_age(r["ageSeconds"]), printable(r["requestId"] or "-"), printable(r["reason"])]
+        for r in rows
+    ]
     widths = [max(len(t), *(len(c[i]) for c in cells)) for i, t in enumerate(titles)]
     for row in [titles, *cells]:
         out.write("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() + "\n")
@@ -317,7 +330,7 @@ def main(args: argparse.Namespace, out: TextIO | None = None, stdin: TextIO | No
 
 def _show(detail: dict[str, Any], out: TextIO) -> None:
     for key in ("requestId", "reason", "deadLetteredAt", "redelivered", "bytes"):
-        out.write(f"{key}: {detail[key]}\n")
+        out.write(f"{key}: {printable(str(detail[key]))}\n")
     out.write("properties:\n")
     for key, value in sorted(detail["properties"].items()):
         out.write(f"  {key}: {json.dumps(value)}\n")
@@ -334,7 +347,7 @@ def _requeue(dlq: DeadLetterQueue, *, queue: str, chosen: list[DeadLetter], out:
         if not letter.identity_kept_by(dlq.user):
             refused += 1
             print(
-                f"intentus: not requeued {letter.request_id or '?'}: it was sent as user_id "
+                f"intentus: not requeued {printable(letter.request_id or '?')}: it was sent as user_id "
                 f"{letter.user_id!r}, which the broker accepts only from a connection logged in "
                 f"as {letter.user_id!r} (this one is "
                 f"{repr(dlq.user) if dlq.user else 'a certificate login'}); requeue it connected "
@@ -346,14 +359,14 @@ def _requeue(dlq: DeadLetterQueue, *, queue: str, chosen: list[DeadLetter], out:
             dlq.requeue(letter.message, letter.requeue_properties())
         except PublishFailed as exc:
             print(
-                f"intentus: requeue stopped at {letter.request_id or '?'}: {exc}; "
+                f"intentus: requeue stopped at {printable(letter.request_id or '?')}: {exc}; "
                 f"{len(chosen) - done} left in the DLQ",
                 file=sys.stderr,
             )
             out.write(f"requeued {done} of {len(chosen)} to {queue}\n")
             return EXIT_ERROR
         done += 1
-        out.write(f"requeued {letter.request_id or '?'} ({letter.reason})\n")
+        out.write(f"requeued {printable(letter.request_id or '?')} ({printable(letter.reason)})\n")
     out.write(f"requeued {done} of {len(chosen)} to {queue}\n")
     if refused:
         print(
