@@ -373,7 +373,7 @@ class IntentusRuntime:
                 envelope.metadata.requestId = request_id
             request.reencode()
         candidates = self.registry.find_by_capability(request.intent, envelope.intent.version)
-        recorder.event("INTENT_RECEIVED", request.received_event())
+        recorder.event_json("INTENT_RECEIVED", request.received_event())
         names = [a.name for a in candidates]
         decision = self.policy.evaluate(names, PolicySubject.of(envelope, request.context.user_id))
         for denied in decision.filtered:

@@ -34,6 +34,8 @@ from runtime.recorder import (
     ExecutionRecorder,
     RecordHeader,
     RecordKind,
+    header_json,
+    intent_received_json,
     raw_body_fields,
     record_header,
     unrouted_record,
@@ -112,6 +114,19 @@ class Request:
             worker_id=worker_id,
         )
 
+    def header_json(self, *, kind: RecordKind, worker_id: str) -> str:
+        """`header(...)` as JSON text."""
+        return header_json(
+            execution_id=self.execution_id,
+            request_id=self.request_id,
+            arrival=self.arrival,
+            envelope_hash=self.envelope_hash,
+            fingerprint=self.fingerprint,
+            kind=kind,
+            replayable=kind == "execution",
+            worker_id=worker_id,
+        )
+
     def error_answer(
         self,
         kind: OutcomeKind,
@@ -147,13 +162,14 @@ class Request:
             strategy=strategy,
         )
 
-    def received_event(self) -> dict[str, Any]:
-        return {
-            "intent": self.intent,
-            "version": self.envelope.intent.version,
-            "requestId": self.request_id,
-            "strategy": self.strategy,
-        }
+    def received_event(self) -> str:
+        """The INTENT_RECEIVED event's payload (JSON text)."""
+        return intent_received_json(
+            intent=self.intent,
+            version=self.envelope.intent.version,
+            request_id=self.request_id,
+            strategy=self.strategy,
+        )
 
 
 class Refused(Exception):
