@@ -33,7 +33,7 @@ from runtime.duplicates import Duplicates
 from runtime.envelope import IntentEnvelope, RequestContext
 from runtime.errors import RecordExists, RecordStoreError
 from runtime.executed import executed as build_executed
-from runtime.intake import Arrival, Incoming, Refused, Request, read
+from runtime.intake import Arrival, Incoming, Refused, Request, accept
 from runtime.invoker import Abandoned, AgentInvoker
 from runtime.middleware import Middleware, run_before
 from runtime.observer import Observer
@@ -268,7 +268,7 @@ class IntentusRuntime:
             correlation_id=correlation_id,
         )
         try:
-            envelope = read(
+            request = accept(
                 incoming,
                 arrival,
                 content_type=content_type,
@@ -278,7 +278,6 @@ class IntentusRuntime:
             return refused.answer(
                 arrival, store=self.store, monotonic=self.clock.monotonic, worker_id=self.worker_id
             )
-        request = Request.of(envelope, arrival)
         eid = request.execution_id
         # Registered as ours before the claim is even asked for: winning the claim and being
         # known as this process's running work are one step (see runtime/duplicates.py).
