@@ -97,12 +97,13 @@ def value_text(value: Any) -> str:
     return string_text(value) if type(value) is str else compact_text(value)
 
 
-def optional_text(value: str | None) -> str:
+def optional_text(value: Any) -> str:
     return "null" if value is None else value_text(value)
 
 
 def names_text(names: list[str]) -> str:
-    return "[" + ",".join(map(value_text, names)) + "]"
+    """A list of strings."""
+    return "[" + ",".join(map(string_text, names)) + "]" if names else "[]"
 
 
 def canonical_json(value: Any) -> bytes:

@@ -18,7 +18,6 @@ from runtime.canonical import (
     encode_envelope,
     execution_id_for,
     names_text,
-    optional_text,
     rejection_id_for,
     request_id_for_body,
     sha256_hex,
@@ -394,17 +393,27 @@ def encode_read_envelope(envelope: IntentEnvelope) -> tuple[bytes, str, str]:
     payload_text = canonical_text(envelope.payload)
     routing_text = (
         f'{{"fallbackAgents":{names_text(routing.fallbackAgents)},'
-        f'"strategy":"{routing.strategy.value}","targetAgent":{optional_text(routing.targetAgent)}}}'
+        f'"strategy":"{routing.strategy.value}",'
+        f'"targetAgent":{"null" if routing.targetAgent is None else string_text(routing.targetAgent)}}}'
+    )
+    # Normalised: the timestamps and both ids are set.
+    timestamp, created, request_id, trace_id = (
+        context.timestamp,
+        metadata.createdAt,
+        metadata.requestId,
+        metadata.traceId,
     )
     whole = (
         f'{{"context":{{"priority":"{context.priority.value}",'
         f'"sourceAgent":{string_text(context.sourceAgent)},"tags":{names_text(context.tags)},'
-        f'"timestamp":{optional_text(context.timestamp)}}},"intent":{intent_text},'
-        f'"metadata":{{"createdAt":{optional_text(metadata.createdAt)},'
+        f'"timestamp":{"null" if timestamp is None else string_text(timestamp)}}},'
+        f'"intent":{intent_text},'
+        f'"metadata":{{"createdAt":{"null" if created is None else string_text(created)},'
         f'"identityChain":{names_text(metadata.identityChain)},'
-        f'"requestId":{optional_text(metadata.requestId)},"source":{string_text(metadata.source)},'
-        f'"traceId":{optional_text(metadata.traceId)}}},"payload":{payload_text},'
-        f'"routing":{routing_text},"version":"1.0"}}'
+        f'"requestId":{"null" if request_id is None else string_text(request_id)},'
+        f'"source":{string_text(metadata.source)},'
+        f'"traceId":{"null" if trace_id is None else string_text(trace_id)}}},'
+        f'"payload":{payload_text},"routing":{routing_text},"version":"1.0"}}'
     ).encode()
     fingerprint = (
         f'{{"intent":{intent_text},"payload":{payload_text},"routing":{routing_text}}}'

@@ -20,6 +20,7 @@ from runtime.canonical import (
     names_text,
     optional_text,
     sha256_hex,
+    string_text,
     value_text,
 )
 from runtime.clock import format_timestamp
@@ -170,19 +171,25 @@ class ExecutionRecorder:
 
 # -- JSON text of the record's parts, written directly: the same bytes `dumps` gives for the
 # -- dicts above (tests/unit/test_canonical.py keeps them equal), at a fraction of the cost.
+# Values typed `str` are written with `string_text` (no check of their type), `str | None`
+# inline; only values that may be of any type (error codes and messages) take `value_text`.
+
+
 def intent_received_json(
     *, intent: str | None, version: str | None, request_id: str, strategy: str | None
 ) -> str:
     """The INTENT_RECEIVED event's payload."""
     return (
-        f'{{"intent":{optional_text(intent)},"version":{optional_text(version)},'
-        f'"requestId":{value_text(request_id)},"strategy":{optional_text(strategy)}}}'
+        f'{{"intent":{"null" if intent is None else string_text(intent)},'
+        f'"version":{"null" if version is None else string_text(version)},'
+        f'"requestId":{string_text(request_id)},'
+        f'"strategy":{"null" if strategy is None else string_text(strategy)}}}'
     )
 
 
 def attempt_start_json(agent: str, attempt: int) -> str:
     """The AGENT_ATTEMPT_START event's payload."""
-    return f'{{"agent":{value_text(agent)},"attempt":{int.__repr__(attempt)}}}'
+    return f'{{"agent":{string_text(agent)},"attempt":{int.__repr__(attempt)}}}'
 
 
 def attempt_end_json(
@@ -192,10 +199,10 @@ def attempt_end_json(
     ended only if not "returned"."""
     tail = "" if error_code is None else f',"error_code":{value_text(error_code)}'
     if ending != "returned":
-        tail += f",{value_text(ending)}:true"
+        tail += f",{string_text(ending)}:true"
     return (
-        f'{{"agent":{value_text(agent)},"attempt":{int.__repr__(attempt)},'
-        f'"status":{value_text(status)},'
+        f'{{"agent":{string_text(agent)},"attempt":{int.__repr__(attempt)},'
+        f'"status":{string_text(status)},'
         f'"latency_ms":{float_text(round(seconds * 1000.0, 3))}{tail}}}'
     )
 
@@ -210,18 +217,19 @@ def decision_json(
 ) -> str:
     """A RouterDecision (the record's `routerDecision`, and its ROUTER_DECISION event)."""
     return (
-        f'{{"agent":{optional_text(agent)},"intent":{optional_text(intent)},'
-        f'"strategy":{optional_text(strategy)},"tryOrder":{names_text(try_order)},'
-        f'"reason":{value_text(reason)}}}'
+        f'{{"agent":{"null" if agent is None else string_text(agent)},'
+        f'"intent":{"null" if intent is None else string_text(intent)},'
+        f'"strategy":{"null" if strategy is None else string_text(strategy)},'
+        f'"tryOrder":{names_text(try_order)},"reason":{string_text(reason)}}}'
     )
 
 
 def final_event_json(status: str, error_code: Any) -> str:
     """The FINAL_RESPONSE event's payload (`final_event`)."""
     if error_code is None:
-        return f'{{"status":{value_text(status)},"has_error":false,"error_code":null}}'
+        return f'{{"status":{string_text(status)},"has_error":false,"error_code":null}}'
     return (
-        f'{{"status":{value_text(status)},"has_error":true,"error_code":{value_text(error_code)}}}'
+        f'{{"status":{string_text(status)},"has_error":true,"error_code":{value_text(error_code)}}}'
     )
 
 
@@ -229,7 +237,7 @@ def policy_json(policy: RecordPolicy) -> str:
     reasons = policy["reasons"]
     reasons_text = (
         "{"
-        + ",".join(f"{value_text(name)}:{value_text(why)}" for name, why in reasons.items())
+        + ",".join(f"{string_text(name)}:{string_text(why)}" for name, why in reasons.items())
         + "}"
         if reasons
         else "{}"
@@ -252,8 +260,10 @@ def trace_json(
     """`trace_of(...)` as JSON text."""
     message = "null" if error is None else value_text(error["message"])
     return (
-        f'{{"traceId":{optional_text(trace_id)},"agent":{optional_text(agent)},'
-        f'"intent":{optional_text(intent)},"status":{value_text(status)},'
+        f'{{"traceId":{"null" if trace_id is None else string_text(trace_id)},'
+        f'"agent":{"null" if agent is None else string_text(agent)},'
+        f'"intent":{"null" if intent is None else string_text(intent)},'
+        f'"status":{string_text(status)},'
         f'"latencyMs":{float_text(round(latency_ms, 3))},"error":{message}}}'
     )
 
@@ -277,11 +287,12 @@ def header_json(
     """`record_header(...)` as JSON text."""
     context = arrival.context
     return (
-        f'{{"executionId":{value_text(execution_id)},"requestId":{value_text(request_id)},'
+        f'{{"executionId":{string_text(execution_id)},"requestId":{string_text(request_id)},'
         f'"correlationId":{optional_text(arrival.correlation_id or context.correlation_id)},'
-        f'"createdAt":{value_text(format_timestamp(arrival.received))},'
-        f'"envelopeHash":{optional_text(envelope_hash)},"fingerprint":{optional_text(fingerprint)},'
-        f'"replayable":{"true" if replayable else "false"},"kind":{value_text(kind)},'
+        f'"createdAt":{string_text(format_timestamp(arrival.received))},'
+        f'"envelopeHash":{"null" if envelope_hash is None else string_text(envelope_hash)},'
+        f'"fingerprint":{"null" if fingerprint is None else string_text(fingerprint)},'
+        f'"replayable":{"true" if replayable else "false"},"kind":{string_text(kind)},'
         f'{_worker_members(worker_id)}"userId":{optional_text(context.user_id)},'
         f'"recordFormat":{RECORD_FORMAT}}}'
     )

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from runtime.canonical import compact_text, dumps, float_text, optional_text, value_text
+from runtime.canonical import compact_text, dumps, float_text, string_text
 from runtime.errors import ErrorCode
 
 
@@ -106,9 +106,12 @@ def metadata_json(
 ) -> str:
     """A response's `metadata` as JSON text, `latency_ms` already rounded as in the dict."""
     return (
-        f'{{"execution_id":{value_text(execution_id)},"request_id":{optional_text(request_id)},'
-        f'"trace_id":{optional_text(trace_id)},"agent":{optional_text(agent)},'
-        f'"strategy":{optional_text(strategy)},"attempts":{int.__repr__(attempts)},'
+        f'{{"execution_id":{string_text(execution_id)},'
+        f'"request_id":{"null" if request_id is None else string_text(request_id)},'
+        f'"trace_id":{"null" if trace_id is None else string_text(trace_id)},'
+        f'"agent":{"null" if agent is None else string_text(agent)},'
+        f'"strategy":{"null" if strategy is None else string_text(strategy)},'
+        f'"attempts":{int.__repr__(attempts)},'
         f'"latency_ms":{float_text(latency_ms)},"replayable":{"true" if replayable else "false"}}}'
     )
 
