@@ -38,7 +38,7 @@ from runtime.invoker import Abandoned, AgentInvoker
 from runtime.middleware import Middleware, run_before
 from runtime.observer import Observer
 from runtime.outcome import Outcome
-from runtime.policy import Policy, PolicySubject, load_policy
+from runtime.policy import Policy, load_policy
 from runtime.recorder import (
     ExecutionRecorder,
 )
@@ -374,7 +374,7 @@ class IntentusRuntime:
         candidates = self.registry.find_by_capability(request.intent, envelope.intent.version)
         recorder.event_json("INTENT_RECEIVED", request.received_event())
         names = [a.name for a in candidates]
-        decision = self.policy.evaluate(names, PolicySubject.of(envelope, request.context.user_id))
+        decision = self.policy.evaluate_envelope(names, envelope, request.context.user_id)
         for denied in decision.filtered:
             self.observer.policy_filtered(denied, decision.rules[denied])
         route_plan = plan(envelope, names, decision)
