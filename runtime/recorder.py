@@ -149,7 +149,9 @@ class ExecutionRecorder:
 
     def event_json(self, kind: EventType, payload: str) -> None:
         """An event whose payload is given as its compact JSON text."""
-        t_ms = float_text(round((self._monotonic() - self._started) * 1000.0, 3))
+        t_ms = float.__repr__(round((self._monotonic() - self._started) * 1000.0, 3))
+        if t_ms[-1] > "9":  # nan, inf: refused as the encoder refuses them
+            t_ms = float_text(float(t_ms))
         encoded = self._encoded
         encoded.append(
             f'{{"seq":{len(encoded) + 1},"type":"{kind}","payload":{payload},"t_ms":{t_ms}}}'
