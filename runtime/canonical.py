@@ -57,6 +57,55 @@ _canonical = _encoder(_py_canonical, _c_canonical)
 _compact = _encoder(_py_compact, _c_compact)
 
 
+def _shared(py: json.JSONEncoder) -> Callable[[Any], str]:
+    """One encoder with `py`'s settings and no circular-reference check, shared by all threads
+    (without the check it keeps no state between encodings)."""
+    if c_make_encoder is None:  # pragma: no cover - CPython always has it
+        return py.encode
+    encode = c_make_encoder(
+        None, py.default, json.encoder.encode_basestring, None, ":", ",", py.sort_keys, False, False
+    )
+
+    def text(value: Any) -> str:
+        if isinstance(value, str):
+            return py.encode(value)
+        chunks = encode(value, 0)
+        return chunks[0] if len(chunks) == 1 else "".join(chunks)
+
+    return text
+
+
+#: Compact and canonical JSON text of a value that holds no cycle, such as one decoded from
+#: JSON or built by the runtime (a cycle would fail with RecursionError, not ValueError). Same
+#: text as `dumps` and `canonical_json`, without the cost of a new encoder each time.
+compact_text = _shared(_py_compact)
+canonical_text = _shared(_py_canonical)
+#: A JSON string literal (`ensure_ascii=False`), exactly as the encoders above write one.
+string_text: Callable[[str], str] = json.encoder.encode_basestring
+_INFINITY = float("inf")
+
+
+def float_text(value: float) -> str:
+    """A float as the stdlib encoder writes it (`allow_nan=False`)."""
+    if value != value or value in (_INFINITY, -_INFINITY):
+        return compact_text(value)  # raises the encoder's own ValueError
+    return float.__repr__(value)
+
+
+def value_text(value: Any) -> str:
+    """Any JSON value, strings (the usual case) the fastest."""
+    return string_text(value) if type(value) is str else compact_text(value)
+
+
+def optional_text(value: Any) -> str:
+    return "null" if value is None else value_text(value)
+
+
+def names_text(names: list[str]) -> str:
+    """A list of strings."""
+    return "[" + ",".join(map(string_text, names)) + "]" if names else "[]"
+
+
 def canonical_json(value: Any) -> bytes:
     """Sorted keys, `(",", ":")` separators, UTF-8: the form every hash is taken over."""
     return _canonical(value).encode("utf-8")

@@ -240,7 +240,7 @@ class Duplicates:
             error=error_dict(ErrorCode.EXECUTION_IN_DOUBT, message, details),
             latency_ms=recorder.elapsed_ms(),
         )
-        recorder.event("INTENT_RECEIVED", request.received_event())
+        recorder.event_json("INTENT_RECEIVED", request.received_event())
         if cause is None:
             recorder.event(
                 "DUPLICATE_DELIVERY",

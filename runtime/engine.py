@@ -33,12 +33,12 @@ from runtime.duplicates import Duplicates
 from runtime.envelope import IntentEnvelope, RequestContext
 from runtime.errors import RecordExists, RecordStoreError
 from runtime.executed import executed as build_executed
-from runtime.intake import Arrival, Incoming, Refused, Request, read
+from runtime.intake import Arrival, Incoming, Refused, Request, accept
 from runtime.invoker import Abandoned, AgentInvoker
 from runtime.middleware import Middleware, run_before
 from runtime.observer import Observer
 from runtime.outcome import Outcome
-from runtime.policy import Policy, PolicySubject, load_policy
+from runtime.policy import Policy, load_policy
 from runtime.recorder import (
     ExecutionRecorder,
 )
@@ -268,7 +268,7 @@ class IntentusRuntime:
             correlation_id=correlation_id,
         )
         try:
-            envelope = read(
+            request = accept(
                 incoming,
                 arrival,
                 content_type=content_type,
@@ -278,7 +278,6 @@ class IntentusRuntime:
             return refused.answer(
                 arrival, store=self.store, monotonic=self.clock.monotonic, worker_id=self.worker_id
             )
-        request = Request.of(envelope, arrival)
         eid = request.execution_id
         # Registered as ours before the claim is even asked for: winning the claim and being
         # known as this process's running work are one step (see runtime/duplicates.py).
@@ -373,9 +372,9 @@ class IntentusRuntime:
                 envelope.metadata.requestId = request_id
             request.reencode()
         candidates = self.registry.find_by_capability(request.intent, envelope.intent.version)
-        recorder.event("INTENT_RECEIVED", request.received_event())
+        recorder.event_json("INTENT_RECEIVED", request.received_event())
         names = [a.name for a in candidates]
-        decision = self.policy.evaluate(names, PolicySubject.of(envelope, request.context.user_id))
+        decision = self.policy.evaluate_envelope(names, envelope, request.context.user_id)
         for denied in decision.filtered:
             self.observer.policy_filtered(denied, decision.rules[denied])
         route_plan = plan(envelope, names, decision)

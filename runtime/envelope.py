@@ -152,7 +152,7 @@ def _has_lone_surrogate(value: Any) -> bool:
     return False
 
 
-def _depth_exceeds(value: Any, limit: int) -> bool:
+def depth_exceeds(value: Any, limit: int) -> bool:
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
@@ -235,7 +235,7 @@ def validate_envelope(data: Any, body: bytes | None = None) -> IntentEnvelope:
             f"envelope must be a JSON object, not {_json_type(data)}",
             "envelope",
         )
-    if (body is None or body.count(b"{") + body.count(b"[") > MAX_DEPTH) and _depth_exceeds(
+    if (body is None or body.count(b"{") + body.count(b"[") > MAX_DEPTH) and depth_exceeds(
         data, MAX_DEPTH
     ):
         raise EnvelopeError(

@@ -16,12 +16,13 @@ from runtime.outcome import Outcome
 from runtime.recorder import (
     ExecutionRecorder,
     RecordPolicy,
-    RouterDecision,
+    decision_json,
     encode_record,
-    final_event,
-    trace_of,
+    final_event_json,
+    policy_json,
+    trace_json,
 )
-from runtime.response import AgentResponse, response_body, response_dict
+from runtime.response import AgentResponse, metadata_json, response_dict, response_json
 from runtime.router import RouteOutcome
 
 
@@ -36,59 +37,63 @@ def executed(
     middleware: Sequence[Middleware],
     observer: Observer,
 ) -> Outcome:
-    """The answer and record of a request that was routed (whether an agent ran or not)."""
-    intent, strategy = request.intent, request.strategy
-    router_decision: RouterDecision = {
-        "agent": out.agent,
-        "intent": intent,
-        "strategy": strategy,
-        "tryOrder": out.try_order,
-        "reason": out.reason,
-    }
-    recorder.event("ROUTER_DECISION", dict(router_decision))
+    """The answer and record of a request that was routed (whether an agent ran or not).
+
+    The record's parts and the reply are written as JSON text straight from their values,
+    each once: the decision serves its event and the record, the reply's bytes are embedded
+    in the record as they are sent."""
+    intent, strategy, agent, error = request.intent, request.strategy, out.agent, out.error
+    decision = decision_json(
+        agent=agent, intent=intent, strategy=strategy, try_order=out.try_order, reason=out.reason
+    )
+    recorder.event_json("ROUTER_DECISION", decision)
     latency_ms = recorder.elapsed_ms()
     response = response_dict(
         payload=out.payload,
-        error=out.error,
+        error=error,
         execution_id=request.execution_id,
         request_id=request.request_id,
         trace_id=request.trace_id,
-        agent=out.agent,
+        agent=agent,
         strategy=strategy,
         attempts=out.attempts,
         latency_ms=latency_ms,
         replayable=True,
     )
-    recorder.event("FINAL_RESPONSE", final_event(response))
+    status = response["status"]
+    error_code = None if error is None else error["code"]
+    recorder.event_json("FINAL_RESPONSE", final_event_json(status, error_code))
     if middleware:
         answer = AgentResponse.model_validate(response)
         run_after(middleware, request.envelope, answer, observer=observer)
     seconds = latency_ms / 1000.0
-    error_code = None if out.error is None else out.error["code"]
-    observer.routed(
-        intent,
-        strategy,
-        status=response["status"],
-        error_code=error_code,
-        seconds=seconds,
-    )
-    body = response_body(response)
-    header = request.header(kind="execution", worker_id=worker_id)
-    trace = trace_of(
+    observer.routed(intent, strategy, status=status, error_code=error_code, seconds=seconds)
+    metadata = metadata_json(
+        execution_id=request.execution_id,
+        request_id=request.request_id,
         trace_id=request.trace_id,
-        agent=out.agent,
-        intent=intent,
-        response=response,
-        latency_ms=latency_ms,
+        agent=agent,
+        strategy=strategy,
+        attempts=out.attempts,
+        latency_ms=response["metadata"]["latency_ms"],
+        replayable=True,
     )
+    body = response_json(payload=response["payload"], error=error, metadata=metadata)
     record = encode_record(
-        header=header,
+        header=request.header_json(kind="execution", worker_id=worker_id),
         envelope_json=request.envelope_json,
-        policy=policy,
-        events=recorder.events,
-        decision=router_decision,
+        policy=policy_json(policy),
+        events=recorder.events_json(),
+        decision=decision,
         response_body=body,
-        trace=trace,
+        trace=trace_json(
+            trace_id=request.trace_id,
+            agent=agent,
+            intent=intent,
+            status=status,
+            latency_ms=latency_ms,
+            error=error,
+        ),
     )
     return Outcome(
         kind="executed",

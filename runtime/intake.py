@@ -10,19 +10,28 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from runtime.canonical import (
+    canonical_text,
     dumps,
     encode_envelope,
     execution_id_for,
+    names_text,
     rejection_id_for,
     request_id_for_body,
+    sha256_hex,
+    string_text,
     trace_id_for,
 )
 from runtime.envelope import (
+    MAX_DEPTH,
     Arrival,
     IntentEnvelope,
     RequestContext,
+    RoutingStrategy,
     decode_json,
+    depth_exceeds,
     normalise,
     request_id_hint,
     trace_from_traceparent,
@@ -34,6 +43,8 @@ from runtime.recorder import (
     ExecutionRecorder,
     RecordHeader,
     RecordKind,
+    header_json,
+    intent_received_json,
     raw_body_fields,
     record_header,
     unrouted_record,
@@ -50,7 +61,7 @@ class Request:
 
     envelope: IntentEnvelope
     arrival: Arrival
-    envelope_dict: dict[str, Any]
+    body: bytes  # as received: the envelope as routed can be read from it again
     envelope_json: bytes  # canonical: hashed, embedded in the record, parsed for agents' copies
     envelope_hash: str
     fingerprint: str  # of intent, payload and routing: what a duplicate must match
@@ -61,15 +72,16 @@ class Request:
     trace_id: str | None = None
     intent: str = ""
     strategy: str = ""
+    routed_dict: dict[str, Any] | None = None  # the envelope as routed, once asked for
 
     @classmethod
-    def of(cls, envelope: IntentEnvelope, arrival: Arrival) -> Request:
-        envelope_dict = envelope.to_dict()
-        envelope_json, envelope_hash, fingerprint = encode_envelope(envelope_dict)
+    def of(cls, envelope: IntentEnvelope, arrival: Arrival, body: bytes) -> Request:
+        """Of an envelope read from `body` and normalised (see `accept`)."""
+        envelope_json, envelope_hash, fingerprint = encode_read_envelope(envelope)
         request = cls(
             envelope=envelope,
             arrival=arrival,
-            envelope_dict=envelope_dict,
+            body=body,
             envelope_json=envelope_json,
             envelope_hash=envelope_hash,
             fingerprint=fingerprint,
@@ -78,10 +90,26 @@ class Request:
         request.refresh()
         return request
 
+    @property
+    def envelope_dict(self) -> dict[str, Any]:
+        """The envelope as routed, as data (`to_dict()` order): read again from the body,
+        since the routed envelope itself may have been handed to an agent since."""
+        if self.routed_dict is None:
+            arrival = self.arrival
+            body = self.body
+            envelope = normalise(
+                validate_envelope(decode_json(body), body),
+                received_at=arrival.received,
+                ctx=arrival.context,
+                body=body,
+            )
+            self.routed_dict = envelope.to_dict()
+        return self.routed_dict
+
     def reencode(self) -> None:
         """After middleware changed the envelope (never its requestId)."""
-        self.envelope_dict = self.envelope.to_dict()
-        self.envelope_json, self.envelope_hash, _ = encode_envelope(self.envelope_dict)
+        self.routed_dict = self.envelope.to_dict()
+        self.envelope_json, self.envelope_hash, _ = encode_envelope(self.routed_dict)
         self.refresh()
 
     def refresh(self) -> None:
@@ -102,6 +130,19 @@ class Request:
     def header(self, *, kind: RecordKind, worker_id: str) -> RecordHeader:
         """Its record's header; only an execution's record is replayable."""
         return record_header(
+            execution_id=self.execution_id,
+            request_id=self.request_id,
+            arrival=self.arrival,
+            envelope_hash=self.envelope_hash,
+            fingerprint=self.fingerprint,
+            kind=kind,
+            replayable=kind == "execution",
+            worker_id=worker_id,
+        )
+
+    def header_json(self, *, kind: RecordKind, worker_id: str) -> str:
+        """`header(...)` as JSON text."""
+        return header_json(
             execution_id=self.execution_id,
             request_id=self.request_id,
             arrival=self.arrival,
@@ -147,13 +188,14 @@ class Request:
             strategy=strategy,
         )
 
-    def received_event(self) -> dict[str, Any]:
-        return {
-            "intent": self.intent,
-            "version": self.envelope.intent.version,
-            "requestId": self.request_id,
-            "strategy": self.strategy,
-        }
+    def received_event(self) -> str:
+        """The INTENT_RECEIVED event's payload (JSON text)."""
+        return intent_received_json(
+            intent=self.intent,
+            version=self.envelope.intent.version,
+            request_id=self.request_id,
+            strategy=self.strategy,
+        )
 
 
 class Refused(Exception):
@@ -262,14 +304,132 @@ class Refused(Exception):
         return rejection_from_record(outcome, stored)
 
 
+def accept(
+    request: Incoming,
+    arrival: Arrival,
+    *,
+    content_type: str | None,
+    max_message_bytes: int,
+) -> Request:
+    """The valid, normalised request, or `Refused` (a structured error, never anything else).
+
+    A body is validated straight from its bytes (pydantic's JSON parser) when nothing about it
+    can make `read` refuse it where that parser would not: then both give the same envelope
+    (tests/unit/test_intake.py). Anything else, and anything that parser or the encoding
+    refuses, takes `read`, which says exactly why."""
+    try:
+        body = request_body(request)
+    except EnvelopeError:
+        body = None
+    if (
+        body is not None
+        and (content_type is None or _is_json(content_type))
+        and len(body) <= max_message_bytes
+        and arrival.context.refusal is None
+        and _is_utf8(body)
+    ):
+        accepted = _accept_json(body, arrival)
+        if accepted is not None:
+            return accepted
+    envelope, body = read(
+        request, arrival, content_type=content_type, max_message_bytes=max_message_bytes
+    )
+    return Request.of(envelope, arrival, body)
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type in ("", "application/json") or content_type.startswith("application/json;")
+
+
+def _is_utf8(body: bytes) -> bool:
+    if body.isascii():
+        return True
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _accept_json(body: bytes, arrival: Arrival) -> Request | None:
+    """The request, validated from its bytes; None where `read` must decide.
+
+    That parser is stricter than the stdlib's (control characters, lone surrogates) except
+    for NaN, Infinity, numbers out of range and integers too long to write back: those make
+    the encoding fail below. Nesting is checked as `validate_envelope` does (only the payload
+    can nest)."""
+    try:
+        envelope = IntentEnvelope.model_validate_json(body)
+    except ValidationError:
+        return None
+    routing = envelope.routing
+    if routing.strategy in _NO_NAMED_AGENTS and (routing.targetAgent or routing.fallbackAgents):
+        return None
+    if body.count(b"{") + body.count(b"[") > MAX_DEPTH and depth_exceeds(
+        envelope.payload, MAX_DEPTH - 1
+    ):
+        return None
+    normalise(envelope, received_at=arrival.received, ctx=arrival.context, body=body)
+    try:
+        return Request.of(envelope, arrival, body)
+    except ValueError:  # NaN or infinite, an integer too long, a lone surrogate
+        return None
+
+
+_NO_NAMED_AGENTS = (RoutingStrategy.BROADCAST, RoutingStrategy.PARALLEL)
+
+
+def encode_read_envelope(envelope: IntentEnvelope) -> tuple[bytes, str, str]:
+    """`encode_envelope(envelope.to_dict())` of an envelope validated from JSON and
+    normalised, written from its fields: every member but the payload has a fixed shape of
+    strings (sorted keys by hand), the payload is JSON data."""
+    context, intent, metadata, routing = (
+        envelope.context,
+        envelope.intent,
+        envelope.metadata,
+        envelope.routing,
+    )
+    intent_text = f'{{"name":{string_text(intent.name)},"version":{string_text(intent.version)}}}'
+    payload_text = canonical_text(envelope.payload)
+    routing_text = (
+        f'{{"fallbackAgents":{names_text(routing.fallbackAgents)},'
+        f'"strategy":"{routing.strategy.value}",'
+        f'"targetAgent":{"null" if routing.targetAgent is None else string_text(routing.targetAgent)}}}'
+    )
+    # Normalised: the timestamps and both ids are set.
+    timestamp, created, request_id, trace_id = (
+        context.timestamp,
+        metadata.createdAt,
+        metadata.requestId,
+        metadata.traceId,
+    )
+    whole = (
+        f'{{"context":{{"priority":"{context.priority.value}",'
+        f'"sourceAgent":{string_text(context.sourceAgent)},"tags":{names_text(context.tags)},'
+        f'"timestamp":{"null" if timestamp is None else string_text(timestamp)}}},'
+        f'"intent":{intent_text},'
+        f'"metadata":{{"createdAt":{"null" if created is None else string_text(created)},'
+        f'"identityChain":{names_text(metadata.identityChain)},'
+        f'"requestId":{"null" if request_id is None else string_text(request_id)},'
+        f'"source":{string_text(metadata.source)},'
+        f'"traceId":{"null" if trace_id is None else string_text(trace_id)}}},'
+        f'"payload":{payload_text},"routing":{routing_text},"version":"1.0"}}'
+    ).encode()
+    fingerprint = (
+        f'{{"intent":{intent_text},"payload":{payload_text},"routing":{routing_text}}}'
+    ).encode()
+    return whole, "sha256:" + sha256_hex(whole), "sha256:" + sha256_hex(fingerprint)
+
+
 def read(
     request: Incoming,
     arrival: Arrival,
     *,
     content_type: str | None,
     max_message_bytes: int,
-) -> IntentEnvelope:
-    """The normalised envelope, or `Refused` (a structured error, never anything else)."""
+) -> tuple[IntentEnvelope, bytes]:
+    """The normalised envelope and the body it was read from, or `Refused` (a structured
+    error, never anything else)."""
     data: Any = None
     body = b""
     try:
@@ -289,12 +449,13 @@ def read(
         data = decode_json(body)
         if arrival.context.refusal is not None:
             raise arrival.context.refusal
-        return normalise(
+        envelope = normalise(
             validate_envelope(data, body),
             received_at=arrival.received,
             ctx=arrival.context,
             body=body,
         )
+        return envelope, body
     except EnvelopeError as exc:
         if not body and isinstance(request, (bytes, bytearray, memoryview, str)):
             body = (

@@ -19,7 +19,7 @@ from typing import Any, Protocol, cast
 from runtime.aio import AsyncAgents, AsyncAttempt, Ending
 from runtime.invoker import AgentInvoker, Attempt, AttemptResult
 from runtime.observer import Observer
-from runtime.recorder import ExecutionRecorder, RouteReason
+from runtime.recorder import ExecutionRecorder, RouteReason, attempt_start_json
 from runtime.registry import AgentDefinition
 from runtime.routes import Route, end_attempt
 
@@ -43,7 +43,7 @@ def run_parallel(router: Racer, route: Route) -> tuple[str, AttemptResult, Route
     runner = router.aio.current()
     for number, name in enumerate(p.try_order, start=1):
         agent = agents[name]
-        rec.event("AGENT_ATTEMPT_START", {"agent": name, "attempt": number})
+        rec.event_json("AGENT_ATTEMPT_START", attempt_start_json(name, number))
         router.observer.attempt_started(name, number)
         attempt: Attempt | AsyncAttempt
         if agent.is_async:  # its deadline is kept by the loop, which then ends it
@@ -151,7 +151,7 @@ def race_async(
     with lock:  # no end is recorded before every attempt has started
         for number, name in enumerate(p.try_order, start=1):
             agent = agents[name]
-            rec.event("AGENT_ATTEMPT_START", {"agent": name, "attempt": number})
+            rec.event_json("AGENT_ATTEMPT_START", attempt_start_json(name, number))
             router.observer.attempt_started(name, number)
             attempt = runner.start(
                 name,

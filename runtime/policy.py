@@ -107,6 +107,8 @@ class Policy:
     def __init__(self, document: PolicyDocument | None = None, source: str = "<inline>") -> None:
         self.document = document or PolicyDocument()
         self.source = source
+        #: No rule, and allowed by default: every candidate is allowed, whoever asks.
+        self.allows_all = not self.document.rules and self.document.default == "allow"
 
     @classmethod
     def allow_all(cls) -> Policy:
@@ -124,6 +126,14 @@ class Policy:
         if rule.users is not None and not _any(rule.users, (s.user,)):
             return False
         return rule.tags is None or _any(rule.tags, s.tags)
+
+    def evaluate_envelope(
+        self, agents: Sequence[str], envelope: IntentEnvelope, user_id: str | None
+    ) -> PolicyDecision:
+        """`evaluate` for this envelope's subject (not read at all when no rule could use it)."""
+        if self.allows_all:
+            return PolicyDecision(allowed=list(agents))
+        return self.evaluate(agents, PolicySubject.of(envelope, user_id))
 
     def evaluate(self, agents: Sequence[str], subject: PolicySubject) -> PolicyDecision:
         decision = PolicyDecision()

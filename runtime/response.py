@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from runtime.canonical import dumps
+from runtime.canonical import compact_text, dumps, float_text, string_text
 from runtime.errors import ErrorCode
 
 
@@ -91,3 +91,43 @@ def response_dict(
 def response_body(response: dict[str, Any]) -> bytes:
     """The exact bytes published for a response; replay re-creates them from the record."""
     return dumps(response)
+
+
+def metadata_json(
+    *,
+    execution_id: str,
+    request_id: str | None,
+    trace_id: str | None,
+    agent: str | None,
+    strategy: str | None,
+    attempts: int,
+    latency_ms: float,
+    replayable: bool,
+) -> str:
+    """A response's `metadata` as JSON text, `latency_ms` already rounded as in the dict."""
+    return (
+        f'{{"execution_id":{string_text(execution_id)},'
+        f'"request_id":{"null" if request_id is None else string_text(request_id)},'
+        f'"trace_id":{"null" if trace_id is None else string_text(trace_id)},'
+        f'"agent":{"null" if agent is None else string_text(agent)},'
+        f'"strategy":{"null" if strategy is None else string_text(strategy)},'
+        f'"attempts":{int.__repr__(attempts)},'
+        f'"latency_ms":{float_text(latency_ms)},"replayable":{"true" if replayable else "false"}}}'
+    )
+
+
+def response_json(
+    *,
+    payload: dict[str, Any] | None,
+    error: dict[str, Any] | None,
+    metadata: str,
+) -> bytes:
+    """`response_body(response_dict(...))` from the payload, the error and the metadata's
+    JSON text (`metadata_json`)."""
+    if error is None:
+        head = '{"version":"1.0","status":"success","payload":'
+        return f'{head}{compact_text(payload)},"error":null,"metadata":{metadata}}}'.encode()
+    return (
+        '{"version":"1.0","status":"error","payload":null,"error":'
+        f'{compact_text(error)},"metadata":{metadata}}}'
+    ).encode()

@@ -23,7 +23,7 @@ from runtime.invoker import Abandoned, AgentInvoker, AttemptResult
 from runtime.observer import Observer
 from runtime.parallel import race_async, run_parallel
 from runtime.policy import PolicyDecision
-from runtime.recorder import RouteReason
+from runtime.recorder import RouteReason, attempt_start_json
 from runtime.registry import AgentDefinition
 from runtime.response import error_dict
 from runtime.routes import Plan, Route, end_attempt
@@ -334,7 +334,7 @@ class Router:
                 self.observer.fallback(intent)
             attempts += 1
             agent = agents[name]
-            rec.event("AGENT_ATTEMPT_START", {"agent": name, "attempt": attempts})
+            rec.event_json("AGENT_ATTEMPT_START", attempt_start_json(name, attempts))
             self.observer.attempt_started(name, attempts)
             result, ending = yield AttemptCall(agent, route.fresh(), self.timeout_for(agent))
             end_attempt(self.observer, rec, name, number=attempts, result=result, ending=ending)

@@ -12,7 +12,7 @@ from runtime.aio import Ending
 from runtime.envelope import IntentEnvelope
 from runtime.invoker import AttemptResult
 from runtime.observer import Observer
-from runtime.recorder import ExecutionRecorder, RouteReason
+from runtime.recorder import ExecutionRecorder, RouteReason, attempt_end_json
 from runtime.registry import AgentDefinition
 
 
@@ -49,17 +49,18 @@ def end_attempt(
     ending: Ending,
 ) -> None:
     """Log the end of one attempt in the request's events, and tell the observer."""
-    payload: dict[str, Any] = {
-        "agent": name,
-        "attempt": number,
-        "status": result.status,
-        "latency_ms": round(result.seconds * 1000.0, 3),
-    }
-    if result.error is not None:
-        payload["error_code"] = result.error_code
-    if ending != "returned":
-        payload[ending] = True  # "abandoned" (a sync thread left behind) or "cancelled"
-    rec.event("AGENT_ATTEMPT_END", payload)
+    error_code = result.error_code
+    rec.event_json(
+        "AGENT_ATTEMPT_END",
+        attempt_end_json(
+            name,
+            number,
+            status=result.status,
+            seconds=result.seconds,
+            error_code=error_code,
+            ending=ending,
+        ),
+    )
     observer.attempt_finished(
-        name, status=result.status, error_code=result.error_code, seconds=result.seconds
+        name, status=result.status, error_code=error_code, seconds=result.seconds
     )
