@@ -17,6 +17,7 @@ from pathlib import Path
 
 from runtime.errors import RecordExists, RecordStoreError, RecordUnstorable
 from runtime.stores.base import Callback
+from runtime.stores.files import quick
 
 log = logging.getLogger("intentus.runtime.store")
 
@@ -132,9 +133,7 @@ class GroupCommit:
                 try:
                     if self._chmod:
                         os.fchmod(item.fd, FILE_MODE)
-                    view = memoryview(item.data)
-                    while view:
-                        view = view[os.write(item.fd, view) :]
+                    quick.write_all(item.fd, item.data)
                 except BaseException:
                     self._release(item)
                     raise
@@ -157,7 +156,7 @@ class GroupCommit:
         folder."""
         if self._tmpfile:
             try:
-                return os.open(folder, O_TMPFILE_FLAGS, FILE_MODE), None
+                return quick.open_fd(folder, O_TMPFILE_FLAGS, FILE_MODE), None
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
                     raise
@@ -165,26 +164,21 @@ class GroupCommit:
         with self._lock:
             self._seq += 1
             tmp = os.path.join(self._tmp, f"{execution_id}.{self._seq}.tmp")
-        return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE), tmp
+        return quick.open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), tmp
 
     def _link(self, item: PendingRecord) -> None:
         """Give the written file its final name; FileExistsError if the record exists."""
         if item.tmp is None:
-            # linkat(AT_SYMLINK_FOLLOW) of the open unnamed file (a dir fd forces linkat).
-            os.link(
-                f"/proc/self/fd/{item.fd}",
-                item.final,
-                src_dir_fd=self._root_fd,
-                follow_symlinks=True,
-            )
+            # linkat(AT_SYMLINK_FOLLOW) of the open unnamed file.
+            quick.link(f"/proc/self/fd/{item.fd}", item.final, True)
         else:
-            os.link(item.tmp, item.final)
+            quick.link(item.tmp, item.final, False)
 
     @staticmethod
     def _release(item: PendingRecord) -> None:
         fd, item.fd = item.fd, -1
         if fd >= 0:
-            os.close(fd)
+            quick.close(fd)
         if item.tmp is not None:
             unlink_quietly(item.tmp)
             item.tmp = None

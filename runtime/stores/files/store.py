@@ -31,6 +31,7 @@ from pathlib import Path
 from runtime.claims import Claim, ClaimState, new_owner_token
 from runtime.errors import RecordStoreError
 from runtime.stores.base import EXECUTION_ID, Callback, check_execution_id, put_and_wait
+from runtime.stores.files import quick
 from runtime.stores.files.claims import CLAIMS_DIR, FileClaims
 from runtime.stores.files.commit import (
     FILE_MODE,
@@ -153,10 +154,17 @@ class FileRecordStore(GroupCommit):
     # -- reads ---------------------------------------------------------------------------
     def get(self, execution_id: str) -> bytes | None:
         try:
-            with open(self.path_for(execution_id), "rb") as fh:
-                return fh.read()
+            # Usually asked when there is none (a claim just won): the failed open is quick.
+            fd = quick.open_fd(self.path_for(execution_id), os.O_RDONLY, 0)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise RecordStoreError(
+                f"cannot read record {execution_id}: {exc.strerror or exc}"
+            ) from None
+        try:
+            with open(fd, "rb") as fh:
+                return fh.read()
         except OSError as exc:
             raise RecordStoreError(
                 f"cannot read record {execution_id}: {exc.strerror or exc}"
