@@ -23,6 +23,8 @@ log = logging.getLogger("intentus.runtime.store")
 
 FILE_MODE = 0o640
 SYNCFS_MIN_BATCH = 2  # from this many records on, two syncfs calls beat an fsync per file
+SHARDS = 4096  # shard folders `000` to `fff`, named by an executionId's first three hex digits
+IDLE_BEFORE_SHARDS = 0.02  # seconds without records before the committer makes shard folders
 
 
 def _load_syncfs() -> Callable[[int], None] | None:
@@ -116,6 +118,7 @@ class GroupCommit:
     _syncfs: Callable[[int], None] | None
     _chmod: bool
     _tmpfile: bool
+    _spare_shards: list[str] | None  # shard folders still to make; None: not looked yet
 
     def _mkdir(self, path: str, sync_parent: bool = True) -> bool:
         raise NotImplementedError
@@ -186,11 +189,19 @@ class GroupCommit:
     def _commit_loop(self) -> None:
         while True:
             with self._wake:
+                idle = False
                 while not self._queue and not self._closed and not self._linked:
-                    self._wake.wait()
+                    if self._spare_shards == []:
+                        self._wake.wait()
+                    elif not self._wake.wait(IDLE_BEFORE_SHARDS):
+                        idle = True  # nothing came for a while
+                        break
                 batch, self._queue = self._queue, []
                 if not batch and not self._linked and self._closed:
                     return
+            if idle:
+                self._make_shards()
+                continue
             try:
                 self._commit(batch)
             except Exception as exc:
@@ -206,6 +217,36 @@ class GroupCommit:
                         pass
                 error = RecordStoreError(f"record committer failed: {exc!r}")
                 self._report(items, [error] * len(items))
+
+    def _make_shards(self) -> None:
+        """(committer, idle) Make the shard folders before any record needs one, so that no
+        record pays for making its folder and for one more sync of the records folder (a new
+        store's first few thousand records would). A record that comes meanwhile stops it: it
+        waits for one folder and the sync at most."""
+        root = str(self.root)
+        if self._spare_shards is None:
+            try:
+                present = {entry.name for entry in os.scandir(root)}
+            except OSError:
+                present = set()
+            spare = (f"{i:03x}" for i in range(SHARDS))
+            self._spare_shards = [name for name in spare if name not in present]
+            if not self.durable:
+                self._spare_shards = []  # made as records need them, never synced anyway
+        if not self._spare_shards:
+            return
+        # Synced with the next record if not below: a record in a new folder is durable only
+        # once the folder's own entry is.
+        self._unsynced_folders.add(root)
+        try:
+            while self._spare_shards and not self._queue and not self._closed:
+                self._mkdir(os.path.join(root, self._spare_shards.pop()), sync_parent=False)
+            fsync_dir(root)
+            self._unsynced_folders.discard(root)
+        except OSError as exc:
+            # Disk full or the like: the records that need a folder make it (or fail) then.
+            log.info("cannot make shard folders in %s: %s", root, exc.strerror or exc)
+            self._spare_shards = []
 
     def _commit(self, batch: list[PendingRecord]) -> None:
         batch = self._write(batch)

@@ -67,6 +67,7 @@ class FileRecordStore(GroupCommit):
         self._wake = threading.Condition(self._lock)
         self._closed = False
         self._seq = 0
+        self._spare_shards: list[str] | None = None
         try:
             self._mkdir(str(self.root))
             self._tmp = str(self.root / TMP_DIR / self.owner)
