@@ -95,3 +95,41 @@ def test_shard_folders_are_not_made_when_not_durable(tmp_path: Path) -> None:
         assert [p.name for p in tmp_path.iterdir() if len(p.name) == 3] == ["000"]
     finally:
         store.close()
+
+
+def test_records_that_come_as_the_committer_turns_idle_are_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record queued just as the committer's idle wait times out is committed, not dropped
+    for the shard folders' turn."""
+    monkeypatch.setattr(store_module, "IDLE_BEFORE_SHARDS", 0.00001)
+    store = FileRecordStore(tmp_path, owner="w", durable=False)
+    store._spare_shards = ["never made"]
+    store._make_shards = lambda: None  # type: ignore[method-assign]  # always something to make
+    results: list[BaseException | None] = []
+    lock = threading.Lock()
+    done = threading.Event()
+    n = 2000
+
+    def cb(exc: BaseException | None) -> None:
+        with lock:
+            results.append(exc)
+            if len(results) == n:
+                done.set()
+
+    def writer(k: int) -> None:
+        for i in range(k, n, 4):
+            store.put_async(_eid(i), b"{}", cb)
+            if i % 64 == k:
+                threading.Event().wait(0.001)  # let the committer turn idle now and then
+
+    writers = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join()
+    try:
+        assert done.wait(10), f"{n - len(results)} records never reported"
+        assert results == [None] * n
+    finally:
+        store.close()

@@ -199,6 +199,8 @@ class GroupCommit:
                 batch, self._queue = self._queue, []
                 if not batch and not self._linked and self._closed:
                     return
+                # A record may have come as the wait timed out: it goes first.
+                idle = idle and not batch and not self._linked
             if idle:
                 self._make_shards()
                 continue
