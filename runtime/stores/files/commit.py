@@ -25,6 +25,7 @@ FILE_MODE = 0o640
 SYNCFS_MIN_BATCH = 2  # from this many records on, two syncfs calls beat an fsync per file
 SHARDS = 4096  # shard folders `000` to `fff`, named by an executionId's first three hex digits
 IDLE_BEFORE_SHARDS = 0.02  # seconds without records before the committer makes shard folders
+# (it starts as soon as the store opens)
 
 
 def _load_syncfs() -> Callable[[int], None] | None:
@@ -193,8 +194,8 @@ class GroupCommit:
                 while not self._queue and not self._closed and not self._linked:
                     if self._spare_shards == []:
                         self._wake.wait()
-                    elif not self._wake.wait(IDLE_BEFORE_SHARDS):
-                        idle = True  # nothing came for a while
+                    elif self._spare_shards is None or not self._wake.wait(IDLE_BEFORE_SHARDS):
+                        idle = True  # a new store, or nothing came for a while
                         break
                 batch, self._queue = self._queue, []
                 if not batch and not self._linked and self._closed:
@@ -252,7 +253,14 @@ class GroupCommit:
 
     def _commit(self, batch: list[PendingRecord]) -> None:
         batch = self._write(batch)
-        if self._syncfs is not None and (self._linked or len(batch) >= SYNCFS_MIN_BATCH):
+        if self._syncfs is not None and (
+            self._linked
+            or len(batch) >= SYNCFS_MIN_BATCH
+            # A lone record in a new folder would need three fsyncs (file, folder, records
+            # folder); the two syncs do it.
+            or self._unsynced_folders
+            or any(item.new_folder for item in batch)
+        ):
             self._commit_syncfs(batch, self._syncfs)
             return
         results: list[BaseException | None] = [None] * len(batch)

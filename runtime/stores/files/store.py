@@ -15,7 +15,9 @@ a torn record), one after it is linked (the name, and any new shard folder, are 
 before anyone is told). The rounds are pipelined: one syncfs makes the previous round's
 links and this round's data durable together. An fsync per file and folder costs several
 times more kernel CPU per record than a syncfs shared by a batch; a lone record (no other in
-its round or awaiting its second sync) still uses the fsyncs.
+its round or awaiting its second sync) still uses the fsyncs, unless its folder is new (then
+the fsyncs would be three: file, folder, records folder). An idle committer makes the shard
+folders ahead of the records, from the moment the store opens.
 """
 
 from __future__ import annotations
