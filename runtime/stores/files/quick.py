@@ -9,8 +9,12 @@ link, close, release), so at a few thousand requests a second the hand-overs cos
 than the calls themselves.
 
 Here the same calls go through the C library with the lock held (`ctypes.PyDLL`). Only calls
-that return without waiting for the disk belong here: the syncs (`syncfs`, `fsync`) still let
-go. They raise `OSError` (its subclasses, by errno) as `os` does. Where the C library cannot be
+that return without waiting for the disk or the inode allocator belong here: the syncs
+(`syncfs`, `fsync`) still let go, and so do making a new file (`new_file`: on a file system
+without a journal, a new inode can take milliseconds to find while recently freed ones are
+scanned, and no other thread of the worker should stand still meanwhile) and writing its bytes
+(`write_all_letting_go`: a write may wait while the kernel throttles dirty pages). They raise
+`OSError` (its subclasses, by errno) as `os` does. Where the C library cannot be
 loaded this way (not Linux), the `os` functions are used as they are.
 """
 
@@ -33,29 +37,20 @@ def _load() -> tuple[
     Callable[[str, int, int], int],
     Callable[[str, str, bool], None],
     Callable[[str], None],
-    Callable[[int, bytes], None],
     Callable[[int], None],
 ]:
-    """(open, link, unlink, write_all, close), keeping the lock where the platform allows."""
+    """(open, link, unlink, close), keeping the lock where the platform allows."""
     try:
         libc = ctypes.PyDLL(None, use_errno=True)  # PyDLL: the interpreter lock stays held
-        c_open, c_linkat, c_unlink, c_write, c_close = (
-            libc.open,
-            libc.linkat,
-            libc.unlink,
-            libc.write,
-            libc.close,
-        )
+        c_open, c_linkat, c_unlink, c_close = libc.open, libc.linkat, libc.unlink, libc.close
     except (AttributeError, OSError):
-        return _os_open, _os_link, os.unlink, _os_write_all, os.close
+        return _os_open, _os_link, os.unlink, os.close
     c_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_uint]
     c_open.restype = ctypes.c_int
     c_linkat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
     c_linkat.restype = ctypes.c_int
     c_unlink.argtypes = [ctypes.c_char_p]
     c_unlink.restype = ctypes.c_int
-    c_write.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
-    c_write.restype = ctypes.c_ssize_t
     c_close.argtypes = [ctypes.c_int]
     c_close.restype = ctypes.c_int
 
@@ -74,21 +69,11 @@ def _load() -> tuple[
         if c_unlink(os.fsencode(path)) != 0:
             raise _error(path)
 
-    def write_all(fd: int, data: bytes) -> None:
-        done = 0
-        while done < len(data):
-            n = int(c_write(fd, data[done:] if done else data, len(data) - done))
-            if n < 0:
-                if ctypes.get_errno() == 4:  # EINTR
-                    continue
-                raise _error()
-            done += n
-
     def close(fd: int) -> None:
         if c_close(fd) != 0 and ctypes.get_errno() != 4:  # EINTR: closed all the same
             raise _error()
 
-    return open_, link, unlink, write_all, close
+    return open_, link, unlink, close
 
 
 def _os_open(path: str, flags: int, mode: int) -> int:
@@ -105,4 +90,8 @@ def _os_write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-open_fd, link, unlink, write_all, close = _load()
+open_fd, link, unlink, close = _load()
+
+# Calls that may wait for the disk or the inode allocator: `os`, which lets go of the lock.
+new_file = _os_open
+write_all_letting_go = _os_write_all
