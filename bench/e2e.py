@@ -8,7 +8,8 @@ no confirms, shows the box's ceiling.
 Each round runs every case, and within a case each contender in turn (baseline, then ours),
 so A B A B over the rounds; ratios are taken within one round. Every contender gets its own
 queue (quorum, like the worker's default), deleted afterwards with its dead-letter exchange
-and queue; file records go to a temporary folder under .intentusnet/ that is removed too.
+and queue; file records go to a temporary folder under .intentusnet/ that is removed at the end
+of the run (removed at once, it would slow the next file contender: see bench/spent.py).
 
     python -m bench.e2e                      # the table (2 rounds)
     python -m bench.e2e --soak               # 200k messages, RSS every 10k
@@ -26,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import socket
 import statistics
@@ -44,6 +44,7 @@ import pika
 import pika.exceptions
 
 from bench.loadgen import URL, LoadGen, Result, find_broker_pid
+from bench.spent import remove_later
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -202,7 +203,7 @@ class Contender:
         _cleanup(self.queue)
         self.database.close()
         if self.records is not None:
-            shutil.rmtree(self.records, ignore_errors=True)
+            remove_later(self.records)  # at the end of the run (see bench/spent.py)
         self.log.unlink(missing_ok=True)
 
 

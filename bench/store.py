@@ -30,7 +30,6 @@ import os
 import platform
 import secrets
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.loadgen import cpu_seconds, envelope_template
 from bench.noop_agent import registry
+from bench.spent import remove_later
 from runtime import IntentusRuntime
 from runtime.claims import new_owner_token
 from runtime.envelope import RequestContext
@@ -296,7 +296,7 @@ def run_backend(backend: str, template: Template, args: argparse.Namespace) -> R
                 args=args,
             )
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
+            remove_later(folder)  # at the end of the run (see bench/spent.py)
     from runtime.stores.postgres import PostgresRecordStore
 
     def pg(url: str) -> Result:

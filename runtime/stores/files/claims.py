@@ -39,6 +39,7 @@ import threading
 from collections.abc import Callable
 
 from runtime.claims import Claim, ClaimError, ClaimState, Holder
+from runtime.stores.files import quick
 
 CLAIMS_DIR = ".claims"
 OWNERS_DIR = ".owners"
@@ -138,7 +139,7 @@ class FileClaims:
         try:
             for _ in range(_RETRIES):
                 try:
-                    os.link(self._lock_file, path)
+                    quick.link(self._lock_file, path, True)
                 except FileExistsError:
                     state = self._state_of(execution_id)
                     if state is not None:
@@ -207,7 +208,7 @@ class FileClaims:
         """Remove our claim. Nobody replaces a live owner's claim, so no read is needed."""
         if claim.holder is not None and claim.holder.owner == self.owner:
             try:
-                os.unlink(self._path(claim.execution_id))
+                quick.unlink(self._path(claim.execution_id))
             except FileNotFoundError:
                 pass
             except OSError as exc:

@@ -17,11 +17,15 @@ from pathlib import Path
 
 from runtime.errors import RecordExists, RecordStoreError, RecordUnstorable
 from runtime.stores.base import Callback
+from runtime.stores.files import quick
 
 log = logging.getLogger("intentus.runtime.store")
 
 FILE_MODE = 0o640
 SYNCFS_MIN_BATCH = 2  # from this many records on, two syncfs calls beat an fsync per file
+SHARDS = 4096  # shard folders `000` to `fff`, named by an executionId's first three hex digits
+IDLE_BEFORE_SHARDS = 0.02  # seconds without records before the committer makes shard folders
+# (it starts as soon as the store opens)
 
 
 def _load_syncfs() -> Callable[[int], None] | None:
@@ -115,6 +119,7 @@ class GroupCommit:
     _syncfs: Callable[[int], None] | None
     _chmod: bool
     _tmpfile: bool
+    _spare_shards: list[str] | None  # shard folders still to make; None: not looked yet
 
     def _mkdir(self, path: str, sync_parent: bool = True) -> bool:
         raise NotImplementedError
@@ -132,9 +137,7 @@ class GroupCommit:
                 try:
                     if self._chmod:
                         os.fchmod(item.fd, FILE_MODE)
-                    view = memoryview(item.data)
-                    while view:
-                        view = view[os.write(item.fd, view) :]
+                    quick.write_all_letting_go(item.fd, item.data)
                 except BaseException:
                     self._release(item)
                     raise
@@ -157,7 +160,7 @@ class GroupCommit:
         folder."""
         if self._tmpfile:
             try:
-                return os.open(folder, O_TMPFILE_FLAGS, FILE_MODE), None
+                return quick.new_file(folder, O_TMPFILE_FLAGS, FILE_MODE), None
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
                     raise
@@ -165,26 +168,21 @@ class GroupCommit:
         with self._lock:
             self._seq += 1
             tmp = os.path.join(self._tmp, f"{execution_id}.{self._seq}.tmp")
-        return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE), tmp
+        return quick.new_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), tmp
 
     def _link(self, item: PendingRecord) -> None:
         """Give the written file its final name; FileExistsError if the record exists."""
         if item.tmp is None:
-            # linkat(AT_SYMLINK_FOLLOW) of the open unnamed file (a dir fd forces linkat).
-            os.link(
-                f"/proc/self/fd/{item.fd}",
-                item.final,
-                src_dir_fd=self._root_fd,
-                follow_symlinks=True,
-            )
+            # linkat(AT_SYMLINK_FOLLOW) of the open unnamed file.
+            quick.link(f"/proc/self/fd/{item.fd}", item.final, True)
         else:
-            os.link(item.tmp, item.final)
+            quick.link(item.tmp, item.final, False)
 
     @staticmethod
     def _release(item: PendingRecord) -> None:
         fd, item.fd = item.fd, -1
         if fd >= 0:
-            os.close(fd)
+            quick.close(fd)
         if item.tmp is not None:
             unlink_quietly(item.tmp)
             item.tmp = None
@@ -192,11 +190,21 @@ class GroupCommit:
     def _commit_loop(self) -> None:
         while True:
             with self._wake:
+                idle = False
                 while not self._queue and not self._closed and not self._linked:
-                    self._wake.wait()
+                    if self._spare_shards == []:
+                        self._wake.wait()
+                    elif self._spare_shards is None or not self._wake.wait(IDLE_BEFORE_SHARDS):
+                        idle = True  # a new store, or nothing came for a while
+                        break
                 batch, self._queue = self._queue, []
                 if not batch and not self._linked and self._closed:
                     return
+                # A record may have come as the wait timed out: it goes first.
+                idle = idle and not batch and not self._linked
+            if idle:
+                self._make_shards()
+                continue
             try:
                 self._commit(batch)
             except Exception as exc:
@@ -213,9 +221,46 @@ class GroupCommit:
                 error = RecordStoreError(f"record committer failed: {exc!r}")
                 self._report(items, [error] * len(items))
 
+    def _make_shards(self) -> None:
+        """(committer, idle) Make the shard folders before any record needs one, so that no
+        record pays for making its folder and for one more sync of the records folder (a new
+        store's first few thousand records would). A record that comes meanwhile stops it: it
+        waits for one folder and the sync at most."""
+        root = str(self.root)
+        if self._spare_shards is None:
+            try:
+                present = {entry.name for entry in os.scandir(root)}
+            except OSError:
+                present = set()
+            spare = (f"{i:03x}" for i in range(SHARDS))
+            self._spare_shards = [name for name in spare if name not in present]
+            if not self.durable:
+                self._spare_shards = []  # made as records need them, never synced anyway
+        if not self._spare_shards:
+            return
+        # Synced with the next record if not below: a record in a new folder is durable only
+        # once the folder's own entry is.
+        self._unsynced_folders.add(root)
+        try:
+            while self._spare_shards and not self._queue and not self._closed:
+                self._mkdir(os.path.join(root, self._spare_shards.pop()), sync_parent=False)
+            fsync_dir(root)
+            self._unsynced_folders.discard(root)
+        except OSError as exc:
+            # Disk full or the like: the records that need a folder make it (or fail) then.
+            log.info("cannot make shard folders in %s: %s", root, exc.strerror or exc)
+            self._spare_shards = []
+
     def _commit(self, batch: list[PendingRecord]) -> None:
         batch = self._write(batch)
-        if self._syncfs is not None and (self._linked or len(batch) >= SYNCFS_MIN_BATCH):
+        if self._syncfs is not None and (
+            self._linked
+            or len(batch) >= SYNCFS_MIN_BATCH
+            # A lone record in a new folder would need three fsyncs (file, folder, records
+            # folder); the two syncs do it.
+            or self._unsynced_folders
+            or any(item.new_folder for item in batch)
+        ):
             self._commit_syncfs(batch, self._syncfs)
             return
         results: list[BaseException | None] = [None] * len(batch)
