@@ -203,16 +203,6 @@ class RecordWrites(Connected):
             ),
         )
 
-    def _answered(self, exc: BaseException) -> bool:
-        """Whether the database answered with an error, its session still usable (not a lost
-        connection, a shutdown or a resource running out: those are the store's)."""
-        psycopg = self._psycopg
-        if isinstance(exc, psycopg.errors.ProgramLimitExceeded):
-            return True
-        return isinstance(exc, psycopg.DatabaseError) and not isinstance(
-            exc, psycopg.OperationalError
-        )
-
     def _probe(self, conn: Any) -> bool:
         """Whether a row can be written to the table now: when it can, a record the database
         refused for no stated reason of its data is refused for something it holds."""
