@@ -25,27 +25,34 @@ Callback = Callable[[BaseException | None], None]
 
 _MAX_BATCH = 512
 
-_COMMIT_CLAIMED = f"""
-    UPDATE {TABLE} SET record = %s, owner = NULL, owner_key = NULL, request_id = %s,
-        correlation_id = %s, intent = %s, status = %s, error_code = %s, agent = %s, kind = %s,
-        created_at = %s
-    WHERE execution_id = %s AND owner = %s AND record IS NULL
-    RETURNING execution_id"""
+# The record columns, in the order of the arrays the statements below take.
+_COLUMNS = (
+    "record, request_id, correlation_id, intent, status, error_code, agent, kind, created_at,"
+    " execution_id"
+)
+_ARRAYS = (
+    "unnest(%b::bytea[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
+    " %s::text[], %s::text[], %s::timestamptz[], %s::text[]"
+)
 
-_INSERT_RECORD = f"""
-    INSERT INTO {TABLE} (record, request_id, correlation_id, intent, status, error_code, agent,
-        kind, created_at, execution_id)
-    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+# Records of claims we hold (fenced: the owner we claimed as, no record yet), which ends each
+# claim in the same statement: one statement for all of them.
+_COMMIT_CLAIMED = f"""
+    UPDATE {TABLE} e SET record = v.record, owner = NULL, owner_key = NULL,
+        request_id = v.request_id, correlation_id = v.correlation_id, intent = v.intent,
+        status = v.status, error_code = v.error_code, agent = v.agent, kind = v.kind,
+        created_at = v.created_at
+    FROM {_ARRAYS}, %s::text[]) AS v({_COLUMNS}, owner)
+    WHERE e.execution_id = ANY(%s::text[]) AND e.execution_id = v.execution_id
+        AND e.owner = v.owner AND e.record IS NULL
+    RETURNING e.execution_id"""
+
+# Records without a claim (rejections): stored unless the executionId has a row already.
+_INSERT_RECORDS = f"""
+    INSERT INTO {TABLE} ({_COLUMNS})
+    SELECT * FROM {_ARRAYS})
     ON CONFLICT (execution_id) DO NOTHING
     RETURNING execution_id"""
-
-
-def _owned(p: _Pending) -> tuple[str, str | None]:
-    return (p.execution_id, p.owner)
-
-
-def _unowned(p: _Pending) -> tuple[str]:
-    return (p.execution_id,)
 
 
 class _Pending:
@@ -167,25 +174,32 @@ class RecordWrites(Connected):
     def _write_rows(self, conn: Any, items: list[_Pending]) -> set[_Pending]:
         """Write `items` in the connection's open transaction; the items stored.
 
-        By item, not by executionId: of two writes of one id in a batch only the first is
-        stored, and the second must hear RecordExists (and answer from the stored record),
-        never that its own record was written."""
+        One statement for the claimed ones and one for the others. By item, not by
+        executionId: of two writes of one id in a batch only the first can be stored, and the
+        second must hear RecordExists (and answer from the stored record), never that its own
+        record was written; so a second write of an id goes in a statement after the first's."""
         stored: set[_Pending] = set()
         with conn.cursor() as cur:
-            for part, sql, extra in (
-                ([p for p in items if p.owner is not None], _COMMIT_CLAIMED, _owned),
-                ([p for p in items if p.owner is None], _INSERT_RECORD, _unowned),
+            for part, sql in (
+                ([p for p in items if p.owner is not None], _COMMIT_CLAIMED),
+                ([p for p in items if p.owner is None], _INSERT_RECORDS),
             ):
-                if not part:
-                    continue
-                params = [(p.data, *index_columns(p.data), *extra(p)) for p in part]
-                cur.executemany(sql, params, returning=True)
-                # One result set per parameter set, in order: a row means that one was stored.
-                for index, item in enumerate(part):
-                    if index and not cur.nextset():
-                        break
-                    if cur.fetchall():
-                        stored.add(item)
+                while part:
+                    now: list[_Pending] = []
+                    later: list[_Pending] = []
+                    seen: set[str] = set()
+                    for p in part:
+                        (later if p.execution_id in seen else now).append(p)
+                        seen.add(p.execution_id)
+                    rows = [(p.data, *index_columns(p.data), p.execution_id) for p in now]
+                    params = [list(column) for column in zip(*rows, strict=True)]
+                    if sql is _COMMIT_CLAIMED:
+                        # The owners, and the ids again: the rows are found by their key.
+                        params += [[p.owner for p in now], params[-1]]
+                    cur.execute(sql, params)
+                    written = {eid for (eid,) in cur.fetchall()}
+                    stored.update(p for p in now if p.execution_id in written)
+                    part = later
         return stored
 
     def _refused_record(self, exc: BaseException) -> bool:
