@@ -55,6 +55,46 @@ _INSERT_RECORDS = f"""
     RETURNING execution_id"""
 
 
+def _statements(items: list[_Pending]) -> list[tuple[str, list[Any], list[_Pending]]]:
+    """The statements that write `items`: (SQL, parameters, the items it writes).
+
+    One for the claimed records and one for the others. By item, not by executionId: of two
+    writes of one id in a batch only the first can be stored, and the second must hear
+    RecordExists (and answer from the stored record), never that its own record was written;
+    so a second write of an id goes in a statement after the first's."""
+    out: list[tuple[str, list[Any], list[_Pending]]] = []
+    for part, sql in (
+        ([p for p in items if p.owner is not None], _COMMIT_CLAIMED),
+        ([p for p in items if p.owner is None], _INSERT_RECORDS),
+    ):
+        while part:
+            now: list[_Pending] = []
+            later: list[_Pending] = []
+            seen: set[str] = set()
+            for p in part:
+                (later if p.execution_id in seen else now).append(p)
+                seen.add(p.execution_id)
+            rows = [(p.data, *index_columns(p.data), p.execution_id) for p in now]
+            params = [list(column) for column in zip(*rows, strict=True)]
+            if sql is _COMMIT_CLAIMED:
+                # The owners, and the ids again: the rows are found by their key.
+                params += [[p.owner for p in now], params[-1]]
+            out.append((sql, params, now))
+            part = later
+    return out
+
+
+def _run(conn: Any, statements: list[tuple[str, list[Any], list[_Pending]]]) -> set[_Pending]:
+    """Execute `statements`; the items they stored (their rows returned)."""
+    stored: set[_Pending] = set()
+    with conn.cursor() as cur:
+        for sql, params, items in statements:
+            cur.execute(sql, params)
+            written = {eid for (eid,) in cur.fetchall()}
+            stored.update(p for p in items if p.execution_id in written)
+    return stored
+
+
 class _Pending:
     __slots__ = ("data", "done", "execution_id", "owner")
 
@@ -132,7 +172,7 @@ class RecordWrites(Connected):
 
     def _commit(self, batch: list[_Pending]) -> list[BaseException | None]:
         try:
-            with self.pool.connection() as conn, conn.transaction():
+            with self.pool.connection() as conn:
                 stored = self._write_rows(conn, batch)
         except Exception as exc:
             if not self._answered(exc):
@@ -152,8 +192,7 @@ class RecordWrites(Connected):
         with self.pool.connection() as conn:
             for index, item in enumerate(batch):
                 try:
-                    with conn.transaction():
-                        stored = self._write_rows(conn, [item])
+                    stored = self._write_rows(conn, [item])
                 except Exception as exc:
                     if not self._refused_record(exc) and not (
                         self._answered(exc) and self._probe(conn)
@@ -172,35 +211,15 @@ class RecordWrites(Connected):
         return results
 
     def _write_rows(self, conn: Any, items: list[_Pending]) -> set[_Pending]:
-        """Write `items` in the connection's open transaction; the items stored.
+        """Write `items` and commit them, all or none; the items stored.
 
-        One statement for the claimed ones and one for the others. By item, not by
-        executionId: of two writes of one id in a batch only the first can be stored, and the
-        second must hear RecordExists (and answer from the stored record), never that its own
-        record was written; so a second write of an id goes in a statement after the first's."""
-        stored: set[_Pending] = set()
-        with conn.cursor() as cur:
-            for part, sql in (
-                ([p for p in items if p.owner is not None], _COMMIT_CLAIMED),
-                ([p for p in items if p.owner is None], _INSERT_RECORDS),
-            ):
-                while part:
-                    now: list[_Pending] = []
-                    later: list[_Pending] = []
-                    seen: set[str] = set()
-                    for p in part:
-                        (later if p.execution_id in seen else now).append(p)
-                        seen.add(p.execution_id)
-                    rows = [(p.data, *index_columns(p.data), p.execution_id) for p in now]
-                    params = [list(column) for column in zip(*rows, strict=True)]
-                    if sql is _COMMIT_CLAIMED:
-                        # The owners, and the ids again: the rows are found by their key.
-                        params += [[p.owner for p in now], params[-1]]
-                    cur.execute(sql, params)
-                    written = {eid for (eid,) in cur.fetchall()}
-                    stored.update(p for p in now if p.execution_id in written)
-                    part = later
-        return stored
+        Usually one statement, committed by itself (autocommit: one round trip); several in
+        one transaction otherwise."""
+        statements = _statements(items)
+        if len(statements) == 1:
+            return _run(conn, statements)
+        with conn.transaction():
+            return _run(conn, statements)
 
     def _refused_record(self, exc: BaseException) -> bool:
         """Whether `exc` is the database refusing a value (of one record), not failing itself:
