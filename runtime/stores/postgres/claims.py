@@ -251,7 +251,10 @@ class _Ask:
         self.fingerprint = fingerprint
         self.result: Claim | BaseException | None = None
         self.lead = False  # handed the sending of the next group
-        self.done = threading.Event()
+        # Held until the ask is answered (or handed the sending): a bare lock is the
+        # cheapest wake-up there is, and every waiting thread needs one.
+        self.done = threading.Lock()
+        self.done.acquire()
 
 
 class ClaimGroup:
@@ -276,7 +279,7 @@ class ClaimGroup:
             lead = not self._sending
             self._sending = True
         if not lead:
-            ask.done.wait()
+            ask.done.acquire()
             lead = ask.lead
         if lead:
             self._lead(ask)
@@ -310,7 +313,7 @@ class ClaimGroup:
                 if a.result is None:  # pragma: no cover - _send answers every ask
                     a.result = ClaimError(f"cannot claim {a.execution_id}: no answer")
                 if a is not ask:
-                    a.done.set()
+                    a.done.release()
             if ask.result is None:
                 continue  # ours is still queued (a twin, or past the group's size)
             with self._lock:
@@ -319,5 +322,5 @@ class ClaimGroup:
                     return
                 heir = self._queue[0]
             heir.lead = True
-            heir.done.set()
+            heir.done.release()
             return
