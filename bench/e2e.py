@@ -70,7 +70,12 @@ CASES = {
     "600B-w1": Case("600 B, window 1", 600, 1, 2_000, 200, (*ECHOES, "file", "postgres")),
 }
 PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-DURABLE = ("file", "postgres", "before", "before-postgres")  # contenders compared with memory's throughput
+DURABLE = (
+    "file",
+    "postgres",
+    "before",
+    "before-postgres",
+)  # contenders compared with memory's throughput
 SWEEP = (1, 4, 16, 64, 256, 1024)
 BEFORE: Path | None = None  # --before: an older source tree, measured as contender "before"
 PG_SERVER = PG_URL  # --pg-url: where the postgres contender's temporary databases go

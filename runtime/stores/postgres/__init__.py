@@ -57,6 +57,11 @@ class PostgresRecordStore(RecordWrites, PostgresClaims, RecordQueries):
         self._closed = threading.Event()
         self._liveness_conn = None
         self._claims = ClaimGroup(self._claim_many)
+        # Statements sent, and what they carried (for bench/store.py): each is counted by
+        # the one thread sending claims, or by the committer.
+        self.counts = dict.fromkeys(
+            ("claims", "claim_statements", "records", "record_statements"), 0
+        )
         self._queue: list[_Pending] = []
         self._wake = threading.Condition()
         self._committer = None

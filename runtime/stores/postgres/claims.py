@@ -43,6 +43,7 @@ class PostgresClaims(Connected):
     _closed: threading.Event
     _liveness_conn: Any
     _claims: ClaimGroup
+    counts: dict[str, int]
 
     def _hold_liveness(self) -> None:
         conn = open_liveness_session(self._psycopg, self.url)
@@ -96,6 +97,8 @@ class PostgresClaims(Connected):
         try:
             with self.pool.connection() as conn:
                 for _ in range(10):
+                    self.counts["claims"] += len(todo)
+                    self.counts["claim_statements"] += 1
                     rows = conn.execute(
                         _CLAIM_MANY,
                         (

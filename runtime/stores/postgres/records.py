@@ -118,6 +118,7 @@ class RecordWrites(Connected):
     _queue: list[_Pending]
     _wake: threading.Condition
     _committer: threading.Thread | None
+    counts: dict[str, int]
 
     def put(self, execution_id: str, data: bytes) -> None:
         put_and_wait(self.put_async, execution_id, data)
@@ -216,6 +217,8 @@ class RecordWrites(Connected):
         Usually one statement, committed by itself (autocommit: one round trip); several in
         one transaction otherwise."""
         statements = _statements(items)
+        self.counts["records"] += len(items)
+        self.counts["record_statements"] += len(statements)
         if len(statements) == 1:
             return _run(conn, statements)
         with conn.transaction():
