@@ -24,10 +24,13 @@ _LIVENESS_S = 1.0
 _MAX_GROUP = 256  # claims in one statement at most
 
 # Claims every executionId given whose row does not exist yet; returns the ones it claimed.
+# In the order of the ids, as every worker does: two groups sharing ids wait for one another
+# (an insert waits for a concurrent insert of its key to end) but never in a cycle.
 _CLAIM_MANY = f"""
     INSERT INTO {TABLE} (execution_id, owner, owner_key, user_id, fingerprint)
     SELECT c.execution_id, %s, %s, c.user_id, c.fingerprint
     FROM unnest(%s::text[], %s::text[], %s::text[]) AS c(execution_id, user_id, fingerprint)
+    ORDER BY c.execution_id
     ON CONFLICT (execution_id) DO NOTHING
     RETURNING execution_id"""
 
