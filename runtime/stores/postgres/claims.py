@@ -15,6 +15,7 @@ from typing import Any
 
 from runtime.claims import Claim, ClaimError, ClaimState, Holder
 from runtime.stores.base import check_execution_id
+from runtime.stores.postgres import wire
 from runtime.stores.postgres.connection import Connected, open_liveness_session
 from runtime.stores.postgres.schema import ALIVE, TABLE
 
@@ -22,17 +23,6 @@ log = logging.getLogger("intentus.runtime.stores.postgres")
 
 _LIVENESS_S = 1.0
 _MAX_GROUP = 256  # claims in one statement at most
-
-# Claims every executionId given whose row does not exist yet; returns the ones it claimed.
-# In the order of the ids, as every worker does: two groups sharing ids wait for one another
-# (an insert waits for a concurrent insert of its key to end) but never in a cycle.
-_CLAIM_MANY = f"""
-    INSERT INTO {TABLE} (execution_id, owner, owner_key, user_id, fingerprint)
-    SELECT c.execution_id, %s, %s, c.user_id, c.fingerprint
-    FROM unnest(%s::text[], %s::text[], %s::text[]) AS c(execution_id, user_id, fingerprint)
-    ORDER BY c.execution_id
-    ON CONFLICT (execution_id) DO NOTHING
-    RETURNING execution_id"""
 
 
 class PostgresClaims(Connected):
@@ -102,17 +92,19 @@ class PostgresClaims(Connected):
                 for _ in range(10):
                     self.counts["claims"] += len(todo)
                     self.counts["claim_statements"] += 1
-                    rows = conn.execute(
-                        _CLAIM_MANY,
-                        (
-                            self.owner,
-                            self.owner_key,
-                            [a.execution_id for a in todo],
-                            [a.user_id for a in todo],
-                            [a.fingerprint for a in todo],
-                        ),
-                    ).fetchall()
-                    won = {eid for (eid,) in rows}
+                    encoding = conn.info.encoding
+                    won = set(
+                        wire.CLAIM_MANY.run(
+                            conn,
+                            [
+                                wire.text(self.owner, encoding),
+                                wire.int8(self.owner_key),
+                                wire.text_array([a.execution_id for a in todo], encoding),
+                                wire.text_array([a.user_id for a in todo], encoding),
+                                wire.text_array([a.fingerprint for a in todo], encoding),
+                            ],
+                        )
+                    )
                     if won:
                         with self._mine_lock:
                             for eid in won:
@@ -134,8 +126,8 @@ class PostgresClaims(Connected):
                             a.result = state
                     if not todo:
                         return
-        except self._psycopg.Error as exc:
-            if len(asks) > 1 and self._answered(exc):
+        except (self._psycopg.Error, UnicodeError) as exc:
+            if len(asks) > 1 and (isinstance(exc, UnicodeError) or self._answered(exc)):
                 # Refused for a value one ask holds: claim each alone, so only it fails.
                 for a in asks:
                     if a.result is None:

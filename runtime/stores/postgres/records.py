@@ -16,6 +16,7 @@ from typing import Any
 
 from runtime.errors import RecordExists, RecordStoreError, RecordUnstorable
 from runtime.stores.base import check_execution_id, put_and_wait
+from runtime.stores.postgres import wire
 from runtime.stores.postgres.connection import Connected
 from runtime.stores.postgres.schema import TABLE, index_columns
 
@@ -25,47 +26,20 @@ Callback = Callable[[BaseException | None], None]
 
 _MAX_BATCH = 512
 
-# The record columns, in the order of the arrays the statements below take.
-_COLUMNS = (
-    "record, request_id, correlation_id, intent, status, error_code, agent, kind, created_at,"
-    " execution_id"
-)
-_ARRAYS = (
-    "unnest(%b::bytea[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
-    " %s::text[], %s::text[], %s::timestamptz[], %s::text[]"
-)
 
-# Records of claims we hold (fenced: the owner we claimed as, no record yet), which ends each
-# claim in the same statement: one statement for all of them.
-_COMMIT_CLAIMED = f"""
-    UPDATE {TABLE} e SET record = v.record, owner = NULL, owner_key = NULL,
-        request_id = v.request_id, correlation_id = v.correlation_id, intent = v.intent,
-        status = v.status, error_code = v.error_code, agent = v.agent, kind = v.kind,
-        created_at = v.created_at
-    FROM {_ARRAYS}, %s::text[]) AS v({_COLUMNS}, owner)
-    WHERE e.execution_id = ANY(%s::text[]) AND e.execution_id = v.execution_id
-        AND e.owner = v.owner AND e.record IS NULL
-    RETURNING e.execution_id"""
-
-# Records without a claim (rejections): stored unless the executionId has a row already.
-_INSERT_RECORDS = f"""
-    INSERT INTO {TABLE} ({_COLUMNS})
-    SELECT * FROM {_ARRAYS})
-    ON CONFLICT (execution_id) DO NOTHING
-    RETURNING execution_id"""
-
-
-def _statements(items: list[_Pending]) -> list[tuple[str, list[Any], list[_Pending]]]:
-    """The statements that write `items`: (SQL, parameters, the items it writes).
+def _statements(
+    items: list[_Pending], encoding: str
+) -> list[tuple[wire.Statement, list[bytes | None], list[_Pending]]]:
+    """The statements that write `items`: (statement, parameters, the items it writes).
 
     One for the claimed records and one for the others. By item, not by executionId: of two
     writes of one id in a batch only the first can be stored, and the second must hear
     RecordExists (and answer from the stored record), never that its own record was written;
     so a second write of an id goes in a statement after the first's."""
-    out: list[tuple[str, list[Any], list[_Pending]]] = []
-    for part, sql in (
-        ([p for p in items if p.owner is not None], _COMMIT_CLAIMED),
-        ([p for p in items if p.owner is None], _INSERT_RECORDS),
+    out: list[tuple[wire.Statement, list[bytes | None], list[_Pending]]] = []
+    for part, statement in (
+        ([p for p in items if p.owner is not None], wire.COMMIT_CLAIMED),
+        ([p for p in items if p.owner is None], wire.INSERT_RECORDS),
     ):
         while part:
             now: list[_Pending] = []
@@ -74,24 +48,34 @@ def _statements(items: list[_Pending]) -> list[tuple[str, list[Any], list[_Pendi
             for p in part:
                 (later if p.execution_id in seen else now).append(p)
                 seen.add(p.execution_id)
-            rows = [(p.data, *index_columns(p.data), p.execution_id) for p in now]
-            params = [list(column) for column in zip(*rows, strict=True)]
-            if sql is _COMMIT_CLAIMED:
-                # The owners, and the ids again: the rows are found by their key.
-                params += [[p.owner for p in now], params[-1]]
-            out.append((sql, params, now))
+            params = _record_params(now, encoding)
+            if statement is wire.COMMIT_CLAIMED:
+                params.append(wire.text_array([p.owner for p in now], encoding))
+            out.append((statement, params, now))
             part = later
     return out
 
 
-def _run(conn: Any, statements: list[tuple[str, list[Any], list[_Pending]]]) -> set[_Pending]:
+def _record_params(items: list[_Pending], encoding: str) -> list[bytes | None]:
+    """The record statements' arrays: the records, their indexed columns, the ids."""
+    columns = list(zip(*(index_columns(p.data) for p in items), strict=True))
+    created = [None if c is None else c.isoformat() for c in columns[-1]]
+    return [
+        wire.bytea_array([p.data for p in items]),
+        *(wire.text_array(column, encoding) for column in columns[:-1]),
+        wire.text_array(created, encoding),
+        wire.text_array([p.execution_id for p in items], encoding),
+    ]
+
+
+def _run(
+    conn: Any, statements: list[tuple[wire.Statement, list[bytes | None], list[_Pending]]]
+) -> set[_Pending]:
     """Execute `statements`; the items they stored (their rows returned)."""
     stored: set[_Pending] = set()
-    with conn.cursor() as cur:
-        for sql, params, items in statements:
-            cur.execute(sql, params)
-            written = {eid for (eid,) in cur.fetchall()}
-            stored.update(p for p in items if p.execution_id in written)
+    for statement, params, items in statements:
+        written = set(statement.run(conn, params))
+        stored.update(p for p in items if p.execution_id in written)
     return stored
 
 
@@ -216,7 +200,7 @@ class RecordWrites(Connected):
 
         Usually one statement, committed by itself (autocommit: one round trip); several in
         one transaction otherwise."""
-        statements = _statements(items)
+        statements = _statements(items, conn.info.encoding)
         self.counts["records"] += len(items)
         self.counts["record_statements"] += len(statements)
         if len(statements) == 1:
