@@ -19,7 +19,8 @@ Our worker runs as `python -m worker` in its default configuration (durable file
 publisher confirms, quorum queue) with the no-op agent in bench/noop_agent.py; the memory
 store contender sets INTENTUS_RECORDS_DIR=:memory: (benchmark-only, not for production); the
 postgres contender sets INTENTUS_RECORDS_URL to a temporary database created on the --pg-url
-server (the `postgres` extra) and dropped afterwards.
+server (the `postgres` extra) and dropped afterwards; with --before, so does the earlier
+tree's `before-postgres` contender.
 """
 
 from __future__ import annotations
@@ -69,7 +70,12 @@ CASES = {
     "600B-w1": Case("600 B, window 1", 600, 1, 2_000, 200, (*ECHOES, "file", "postgres")),
 }
 PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-DURABLE = ("file", "postgres", "before")  # contenders compared with memory's throughput
+DURABLE = (
+    "file",
+    "postgres",
+    "before",
+    "before-postgres",
+)  # contenders compared with memory's throughput
 SWEEP = (1, 4, 16, 64, 256, 1024)
 BEFORE: Path | None = None  # --before: an older source tree, measured as contender "before"
 PG_SERVER = PG_URL  # --pg-url: where the postgres contender's temporary databases go
@@ -168,7 +174,7 @@ class Contender:
         )
         if self.kind in ("memory", "before-memory"):
             env["INTENTUS_RECORDS_DIR"] = ":memory:"
-        elif self.kind == "postgres":
+        elif self.kind in ("postgres", "before-postgres"):
             from bench.store import temporary_database
 
             self.records_url = self.database.enter_context(temporary_database(PG_SERVER))
@@ -265,7 +271,8 @@ def run_table(cases: list[str], rounds: int, scale: float) -> dict[str, Any]:
             case = CASES[key]
             n = max(100, int(case.n * scale))
             got: dict[str, Result] = {}
-            kinds = case.contenders + (("before", "before-memory") if BEFORE is not None else ())
+            befores = ("before", "before-memory", "before-postgres")
+            kinds = case.contenders + (befores if BEFORE is not None else ())
             kinds = tuple(k for k in kinds if CONTENDERS is None or k in CONTENDERS)
             for kind in kinds:
                 r = measure(kind, case.size, case.window, n, int(case.warmup * scale), key)
@@ -399,13 +406,13 @@ def main() -> None:
     ap.add_argument(
         "--before",
         help="source tree of an earlier version (e.g. a git worktree), run as contender "
-        "'before' with durable file records (and 'before-memory' with memory records) after ours "
-        "in every case",
+        "'before' with durable file records (and 'before-memory' with memory records, "
+        "'before-postgres' with PostgreSQL records) after ours in every case",
     )
     ap.add_argument(
         "--contenders",
         help="run only these contenders, comma-separated (baseline, durable-echo, file, memory, "
-        "postgres, before, before-memory)",
+        "postgres, before, before-memory, before-postgres)",
     )
     ap.add_argument(
         "--pg-url",

@@ -17,9 +17,10 @@ an existing database as it is instead). Every round runs every backend in turn, 
 alternate A B C A B C; ratios (a backend's µs per record over memory's, or over files') are
 within one round; the summary is the median over rounds. Client CPU is this process's CPU
 time per record; for postgres, server CPU is the CPU time of the temporary database's own
-server sessions per record (local server only). For postgres, the pool's figures show the
-round trips: checkouts per record (one claim, plus a share of a commit transaction) and how
-many records each commit transaction carried.
+server sessions per record (local server only). For postgres, the store's figures show the
+round trips: pool checkouts per record (a share of a group claim, plus a share of a commit),
+how many claims each claim statement carried and how many records each record statement
+carried.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Result:
     release_us: float
     server_cpu_s: float | None = None
     pool: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)  # the store's statements, if counted
 
     @property
     def per_s(self) -> float:
@@ -96,12 +98,15 @@ class Result:
 
     @property
     def per_commit(self) -> float | None:
-        """Records per commit transaction: every checkout beyond one claim per record is a
-        commit round (a release after a commit needs no round trip)."""
-        if not self.pool:
-            return None
-        rounds = self.pool["requests_num"] - self.records
-        return self.records / rounds if rounds > 0 else None
+        """Records per record statement (a group commit writes many in one)."""
+        statements = self.counts.get("record_statements")
+        return self.counts["records"] / statements if statements else None
+
+    @property
+    def per_claim(self) -> float | None:
+        """Claims per claim statement (a group claim asks for many in one)."""
+        statements = self.counts.get("claim_statements")
+        return self.counts["claims"] / statements if statements else None
 
     @property
     def waited(self) -> float | None:
@@ -253,6 +258,8 @@ def measure(
         pool = getattr(store, "pool", None)
         if pool is not None:
             pool.pop_stats()
+        counts = getattr(store, "counts", None)
+        before = dict(counts) if counts is not None else {}
         cpu_before = server.sample() if server else None
         records = template.make(args.n)
         seconds, cpu, phases = drive(
@@ -260,6 +267,7 @@ def measure(
         )
         cpu_after = server.sample() if server else None
         stats = dict(pool.pop_stats()) if pool is not None else {}
+        spent = {k: v - before[k] for k, v in counts.items()} if counts is not None else {}
     finally:
         store.close()
         if server is not None:
@@ -277,6 +285,7 @@ def measure(
         pool={k: int(stats.get(k, 0)) for k in ("requests_num", "requests_queued")}
         if pool is not None
         else {},
+        counts=spent,
     )
 
 
@@ -347,7 +356,8 @@ COLUMNS = (
     "commit µs",
     "release µs",
     "checkouts/rec",
-    "recs/commit",
+    "claims/stmt",
+    "recs/stmt",
     "pool waits %",
 )
 
@@ -364,6 +374,7 @@ def row(r: Result, memory: Result | None, files: Result | None) -> list[str]:
         _f(r.commit_us, 1),
         _f(r.release_us, 1),
         _f(r.checkouts, 2),
+        _f(r.per_claim, 1),
         _f(r.per_commit, 1),
         _f(r.waited, 1),
     ]

@@ -73,9 +73,10 @@ class TestStoreBench:
         assert claims == [(0,)]
         figures = medians(out)["postgres"]
         assert float(figures["records/s"]) > 0
-        # At least the claim's checkout per record; commits add a share of one.
-        assert float(figures["checkouts/rec"]) > 1.0
-        assert float(figures["recs/commit"]) >= 1.0
+        # A share of a group claim's checkout per record, and a share of a commit's.
+        assert float(figures["checkouts/rec"]) > 0
+        assert float(figures["claims/stmt"]) >= 1.0
+        assert float(figures["recs/stmt"]) >= 1.0
 
     def test_temporary_database_is_dropped(self) -> None:
         """With --pg-url the script creates its own database and drops it afterwards."""

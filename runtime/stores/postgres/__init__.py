@@ -21,7 +21,7 @@ from runtime.claims import new_owner_token
 from runtime.errors import RecordStoreError
 from runtime.forksafe import detach_in_children, fileno_of
 from runtime.stores.base import ReadOnly
-from runtime.stores.postgres.claims import PostgresClaims
+from runtime.stores.postgres.claims import ClaimGroup, PostgresClaims
 from runtime.stores.postgres.queries import RecordQueries
 from runtime.stores.postgres.records import RecordWrites, _Pending
 from runtime.stores.postgres.schema import (
@@ -56,6 +56,12 @@ class PostgresRecordStore(RecordWrites, PostgresClaims, RecordQueries):
         self._live = threading.Event()
         self._closed = threading.Event()
         self._liveness_conn = None
+        self._claims = ClaimGroup(self._claim_many)
+        # Statements sent, and what they carried (for bench/store.py): each is counted by
+        # the one thread sending claims, or by the committer.
+        self.counts = dict.fromkeys(
+            ("claims", "claim_statements", "records", "record_statements"), 0
+        )
         self._queue: list[_Pending] = []
         self._wake = threading.Condition()
         self._committer = None

@@ -86,6 +86,16 @@ class Connected:
     def _error(self, what: str, exc: BaseException) -> RecordStoreError:
         return RecordStoreError(mask(self.url, f"{what}: {str(exc).strip() or type(exc).__name__}"))
 
+    def _answered(self, exc: BaseException) -> bool:
+        """Whether the database answered with an error, its session still usable (not a lost
+        connection, a shutdown or a resource running out: those are the store's)."""
+        psycopg = self._psycopg
+        if isinstance(exc, psycopg.errors.ProgramLimitExceeded):
+            return True
+        return isinstance(exc, psycopg.DatabaseError) and not isinstance(
+            exc, psycopg.OperationalError
+        )
+
     def close(self) -> None:
         pool = getattr(self, "pool", None)
         if pool is not None:

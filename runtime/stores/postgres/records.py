@@ -16,6 +16,7 @@ from typing import Any
 
 from runtime.errors import RecordExists, RecordStoreError, RecordUnstorable
 from runtime.stores.base import check_execution_id, put_and_wait
+from runtime.stores.postgres import wire
 from runtime.stores.postgres.connection import Connected
 from runtime.stores.postgres.schema import TABLE, index_columns
 
@@ -25,27 +26,57 @@ Callback = Callable[[BaseException | None], None]
 
 _MAX_BATCH = 512
 
-_COMMIT_CLAIMED = f"""
-    UPDATE {TABLE} SET record = %s, owner = NULL, owner_key = NULL, request_id = %s,
-        correlation_id = %s, intent = %s, status = %s, error_code = %s, agent = %s, kind = %s,
-        created_at = %s
-    WHERE execution_id = %s AND owner = %s AND record IS NULL
-    RETURNING execution_id"""
 
-_INSERT_RECORD = f"""
-    INSERT INTO {TABLE} (record, request_id, correlation_id, intent, status, error_code, agent,
-        kind, created_at, execution_id)
-    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-    ON CONFLICT (execution_id) DO NOTHING
-    RETURNING execution_id"""
+def _statements(
+    items: list[_Pending], encoding: str
+) -> list[tuple[wire.Statement, list[bytes | None], list[_Pending]]]:
+    """The statements that write `items`: (statement, parameters, the items it writes).
+
+    One for the claimed records and one for the others. By item, not by executionId: of two
+    writes of one id in a batch only the first can be stored, and the second must hear
+    RecordExists (and answer from the stored record), never that its own record was written;
+    so a second write of an id goes in a statement after the first's."""
+    out: list[tuple[wire.Statement, list[bytes | None], list[_Pending]]] = []
+    for part, statement in (
+        ([p for p in items if p.owner is not None], wire.COMMIT_CLAIMED),
+        ([p for p in items if p.owner is None], wire.INSERT_RECORDS),
+    ):
+        while part:
+            now: list[_Pending] = []
+            later: list[_Pending] = []
+            seen: set[str] = set()
+            for p in part:
+                (later if p.execution_id in seen else now).append(p)
+                seen.add(p.execution_id)
+            params = _record_params(now, encoding)
+            if statement is wire.COMMIT_CLAIMED:
+                params.append(wire.text_array([p.owner for p in now], encoding))
+            out.append((statement, params, now))
+            part = later
+    return out
 
 
-def _owned(p: _Pending) -> tuple[str, str | None]:
-    return (p.execution_id, p.owner)
+def _record_params(items: list[_Pending], encoding: str) -> list[bytes | None]:
+    """The record statements' arrays: the records, their indexed columns, the ids."""
+    columns = list(zip(*(index_columns(p.data) for p in items), strict=True))
+    created = [None if c is None else c.isoformat() for c in columns[-1]]
+    return [
+        wire.bytea_array([p.data for p in items]),
+        *(wire.text_array(column, encoding) for column in columns[:-1]),
+        wire.text_array(created, encoding),
+        wire.text_array([p.execution_id for p in items], encoding),
+    ]
 
 
-def _unowned(p: _Pending) -> tuple[str]:
-    return (p.execution_id,)
+def _run(
+    conn: Any, statements: list[tuple[wire.Statement, list[bytes | None], list[_Pending]]]
+) -> set[_Pending]:
+    """Execute `statements`; the items they stored (their rows returned)."""
+    stored: set[_Pending] = set()
+    for statement, params, items in statements:
+        written = set(statement.run(conn, params))
+        stored.update(p for p in items if p.execution_id in written)
+    return stored
 
 
 class _Pending:
@@ -71,6 +102,7 @@ class RecordWrites(Connected):
     _queue: list[_Pending]
     _wake: threading.Condition
     _committer: threading.Thread | None
+    counts: dict[str, int]
 
     def put(self, execution_id: str, data: bytes) -> None:
         put_and_wait(self.put_async, execution_id, data)
@@ -125,7 +157,7 @@ class RecordWrites(Connected):
 
     def _commit(self, batch: list[_Pending]) -> list[BaseException | None]:
         try:
-            with self.pool.connection() as conn, conn.transaction():
+            with self.pool.connection() as conn:
                 stored = self._write_rows(conn, batch)
         except Exception as exc:
             if not self._answered(exc):
@@ -145,8 +177,7 @@ class RecordWrites(Connected):
         with self.pool.connection() as conn:
             for index, item in enumerate(batch):
                 try:
-                    with conn.transaction():
-                        stored = self._write_rows(conn, [item])
+                    stored = self._write_rows(conn, [item])
                 except Exception as exc:
                     if not self._refused_record(exc) and not (
                         self._answered(exc) and self._probe(conn)
@@ -165,28 +196,17 @@ class RecordWrites(Connected):
         return results
 
     def _write_rows(self, conn: Any, items: list[_Pending]) -> set[_Pending]:
-        """Write `items` in the connection's open transaction; the items stored.
+        """Write `items` and commit them, all or none; the items stored.
 
-        By item, not by executionId: of two writes of one id in a batch only the first is
-        stored, and the second must hear RecordExists (and answer from the stored record),
-        never that its own record was written."""
-        stored: set[_Pending] = set()
-        with conn.cursor() as cur:
-            for part, sql, extra in (
-                ([p for p in items if p.owner is not None], _COMMIT_CLAIMED, _owned),
-                ([p for p in items if p.owner is None], _INSERT_RECORD, _unowned),
-            ):
-                if not part:
-                    continue
-                params = [(p.data, *index_columns(p.data), *extra(p)) for p in part]
-                cur.executemany(sql, params, returning=True)
-                # One result set per parameter set, in order: a row means that one was stored.
-                for index, item in enumerate(part):
-                    if index and not cur.nextset():
-                        break
-                    if cur.fetchall():
-                        stored.add(item)
-        return stored
+        Usually one statement, committed by itself (autocommit: one round trip); several in
+        one transaction otherwise."""
+        statements = _statements(items, conn.info.encoding)
+        self.counts["records"] += len(items)
+        self.counts["record_statements"] += len(statements)
+        if len(statements) == 1:
+            return _run(conn, statements)
+        with conn.transaction():
+            return _run(conn, statements)
 
     def _refused_record(self, exc: BaseException) -> bool:
         """Whether `exc` is the database refusing a value (of one record), not failing itself:
@@ -201,16 +221,6 @@ class RecordWrites(Connected):
                 errors.ProgramLimitExceeded,
                 UnicodeError,
             ),
-        )
-
-    def _answered(self, exc: BaseException) -> bool:
-        """Whether the database answered with an error, its session still usable (not a lost
-        connection, a shutdown or a resource running out: those are the store's)."""
-        psycopg = self._psycopg
-        if isinstance(exc, psycopg.errors.ProgramLimitExceeded):
-            return True
-        return isinstance(exc, psycopg.DatabaseError) and not isinstance(
-            exc, psycopg.OperationalError
         )
 
     def _probe(self, conn: Any) -> bool:
