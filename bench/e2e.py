@@ -67,7 +67,7 @@ CASES = {
         "600 B, window 256", 600, 256, 10_000, 1_000, (*ECHOES, "file", "memory", "postgres")
     ),
     "64KiB-w64": Case("64 KiB, window 64", 64 * 1024 + 600, 64, 2_000, 200, (*ECHOES, "file")),
-    "600B-w1": Case("600 B, window 1", 600, 1, 2_000, 200, (*ECHOES, "file", "postgres")),
+    "600B-w1": Case("600 B, window 1", 600, 1, 2_000, 200, (*ECHOES, "file", "memory", "postgres")),
 }
 PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DURABLE = (
@@ -271,7 +271,12 @@ def run_table(cases: list[str], rounds: int, scale: float) -> dict[str, Any]:
             case = CASES[key]
             n = max(100, int(case.n * scale))
             got: dict[str, Result] = {}
-            befores = ("before", "before-memory", "before-postgres")
+            # The earlier tree runs with the stores this case runs.
+            befores = tuple(
+                f"before-{kind}".replace("-file", "")
+                for kind in ("file", "memory", "postgres")
+                if kind in case.contenders
+            )
             kinds = case.contenders + (befores if BEFORE is not None else ())
             kinds = tuple(k for k in kinds if CONTENDERS is None or k in CONTENDERS)
             for kind in kinds:
