@@ -127,31 +127,26 @@ class Request:
     def user(self) -> str:
         return self.arrival.context.user_id or ""
 
+    def _header_fields(self, kind: RecordKind, worker_id: str) -> dict[str, Any]:
+        """Its record's header fields; only an execution's record is replayable."""
+        return {
+            "execution_id": self.execution_id,
+            "request_id": self.request_id,
+            "arrival": self.arrival,
+            "envelope_hash": self.envelope_hash,
+            "fingerprint": self.fingerprint,
+            "kind": kind,
+            "replayable": kind == "execution",
+            "worker_id": worker_id,
+        }
+
     def header(self, *, kind: RecordKind, worker_id: str) -> RecordHeader:
-        """Its record's header; only an execution's record is replayable."""
-        return record_header(
-            execution_id=self.execution_id,
-            request_id=self.request_id,
-            arrival=self.arrival,
-            envelope_hash=self.envelope_hash,
-            fingerprint=self.fingerprint,
-            kind=kind,
-            replayable=kind == "execution",
-            worker_id=worker_id,
-        )
+        """Its record's header."""
+        return record_header(**self._header_fields(kind, worker_id))
 
     def header_json(self, *, kind: RecordKind, worker_id: str) -> str:
         """`header(...)` as JSON text."""
-        return header_json(
-            execution_id=self.execution_id,
-            request_id=self.request_id,
-            arrival=self.arrival,
-            envelope_hash=self.envelope_hash,
-            fingerprint=self.fingerprint,
-            kind=kind,
-            replayable=kind == "execution",
-            worker_id=worker_id,
-        )
+        return header_json(**self._header_fields(kind, worker_id))
 
     def error_answer(
         self,
