@@ -137,7 +137,9 @@ class GroupCommit:
                 try:
                     if self._chmod:
                         os.fchmod(item.fd, FILE_MODE)
-                    quick.write_all_letting_go(item.fd, item.data)
+                    view = memoryview(item.data)
+                    while view:
+                        view = view[os.write(item.fd, view) :]
                 except BaseException:
                     self._release(item)
                     raise
@@ -160,7 +162,7 @@ class GroupCommit:
         folder."""
         if self._tmpfile:
             try:
-                return quick.new_file(folder, O_TMPFILE_FLAGS, FILE_MODE), None
+                return os.open(folder, O_TMPFILE_FLAGS, FILE_MODE), None
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
                     raise
@@ -168,7 +170,7 @@ class GroupCommit:
         with self._lock:
             self._seq += 1
             tmp = os.path.join(self._tmp, f"{execution_id}.{self._seq}.tmp")
-        return quick.new_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), tmp
+        return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE), tmp
 
     def _link(self, item: PendingRecord) -> None:
         """Give the written file its final name; FileExistsError if the record exists."""

@@ -10,10 +10,10 @@ than the calls themselves.
 
 Here the same calls go through the C library with the lock held (`ctypes.PyDLL`). Only calls
 that return without waiting for the disk or the inode allocator belong here: the syncs
-(`syncfs`, `fsync`) still let go, and so do making a new file (`new_file`: on a file system
-without a journal, a new inode can take milliseconds to find while recently freed ones are
-scanned, and no other thread of the worker should stand still meanwhile) and writing its bytes
-(`write_all_letting_go`: a write may wait while the kernel throttles dirty pages). They raise
+(`syncfs`, `fsync`) still let go, and so do making a new file and writing its bytes, which the
+committer does with `os` (on a file system without a journal a new inode can take milliseconds
+to find while recently freed ones are scanned, and a write may wait while the kernel throttles
+dirty pages: no other thread of the worker should stand still meanwhile). They raise
 `OSError` (its subclasses, by errno) as `os` does. Where the C library cannot be
 loaded this way (not Linux), the `os` functions are used as they are.
 """
@@ -84,14 +84,4 @@ def _os_link(src: str, dst: str, follow: bool) -> None:
     os.link(src, dst, follow_symlinks=follow)
 
 
-def _os_write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 open_fd, link, unlink, close = _load()
-
-# Calls that may wait for the disk or the inode allocator: `os`, which lets go of the lock.
-new_file = _os_open
-write_all_letting_go = _os_write_all
